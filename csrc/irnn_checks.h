@@ -1,0 +1,117 @@
+// Argument checks shared by every backend of the irnn_cuda ops, so that the
+// CPU and CUDA implementations reject the same calls with the same messages.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Optional.h>
+
+#include <string>
+
+namespace irnn_cuda {
+
+// Sizes of one layer-direction call: input [T,B,I], hidden H.
+struct IrnnSizes {
+  int64_t T, B, I, H;
+  bool project;  // true when weight_ih is given (input is [T,B,I])
+  bool relu;     // false: tanh
+};
+
+inline void check_same(const at::Tensor& ref, const at::Tensor& t,
+                       const char* name) {
+  TORCH_CHECK(t.device() == ref.device(), name, " must be on ", ref.device(),
+              " like input, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, " must have dtype ",
+              ref.scalar_type(), " like input, got ", t.scalar_type());
+}
+
+inline void check_shape(const at::Tensor& t, at::IntArrayRef expected,
+                        const char* name) {
+  TORCH_CHECK(t.sizes() == expected, name, " must have shape ", expected,
+              ", got ", t.sizes());
+}
+
+inline bool parse_nonlinearity(const std::string& nonlinearity) {
+  TORCH_CHECK(nonlinearity == "relu" || nonlinearity == "tanh",
+              "nonlinearity must be 'relu' or 'tanh', got '", nonlinearity,
+              "'");
+  return nonlinearity == "relu";
+}
+
+inline IrnnSizes check_forward_args(const at::Tensor& input,
+                                    const at::Tensor& h0,
+                                    const c10::optional<at::Tensor>& weight_ih,
+                                    const at::Tensor& weight_hh,
+                                    const c10::optional<at::Tensor>& bias_ih,
+                                    const c10::optional<at::Tensor>& bias_hh,
+                                    const std::string& nonlinearity) {
+  IrnnSizes s{};
+  s.relu = parse_nonlinearity(nonlinearity);
+  TORCH_CHECK(input.dim() == 3, "input must be [T, B, I], got ", input.dim(),
+              "-D tensor of shape ", input.sizes());
+  TORCH_CHECK(at::isFloatingType(input.scalar_type()),
+              "input must be a floating point tensor, got ",
+              input.scalar_type());
+  TORCH_CHECK(weight_hh.dim() == 2 && weight_hh.size(0) == weight_hh.size(1),
+              "weight_hh must be [H, H], got ", weight_hh.sizes());
+  s.T = input.size(0);
+  s.B = input.size(1);
+  s.H = weight_hh.size(0);
+  TORCH_CHECK(s.T >= 1, "input must have at least one time step, got T = ",
+              s.T);
+  check_same(input, weight_hh, "weight_hh");
+  check_same(input, h0, "h0");
+  check_shape(h0, {s.B, s.H}, "h0");
+  s.project = weight_ih.has_value() && weight_ih->defined();
+  if (s.project) {
+    s.I = input.size(2);
+    check_same(input, *weight_ih, "weight_ih");
+    check_shape(*weight_ih, {s.H, s.I}, "weight_ih");
+  } else {
+    s.I = s.H;
+    TORCH_CHECK(input.size(2) == s.H,
+                "input must be the projected input [T, B, H] = [", s.T, ", ",
+                s.B, ", ", s.H, "] when weight_ih is None, got ",
+                input.sizes());
+  }
+  if (bias_ih.has_value() && bias_ih->defined()) {
+    check_same(input, *bias_ih, "bias_ih");
+    check_shape(*bias_ih, {s.H}, "bias_ih");
+  }
+  if (bias_hh.has_value() && bias_hh->defined()) {
+    check_same(input, *bias_hh, "bias_hh");
+    check_shape(*bias_hh, {s.H}, "bias_hh");
+  }
+  return s;
+}
+
+inline IrnnSizes check_backward_args(
+    const c10::optional<at::Tensor>& grad_output,
+    const c10::optional<at::Tensor>& grad_h_n, const at::Tensor& input,
+    const at::Tensor& h0, const c10::optional<at::Tensor>& weight_ih,
+    const at::Tensor& weight_hh, const at::Tensor& output,
+    const std::string& nonlinearity) {
+  IrnnSizes s = check_forward_args(input, h0, weight_ih, weight_hh,
+                                   c10::nullopt, c10::nullopt, nonlinearity);
+  check_same(input, output, "output");
+  TORCH_CHECK(output.dim() == 3 && output.size(0) == s.T,
+              "output must be the [T, B, H] = [", s.T, ", ", s.B, ", ", s.H,
+              "] sequence saved by irnn_forward(store_sequence=True), got ",
+              output.sizes());
+  check_shape(output, {s.T, s.B, s.H}, "output");
+  if (grad_output.has_value() && grad_output->defined()) {
+    check_same(input, *grad_output, "grad_output");
+    check_shape(*grad_output, {s.T, s.B, s.H}, "grad_output");
+  }
+  if (grad_h_n.has_value() && grad_h_n->defined()) {
+    check_same(input, *grad_h_n, "grad_h_n");
+    check_shape(*grad_h_n, {s.B, s.H}, "grad_h_n");
+  }
+  return s;
+}
+
+inline bool has(const c10::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined();
+}
+
+}  // namespace irnn_cuda

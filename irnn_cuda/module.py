@@ -1,0 +1,177 @@
+"""FusedIRNN: a drop-in torch.nn.RNN whose recurrence runs in the fused ops.
+
+It subclasses torch.nn.RNN, so parameter names, shapes, the state_dict and
+every attribute are nn.RNN's; only the initialisation (init='irnn' by
+default) and the forward differ.
+"""
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from .functional import rnn_forward
+
+_INITS = ("irnn", "torch")
+
+
+class FusedIRNN(nn.RNN):
+    """Elman RNN, h_t = phi(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), fused.
+
+    Same arguments as torch.nn.RNN plus:
+      init: 'irnn' (default) sets every W_hh to identity_scale * I,
+        W_ih ~ N(0, 0.001^2) and the biases to 0 (Le, Jaitly & Hinton 2015,
+        as in the Keras mnist_irnn example); 'torch' keeps nn.RNN's
+        uniform(-1/sqrt(H), 1/sqrt(H)) initialisation.
+      identity_scale: the diagonal of W_hh under init='irnn' (default 1.0).
+
+    forward(input, hx=None, return_sequence=True) -> (output, h_n) as
+    nn.RNN; with return_sequence=False output is None and no [T,B,H]
+    sequence is written unless autograd needs it for the backward.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1,
+                 nonlinearity="relu", bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None,
+                 init="irnn", identity_scale=1.0):
+        if init not in _INITS:
+            raise ValueError(f"Unknown init '{init}'. Select from 'irnn' or "
+                             "'torch'.")
+        self.init = init
+        self.identity_scale = float(identity_scale)
+        super().__init__(input_size, hidden_size, num_layers=num_layers,
+                         nonlinearity=nonlinearity, bias=bias,
+                         batch_first=batch_first, dropout=dropout,
+                         bidirectional=bidirectional, device=device,
+                         dtype=dtype)
+
+    def reset_parameters(self):
+        super().reset_parameters()
+        if self.init != "irnn":
+            return
+        with torch.no_grad():
+            for name, param in self.named_parameters():
+                if name.startswith("weight_hh"):
+                    param.copy_(torch.eye(self.hidden_size, dtype=param.dtype,
+                                          device=param.device)
+                                * self.identity_scale)
+                elif name.startswith("weight_ih"):
+                    param.normal_(0.0, 0.001)
+                else:
+                    param.zero_()
+
+    def flatten_parameters(self):
+        """No-op: the fused ops read the parameters where they are."""
+
+    @classmethod
+    def from_rnn(cls, rnn):
+        """A FusedIRNN with the configuration and weights of an nn.RNN."""
+        if not isinstance(rnn, nn.RNN):
+            raise TypeError(f"from_rnn expects a torch.nn.RNN, got "
+                            f"{type(rnn).__name__}")
+        w = rnn.weight_hh_l0
+        module = cls(rnn.input_size, rnn.hidden_size, rnn.num_layers,
+                     rnn.nonlinearity, rnn.bias, rnn.batch_first,
+                     float(rnn.dropout), rnn.bidirectional, device=w.device,
+                     dtype=w.dtype, init="torch")
+        module.load_state_dict(rnn.state_dict())
+        return module.train(rnn.training)
+
+    def to_rnn(self):
+        """A torch.nn.RNN with this module's configuration and weights."""
+        w = self.weight_hh_l0
+        rnn = nn.RNN(self.input_size, self.hidden_size, self.num_layers,
+                     nonlinearity=self.nonlinearity, bias=self.bias,
+                     batch_first=self.batch_first, dropout=float(self.dropout),
+                     bidirectional=self.bidirectional, device=w.device,
+                     dtype=w.dtype)
+        rnn.load_state_dict(self.state_dict())
+        return rnn.train(self.training)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", init={self.init!r}"
+
+    def forward(self, input, hx=None, return_sequence=True):
+        if isinstance(input, PackedSequence):
+            raise NotImplementedError(
+                "FusedIRNN does not support PackedSequence input: pad it with "
+                "torch.nn.utils.rnn.pad_packed_sequence (and take each "
+                "sequence's last state yourself), or use torch.nn.RNN")
+        weights = list(self._flat_weights)
+        if torch.is_autocast_enabled(input.device.type):
+            # As nn.RNN under autocast: compute in the autocast dtype.
+            dtype = torch.get_autocast_dtype(input.device.type)
+            input = input.to(dtype) if input.is_floating_point() else input
+            hx = hx.to(dtype) if hx is not None and hx.is_floating_point() else hx
+            weights = [w.to(dtype) for w in weights]
+        unbatched = self._check_input_and_hx(input, hx, weights[0])
+        if unbatched:
+            input = input.unsqueeze(1)
+            hx = hx.unsqueeze(1) if hx is not None else None
+        if hx is None:
+            num_dirs = 2 if self.bidirectional else 1
+            batch = input.shape[0 if self.batch_first else 1]
+            hx = input.new_zeros(self.num_layers * num_dirs, batch,
+                                 self.hidden_size)
+        output, h_n = rnn_forward(input, hx, weights, self.nonlinearity,
+                                  self.num_layers, self.bidirectional,
+                                  self.batch_first, self.dropout,
+                                  self.training,
+                                  return_sequence=return_sequence)
+        if unbatched:
+            output = output.squeeze(1) if output is not None else None
+            h_n = h_n.squeeze(1)
+        return output, h_n
+
+    def _check_input_and_hx(self, input, hx, weight):
+        """Raises what nn.RNN raises for bad input, before any launch.
+
+        Returns True for unbatched (2-D) input.
+        """
+        if input.dim() not in (2, 3):
+            raise ValueError(f"FusedIRNN: Expected input to be 2D or 3D, got "
+                             f"{input.dim()}D tensor instead")
+        if not input.is_floating_point() or input.dtype != weight.dtype:
+            raise ValueError(
+                f"FusedIRNN input dtype ({input.dtype}) does not match weight "
+                f"dtype ({weight.dtype}). Convert input: "
+                f"input.to({weight.dtype}), or convert model: "
+                f"model.to({input.dtype})")
+        if input.device != weight.device:
+            raise RuntimeError(
+                f"Input and parameter tensors are not at the same device, "
+                f"found input tensor at {input.device} and parameter tensors "
+                f"at {weight.device}")
+        if input.shape[-1] != self.input_size:
+            raise RuntimeError(
+                f"input.size(-1) must be equal to input_size. Expected "
+                f"{self.input_size}, got {input.shape[-1]}")
+        unbatched = input.dim() == 2
+        time_dim = 0 if unbatched or not self.batch_first else 1
+        if input.shape[time_dim] == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 "
+                               "in RNN (input has 0 time steps)")
+        if hx is None:
+            return unbatched
+        if unbatched and hx.dim() != 2:
+            raise RuntimeError(f"For unbatched 2-D input, hx should also be "
+                               f"2-D but got {hx.dim()}-D tensor")
+        if not unbatched and hx.dim() != 3:
+            raise RuntimeError(f"For batched 3-D input, hx should also be 3-D "
+                               f"but got {hx.dim()}-D tensor")
+        if hx.device != input.device:
+            raise RuntimeError(
+                f"Input and hidden tensors are not at the same device, found "
+                f"input tensor at {input.device} and hidden tensor at "
+                f"{hx.device}")
+        if hx.dtype != input.dtype:
+            raise RuntimeError(f"hx dtype ({hx.dtype}) does not match input "
+                               f"dtype ({input.dtype}); convert hx: "
+                               f"hx.to({input.dtype})")
+        num_dirs = 2 if self.bidirectional else 1
+        batch = 1 if unbatched else input.shape[0 if self.batch_first else 1]
+        expected = (self.num_layers * num_dirs, batch, self.hidden_size)
+        if unbatched:
+            expected = (expected[0], expected[2])
+        if tuple(hx.shape) != expected:
+            raise RuntimeError(f"Expected hidden size {expected}, got "
+                               f"{list(hx.shape)} (argument hx)")
+        return unbatched

@@ -1,0 +1,107 @@
+"""Builds irnn_cuda._C against the installed PyTorch.
+
+IRNN_BUILD_CUDA=auto|1|0 (default auto): auto builds the CUDA kernels when a
+CUDA toolkit and a CUDA build of PyTorch are present, even with no GPU
+visible; 1 makes a missing toolkit or failed CUDA build an error; 0 builds
+the CPU ops only.
+"""
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from setuptools import setup
+
+
+def _find_cuda_home():
+    """CUDA_HOME from the environment, else from nvcc's real location.
+
+    Must run before torch.utils.cpp_extension is imported: it reads
+    CUDA_HOME once, at import. nvcc may be a wrapper script (as
+    /usr/local/bin/nvcc is on some machines), so ask nvcc for its TOP.
+    """
+    if os.environ.get("CUDA_HOME"):
+        return os.environ["CUDA_HOME"]
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        for root in ("/usr/local/cuda",):
+            if os.path.exists(os.path.join(root, "bin", "nvcc")):
+                return root
+        return None
+    try:
+        dry = subprocess.run(
+            [nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
+            capture_output=True, text=True, timeout=60)
+        match = re.search(r"^#\$ TOP=(.+)$", dry.stderr + dry.stdout, re.M)
+        if match:
+            return os.path.realpath(os.path.join(match.group(1).strip(), ".."))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+
+
+_cuda_home = _find_cuda_home()
+if _cuda_home:
+    os.environ["CUDA_HOME"] = _cuda_home
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import (  # noqa: E402
+    BuildExtension, CppExtension, CUDAExtension)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODE = os.environ.get("IRNN_BUILD_CUDA", "auto").strip().lower()
+if MODE not in ("auto", "1", "0"):
+    sys.exit(f"IRNN_BUILD_CUDA must be auto, 1 or 0, got {MODE!r}")
+
+
+def _want_cuda():
+    if MODE == "0":
+        return False
+    have_toolkit = _cuda_home is not None and os.path.exists(
+        os.path.join(_cuda_home, "bin", "nvcc"))
+    have_torch_cuda = torch.version.cuda is not None
+    if have_toolkit and have_torch_cuda:
+        return True
+    if MODE == "1":
+        sys.exit("IRNN_BUILD_CUDA=1 but "
+                 + ("no CUDA toolkit was found (set CUDA_HOME or put nvcc on "
+                    "PATH)" if not have_toolkit else
+                    f"torch {torch.__version__} is not a CUDA build"))
+    print("irnn_cuda: building the CPU ops only (no CUDA toolkit or CPU-only "
+          "torch); set IRNN_BUILD_CUDA=1 to require CUDA", file=sys.stderr)
+    return False
+
+
+def _rel(paths):
+    return sorted(os.path.relpath(p, HERE) for p in paths)
+
+
+cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
+sources = _rel(glob.glob(os.path.join(HERE, "csrc", "*.cpp"))
+               + glob.glob(os.path.join(HERE, "csrc", "cpu", "*.cpp")))
+cuda_sources = _rel(glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cpp"))
+                    + glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cu")))
+
+if _want_cuda() and cuda_sources:
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not (
+            torch.cuda.is_available() and torch.cuda.device_count() > 0):
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "7.5;8.0;9.0+PTX"
+    ext = CUDAExtension(
+        "irnn_cuda._C", sources + cuda_sources,
+        define_macros=[("IRNN_WITH_CUDA", "1")],
+        extra_link_args=["-fopenmp"],
+        extra_compile_args={
+            "cxx": cxx_flags,
+            # -Xptxas -v prints registers and spills per kernel into the build
+            # log, so they are visible without a GPU.
+            "nvcc": ["-O3", "-std=c++20", "-Xptxas", "-v", "-lineinfo"],
+        })
+else:
+    ext = CppExtension("irnn_cuda._C", sources,
+                       extra_compile_args={"cxx": cxx_flags},
+                       extra_link_args=["-fopenmp"])
+
+setup(ext_modules=[ext],
+      cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})
