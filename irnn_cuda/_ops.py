@@ -18,13 +18,22 @@ def extension_loaded():
     return _IMPORT_ERROR is None
 
 
+def _kernel_table():
+    if not extension_loaded():
+        return {}
+    return {device_type: torch._C._dispatch_has_kernel_for_dispatch_key(
+        "irnn_cuda::irnn_forward", key)
+        for device_type, key in (("cpu", "CPU"), ("cuda", "CUDA"))}
+
+
+# Looked up once: the registrations are fixed once _C is loaded, and a plain
+# dict keeps torch.compile from tracing into the dispatcher query.
+_KERNELS = _kernel_table()
+
+
 def has_kernels(device_type):
     """True when the compiled ops have an implementation for `device_type`."""
-    if not extension_loaded():
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "irnn_cuda::irnn_forward", key)
+    return _KERNELS.get(device_type, False)
 
 
 def warn_fallback(device_type):

@@ -1,9 +1,14 @@
 """FusedIRNN: a drop-in torch.nn.RNN whose recurrence runs in the fused ops.
 
-It subclasses torch.nn.RNN, so parameter names, shapes, the state_dict and
-every attribute are nn.RNN's; only the initialisation (init='irnn' by
-default) and the forward differ.
+Same constructor arguments, attributes, parameter names and shapes, and
+state_dict as torch.nn.RNN; only the initialisation (init='irnn' by
+default) and the forward differ. It is an nn.Module rather than an nn.RNN
+subclass because torch.compile refuses to trace nn.RNNBase instances.
 """
+import math
+import numbers
+import warnings
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
@@ -13,13 +18,13 @@ from .functional import rnn_forward
 _INITS = ("irnn", "torch")
 
 
-class FusedIRNN(nn.RNN):
+class FusedIRNN(nn.Module):
     """Elman RNN, h_t = phi(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), fused.
 
     Same arguments as torch.nn.RNN plus:
       init: 'irnn' (default) sets every W_hh to identity_scale * I,
         W_ih ~ N(0, 0.001^2) and the biases to 0 (Le, Jaitly & Hinton 2015,
-        as in the Keras mnist_irnn example); 'torch' keeps nn.RNN's
+        as in the Keras mnist_irnn example); 'torch' uses nn.RNN's
         uniform(-1/sqrt(H), 1/sqrt(H)) initialisation.
       identity_scale: the diagonal of W_hh under init='irnn' (default 1.0).
 
@@ -32,22 +37,82 @@ class FusedIRNN(nn.RNN):
                  nonlinearity="relu", bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, device=None, dtype=None,
                  init="irnn", identity_scale=1.0):
+        super().__init__()
+        if nonlinearity not in ("relu", "tanh"):
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select "
+                             "from 'tanh' or 'relu'.")
         if init not in _INITS:
             raise ValueError(f"Unknown init '{init}'. Select from 'irnn' or "
                              "'torch'.")
+        if (not isinstance(dropout, numbers.Number) or isinstance(dropout, bool)
+                or not 0 <= dropout <= 1):
+            raise ValueError("dropout should be a number in range [0, 1] "
+                             "representing the probability of an element "
+                             f"being zeroed, got {dropout!r}")
+        for name, value in (("input_size", input_size),
+                            ("hidden_size", hidden_size),
+                            ("num_layers", num_layers)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} should be of type int, got: "
+                                f"{type(value).__name__}")
+            if value <= 0 and name != "input_size":
+                raise ValueError(f"{name} must be greater than zero, got "
+                                 f"{value}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn("dropout option adds dropout after all but last "
+                          "recurrent layer, so non-zero dropout expects "
+                          f"num_layers greater than 1, but got dropout={dropout}"
+                          f" and num_layers={num_layers}")
+        self.mode = "RNN_RELU" if nonlinearity == "relu" else "RNN_TANH"
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.nonlinearity = nonlinearity
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = 0
         self.init = init
         self.identity_scale = float(identity_scale)
-        super().__init__(input_size, hidden_size, num_layers=num_layers,
-                         nonlinearity=nonlinearity, bias=bias,
-                         batch_first=batch_first, dropout=dropout,
-                         bidirectional=bidirectional, device=device,
-                         dtype=dtype)
+        factory = {"device": device, "dtype": dtype}
+        num_dirs = 2 if bidirectional else 1
+        # Registered in nn.RNN's order, so state_dicts and seeded
+        # initialisations line up with it.
+        self._flat_weights_names = []
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else hidden_size * num_dirs
+            for suffix in ("", "_reverse")[:num_dirs]:
+                shapes = {f"weight_ih_l{layer}{suffix}": (hidden_size, layer_input),
+                          f"weight_hh_l{layer}{suffix}": (hidden_size, hidden_size)}
+                if bias:
+                    shapes[f"bias_ih_l{layer}{suffix}"] = (hidden_size,)
+                    shapes[f"bias_hh_l{layer}{suffix}"] = (hidden_size,)
+                for name, shape in shapes.items():
+                    self.register_parameter(
+                        name, nn.Parameter(torch.empty(shape, **factory)))
+                    self._flat_weights_names.append(name)
+        self.reset_parameters()
+
+    @property
+    def _flat_weights(self):
+        """The parameters in nn.RNN's order (per layer and direction:
+        weight_ih, weight_hh[, bias_ih, bias_hh])."""
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    @property
+    def all_weights(self):
+        per_cell = 4 if self.bias else 2
+        w = self._flat_weights
+        return [w[i:i + per_cell] for i in range(0, len(w), per_cell)]
 
     def reset_parameters(self):
-        super().reset_parameters()
-        if self.init != "irnn":
-            return
         with torch.no_grad():
+            if self.init == "torch":
+                bound = 1.0 / math.sqrt(self.hidden_size)
+                for param in self.parameters():
+                    nn.init.uniform_(param, -bound, bound)
+                return
             for name, param in self.named_parameters():
                 if name.startswith("weight_hh"):
                     param.copy_(torch.eye(self.hidden_size, dtype=param.dtype,
@@ -87,7 +152,16 @@ class FusedIRNN(nn.RNN):
         return rnn.train(self.training)
 
     def extra_repr(self):
-        return super().extra_repr() + f", init={self.init!r}"
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.nonlinearity != "tanh":
+            s += f", nonlinearity={self.nonlinearity!r}"
+        for name, default in (("bias", True), ("batch_first", False),
+                              ("dropout", 0.0), ("bidirectional", False)):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)}"
+        return s + f", init={self.init!r}"
 
     def forward(self, input, hx=None, return_sequence=True):
         if isinstance(input, PackedSequence):

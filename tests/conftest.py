@@ -1,0 +1,85 @@
+"""Shared test helpers: tolerances, the covering set of options, and the
+environment switches CI sets (IRNN_EXPECT_EXT, IRNN_REQUIRE_GPU)."""
+import itertools
+import os
+import random
+
+import pytest
+import torch
+
+import irnn_cuda
+
+# Tolerances per dtype, relative to the largest magnitude compared.
+RTOL = {torch.float64: 1e-10, torch.float32: 1e-5,
+        torch.bfloat16: 3e-2, torch.float16: 5e-3}
+
+REQUIRE_GPU = os.environ.get("IRNN_REQUIRE_GPU") == "1"
+
+
+def cuda_or_skip():
+    """Skips (or fails under IRNN_REQUIRE_GPU=1) when no GPU is usable."""
+    if torch.cuda.is_available():
+        return
+    if REQUIRE_GPU:
+        pytest.fail("IRNN_REQUIRE_GPU=1 but torch.cuda.is_available() is False")
+    pytest.skip("needs a CUDA GPU")
+
+
+def max_rel_err(actual, expected):
+    """max |actual - expected| / max(1, max |expected|), in float64."""
+    a, e = actual.double(), expected.double()
+    if e.numel() == 0:
+        return 0.0
+    return ((a - e).abs().max() / e.abs().max().clamp_min(1.0)).item()
+
+
+def assert_close_rel(actual, expected, rtol, what=""):
+    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
+    err = max_rel_err(actual, expected)
+    assert err <= rtol, f"{what}: relative error {err:.3g} > {rtol:.3g}"
+
+
+def all_pairs(options, seed=0):
+    """A covering set: every pair of values of any two options appears in
+    at least one case. `options` maps name -> list of values; returns a list
+    of dicts (greedy construction, deterministic for a seed)."""
+    names = list(options)
+    uncovered = {(i, a, j, b)
+                 for i, j in itertools.combinations(range(len(names)), 2)
+                 for a in range(len(options[names[i]]))
+                 for b in range(len(options[names[j]]))}
+    rng = random.Random(seed)
+    cases = []
+    while uncovered:
+        best, best_gain = None, -1
+        for _ in range(60):
+            pick = [rng.randrange(len(options[n])) for n in names]
+            # Seed the candidate with one uncovered pair so progress is sure.
+            i, a, j, b = min(uncovered) if not cases else rng.choice(
+                sorted(uncovered))
+            pick[i], pick[j] = a, b
+            gain = sum((i2, pick[i2], j2, pick[j2]) in uncovered
+                       for i2, j2 in itertools.combinations(range(len(names)), 2))
+            if gain > best_gain:
+                best, best_gain = pick, gain
+        for i, j in itertools.combinations(range(len(names)), 2):
+            uncovered.discard((i, best[i], j, best[j]))
+        cases.append({n: options[n][k] for n, k in zip(names, best)})
+    return cases
+
+
+def case_id(case):
+    return "-".join(f"{k}={v}" for k, v in case.items())
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def pytest_sessionstart(session):
+    if os.environ.get("IRNN_EXPECT_EXT") == "1" and not irnn_cuda.extension_loaded():
+        # Fail loudly at once rather than test the reference against itself.
+        raise pytest.UsageError(
+            "IRNN_EXPECT_EXT=1 but irnn_cuda._C did not load: "
+            f"{irnn_cuda._ops._IMPORT_ERROR}")
