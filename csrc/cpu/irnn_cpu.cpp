@@ -1,115 +1,48 @@
-// CPU implementation of the irnn_cuda ops: a straightforward loop over time,
-// batch and hidden units on contiguous copies of the arguments.
+// CPU implementation of the irnn_cuda ops (docs/ops.md): argument checks,
+// dtype handling and weight packing here; the time loops are the fused
+// kernels of irnn_cpu_kernels.h (AVX2+FMA when the CPU has it, else the
+// portable build), one batch slice per thread.
+//
 // float16/bfloat16 arguments are computed in float32 and cast back.
 #include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <tuple>
-#include <vector>
 
 #include "../irnn_checks.h"
+#include "irnn_cpu_params.h"
 
 namespace irnn_cuda {
 namespace {
 
-template <typename T>
-inline T activate(T a, bool relu) {
-  // `a < 0 ? 0 : a` keeps NaN, unlike max(a, 0).
-  return relu ? (a < T(0) ? T(0) : a) : std::tanh(a);
+// IRNN_CPU_KERNELS=generic forces the portable kernels (for testing them on
+// an AVX2 machine); anything else picks the best the CPU supports.
+bool use_avx2() {
+  static const bool avx2 = [] {
+    const char* env = std::getenv("IRNN_CPU_KERNELS");
+    return cpu_avx2::supported() &&
+           !(env != nullptr && std::strcmp(env, "generic") == 0);
+  }();
+  return avx2;
 }
 
-// d phi / d a from the stored output h = phi(a); relu' is 0 at 0 as in
-// PyTorch.
-template <typename T>
-inline T activate_grad(T g, T h, bool relu) {
-  return relu ? (h > T(0) ? g : T(0)) : g * (T(1) - h * h);
+template <typename S>
+KernelTable<S> kernels();
+template <>
+KernelTable<float> kernels<float>() {
+  return use_avx2() ? cpu_avx2::table_float() : cpu_generic::table_float();
 }
-
-inline at::Tensor contig(const c10::optional<at::Tensor>& t) {
-  return has(t) ? t->contiguous() : at::Tensor();
-}
-
-template <typename T>
-const T* ptr_or_null(const at::Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-
-template <typename T>
-void forward_loop(const IrnnSizes& s, const T* x, const T* h0, const T* w_ih,
-                  const T* w_hh, const T* b_ih, const T* b_hh, bool reverse,
-                  T* out, T* h_n) {
-  const int64_t T_ = s.T, B = s.B, I = s.I, H = s.H;
-  std::vector<T> ping(B * H), pong(B * H);
-  const T* prev = h0;
-  for (int64_t step = 0; step < T_; ++step) {
-    const int64_t t = reverse ? T_ - 1 - step : step;
-    T* cur = out ? out + t * B * H : (step % 2 ? pong.data() : ping.data());
-    const T* xt = x + t * B * I;
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t j = 0; j < H; ++j) {
-        T acc = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
-        if (w_ih) {
-          for (int64_t k = 0; k < I; ++k) acc += w_ih[j * I + k] * xt[b * I + k];
-        } else {
-          acc += xt[b * H + j];
-        }
-        for (int64_t k = 0; k < H; ++k) acc += w_hh[j * H + k] * prev[b * H + k];
-        cur[b * H + j] = activate(acc, s.relu);
-      }
-    }
-    prev = cur;
-  }
-  std::copy(prev, prev + B * H, h_n);
-}
-
-template <typename T>
-void backward_loop(const IrnnSizes& s, const T* g_out, const T* g_hn,
-                   const T* x, const T* h0, const T* w_ih, const T* w_hh,
-                   const T* out, bool reverse, T* dx, T* dh0, T* dw_ih,
-                   T* dw_hh, T* db) {
-  const int64_t T_ = s.T, B = s.B, I = s.I, H = s.H;
-  std::vector<T> da(B * H), dh_next(B * H, T(0));
-  for (int64_t step = T_ - 1; step >= 0; --step) {
-    const int64_t t = reverse ? T_ - 1 - step : step;
-    const int64_t t_prev = reverse ? t + 1 : t - 1;
-    const T* h_prev = step == 0 ? h0 : out + t_prev * B * H;
-    const T* ht = out + t * B * H;
-    for (int64_t i = 0; i < B * H; ++i) {
-      T g = dh_next[i];
-      if (g_out) g += g_out[t * B * H + i];
-      if (g_hn && step == T_ - 1) g += g_hn[i];
-      da[i] = activate_grad(g, ht[i], s.relu);
-    }
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t j = 0; j < H; ++j) {
-        const T d = da[b * H + j];
-        db[j] += d;
-        for (int64_t k = 0; k < H; ++k) dw_hh[j * H + k] += d * h_prev[b * H + k];
-        if (w_ih) {
-          for (int64_t k = 0; k < I; ++k)
-            dw_ih[j * I + k] += d * x[t * B * I + b * I + k];
-        }
-      }
-      for (int64_t k = 0; k < H; ++k) {
-        T acc = T(0);
-        for (int64_t j = 0; j < H; ++j) acc += da[b * H + j] * w_hh[j * H + k];
-        dh_next[b * H + k] = acc;
-      }
-      if (w_ih) {
-        for (int64_t k = 0; k < I; ++k) {
-          T acc = T(0);
-          for (int64_t j = 0; j < H; ++j) acc += da[b * H + j] * w_ih[j * I + k];
-          dx[t * B * I + b * I + k] = acc;
-        }
-      } else {
-        std::copy(&da[b * H], &da[b * H] + H, dx + t * B * H + b * H);
-      }
-    }
-  }
-  std::copy(dh_next.begin(), dh_next.end(), dh0);
+template <>
+KernelTable<double> kernels<double>() {
+  return use_avx2() ? cpu_avx2::table_double() : cpu_generic::table_double();
 }
 
 // Low-precision arguments run in float32; this is the dtype the loops see.
@@ -117,8 +50,41 @@ at::ScalarType compute_type(at::ScalarType t) {
   return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
 }
 
-at::Tensor as_compute(const at::Tensor& t, at::ScalarType ct) {
-  return t.defined() ? t.to(ct).contiguous() : t;
+at::Tensor as_compute(const c10::optional<at::Tensor>& t, at::ScalarType ct) {
+  return has(t) ? t->to(ct).contiguous() : at::Tensor();
+}
+
+template <typename S>
+S* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<S>() : nullptr;
+}
+
+// [rows, Hp] zero-padded copy of `w` ([rows, H] in any dtype and layout).
+at::Tensor pack_rows(const at::Tensor& w, int64_t hp, at::ScalarType ct) {
+  at::Tensor packed = at::zeros({w.size(0), hp}, w.options().dtype(ct));
+  packed.narrow(1, 0, w.size(1)).copy_(w);
+  return packed;
+}
+
+// The batch is split into one contiguous slice per thread; per-slice partial
+// gradients are summed in slice order, so results depend only on the thread
+// count.
+int64_t num_slices(int64_t B) {
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B));
+}
+
+template <class F>
+void for_each_slice(int64_t B, int64_t slices, const F& f) {
+  at::parallel_for(0, slices, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t s = begin; s < end; ++s) f(s, s * B / slices, (s + 1) * B / slices);
+  });
+}
+
+// Sum over dim 0 of a [slices, ...] tensor, in slice order.
+at::Tensor sum_slices(const at::Tensor& parts) {
+  at::Tensor total = parts[0].clone();
+  for (int64_t s = 1; s < parts.size(0); ++s) total.add_(parts[s]);
+  return total;
 }
 
 std::tuple<at::Tensor, at::Tensor> irnn_forward_cpu(
@@ -131,21 +97,38 @@ std::tuple<at::Tensor, at::Tensor> irnn_forward_cpu(
       check_forward_args(input, h0, weight_ih, weight_hh, bias_ih, bias_hh,
                          std::string(nonlinearity));
   const auto ct = compute_type(input.scalar_type());
-  const at::Tensor x = as_compute(input, ct), h0c = as_compute(h0, ct),
-                   w_ih = as_compute(contig(weight_ih), ct),
-                   w_hh = as_compute(weight_hh, ct),
-                   b_ih = as_compute(contig(bias_ih), ct),
-                   b_hh = as_compute(contig(bias_hh), ct);
-  const auto opts = x.options();
+  const auto opts = input.options().dtype(ct);
+  const at::Tensor x = input.to(ct).contiguous(), h0c = h0.to(ct).contiguous();
   at::Tensor out = at::empty({store_sequence ? s.T : 0, s.B, s.H}, opts);
   at::Tensor h_n = at::empty({s.B, s.H}, opts);
+  at::Tensor scratch = store_sequence ? at::Tensor() : at::empty({s.B, s.H}, opts);
   AT_DISPATCH_FLOATING_TYPES(ct, "irnn_forward_cpu", [&] {
-    forward_loop<scalar_t>(
-        s, x.data_ptr<scalar_t>(), h0c.data_ptr<scalar_t>(),
-        ptr_or_null<scalar_t>(w_ih), w_hh.data_ptr<scalar_t>(),
-        ptr_or_null<scalar_t>(b_ih), ptr_or_null<scalar_t>(b_hh), reverse,
-        store_sequence ? out.data_ptr<scalar_t>() : nullptr,
-        h_n.data_ptr<scalar_t>());
+    const KernelTable<scalar_t> k = kernels<scalar_t>();
+    const int64_t hp = (s.H + k.lanes - 1) / k.lanes * k.lanes;
+    const at::Tensor whh_t = pack_rows(weight_hh.t(), hp, ct);
+    const at::Tensor wih_t =
+        s.project ? pack_rows(weight_ih->t(), hp, ct) : at::Tensor();
+    at::Tensor bias = at::zeros({hp}, opts);
+    if (has(bias_ih)) bias.narrow(0, 0, s.H).add_(bias_ih->to(ct));
+    if (has(bias_hh)) bias.narrow(0, 0, s.H).add_(bias_hh->to(ct));
+    FwdParams<scalar_t> p{};
+    p.T = s.T;
+    p.B = s.B;
+    p.I = s.I;
+    p.H = s.H;
+    p.Hp = hp;
+    p.reverse = reverse;
+    p.x = x.data_ptr<scalar_t>();
+    p.h0 = h0c.data_ptr<scalar_t>();
+    p.wih_t = ptr_or_null<scalar_t>(wih_t);
+    p.whh_t = whh_t.data_ptr<scalar_t>();
+    p.bias = bias.data_ptr<scalar_t>();
+    p.out = store_sequence ? out.data_ptr<scalar_t>() : nullptr;
+    p.h_n = h_n.data_ptr<scalar_t>();
+    p.scratch = ptr_or_null<scalar_t>(scratch);
+    for_each_slice(s.B, num_slices(s.B), [&](int64_t, int64_t b0, int64_t b1) {
+      k.forward(p, s.relu, b0, b1);
+    });
   });
   return {out.to(input.scalar_type()), h_n.to(input.scalar_type())};
 }
@@ -161,31 +144,75 @@ irnn_backward_cpu(const c10::optional<at::Tensor>& grad_output,
       check_backward_args(grad_output, grad_h_n, input, h0, weight_ih,
                           weight_hh, output, std::string(nonlinearity));
   const auto ct = compute_type(input.scalar_type());
-  const at::Tensor g_out = as_compute(contig(grad_output), ct),
-                   g_hn = as_compute(contig(grad_h_n), ct),
-                   x = as_compute(input, ct), h0c = as_compute(h0, ct),
-                   w_ih = as_compute(contig(weight_ih), ct),
-                   w_hh = as_compute(weight_hh, ct),
-                   out = as_compute(output, ct);
-  const auto opts = x.options();
-  at::Tensor dx = at::empty({s.T, s.B, s.I}, opts);
-  at::Tensor dh0 = at::empty({s.B, s.H}, opts);
-  at::Tensor dw_ih = s.project ? at::zeros({s.H, s.I}, opts)
-                               : at::empty({0}, opts);
-  at::Tensor dw_hh = at::zeros({s.H, s.H}, opts);
-  at::Tensor db = at::zeros({s.H}, opts);
+  const auto opts = input.options().dtype(ct);
+  const int64_t T = s.T, B = s.B, I = s.I, H = s.H;
+  const bool fuse_ih = s.project && I <= kMaxFusedInput;
+  const at::Tensor g_out = as_compute(grad_output, ct),
+                   g_hn = as_compute(grad_h_n, ct),
+                   h0c = h0.to(ct).contiguous(),
+                   out = output.to(ct).contiguous(),
+                   x = s.project ? input.to(ct).contiguous() : at::Tensor();
+  at::Tensor da = at::empty({T, B, H}, opts);
+  at::Tensor dh0 = at::empty({B, H}, opts);
+  at::Tensor dx = fuse_ih ? at::empty({T, B, I}, opts) : at::Tensor();
+  at::Tensor db, dw_ih_t;
   AT_DISPATCH_FLOATING_TYPES(ct, "irnn_backward_cpu", [&] {
-    backward_loop<scalar_t>(
-        s, ptr_or_null<scalar_t>(g_out), ptr_or_null<scalar_t>(g_hn),
-        x.data_ptr<scalar_t>(), h0c.data_ptr<scalar_t>(),
-        ptr_or_null<scalar_t>(w_ih), w_hh.data_ptr<scalar_t>(),
-        out.data_ptr<scalar_t>(), reverse, dx.data_ptr<scalar_t>(),
-        dh0.data_ptr<scalar_t>(),
-        s.project ? dw_ih.data_ptr<scalar_t>() : nullptr,
-        dw_hh.data_ptr<scalar_t>(), db.data_ptr<scalar_t>());
+    const KernelTable<scalar_t> k = kernels<scalar_t>();
+    const int64_t hp = (H + k.lanes - 1) / k.lanes * k.lanes;
+    const int64_t slices = num_slices(B);
+    const at::Tensor whh = pack_rows(weight_hh, hp, ct);
+    const at::Tensor wih_t =
+        fuse_ih ? pack_rows(weight_ih->t(), hp, ct) : at::Tensor();
+    at::Tensor db_part = at::zeros({slices, hp}, opts);
+    at::Tensor dwih_part =
+        fuse_ih ? at::zeros({slices, I, hp}, opts) : at::Tensor();
+    BwdParams<scalar_t> p{};
+    p.T = T;
+    p.B = B;
+    p.I = I;
+    p.H = H;
+    p.Hp = hp;
+    p.reverse = reverse;
+    p.g_out = ptr_or_null<scalar_t>(g_out);
+    p.g_hn = ptr_or_null<scalar_t>(g_hn);
+    p.x = ptr_or_null<scalar_t>(x);
+    p.wih_t = ptr_or_null<scalar_t>(wih_t);
+    p.whh = whh.data_ptr<scalar_t>();
+    p.out = out.data_ptr<scalar_t>();
+    p.da = da.data_ptr<scalar_t>();
+    p.dx = ptr_or_null<scalar_t>(dx);
+    p.dh0 = dh0.data_ptr<scalar_t>();
+    p.db_part = db_part.data_ptr<scalar_t>();
+    p.dwih_part = ptr_or_null<scalar_t>(dwih_part);
+    for_each_slice(B, slices, [&](int64_t slice, int64_t b0, int64_t b1) {
+      k.backward(p, s.relu, b0, b1, slice);
+    });
+    db = sum_slices(db_part).narrow(0, 0, H);
+    if (fuse_ih) dw_ih_t = sum_slices(dwih_part).narrow(1, 0, H);
   });
+  // The weight gradients over all steps are single GEMMs after the loop:
+  // dW_hh = sum_t da_t^T h_prev(t), with h_prev the state before step t.
+  const int64_t t_first = reverse ? T - 1 : 0;
+  at::Tensor dw_hh = at::mm(da[t_first].t(), h0c);
+  if (T > 1) {
+    const at::Tensor da_rest = da.narrow(0, reverse ? 0 : 1, T - 1).view({(T - 1) * B, H});
+    const at::Tensor h_prev = out.narrow(0, reverse ? 1 : 0, T - 1).view({(T - 1) * B, H});
+    dw_hh = at::mm(da_rest.t(), h_prev).add_(dw_hh);
+  }
+  at::Tensor dw_ih;
+  if (!s.project) {
+    dx = da;
+    dw_ih = at::empty({0}, opts);
+  } else if (fuse_ih) {
+    dw_ih = dw_ih_t.t().contiguous();
+  } else {
+    const at::Tensor w_ih = weight_ih->to(ct);
+    dx = at::mm(da.view({T * B, H}), w_ih).view({T, B, I});
+    dw_ih = at::mm(da.view({T * B, H}).t(), x.view({T * B, I}));
+  }
   const auto dt = input.scalar_type();
-  return {dx.to(dt), dh0.to(dt), dw_ih.to(dt), dw_hh.to(dt), db.to(dt)};
+  return {dx.to(dt), dh0.to(dt), dw_ih.to(dt), dw_hh.to(dt),
+          db.contiguous().to(dt)};
 }
 
 }  // namespace

@@ -1,0 +1,277 @@
+// The fused CPU kernels, framework-free: raw pointers and sizes in, one batch
+// slice walked over all T steps, no allocation and no library call inside the
+// time loop. The ops in irnn_cpu.cpp pack the weights, split the batch into
+// slices (one per thread) and reduce the per-slice partial gradients.
+//
+// This header is compiled once per instruction set: each including file
+// defines IRNN_CPU_ISA (the namespace its instantiations live in, so that an
+// AVX2 build of a template never replaces the portable one at link time) and
+// a vector policy V (see irnn_cpu_avx2.cpp and irnn_cpu_generic.cpp):
+//   V::S scalar, V::R register, V::kL lanes; zero, set1, load, load_n (the
+//   first n lanes, the rest 0), store, store_n, add, mul, fma(a, b, c) = a*b+c,
+//   relu, relu_grad, tanh, hsum.
+//
+// Shapes (T steps, B batch, I input, H hidden, Hp = H rounded up to kL):
+//   packed weights are row-major with rows padded to Hp by zeros, so a column
+//   block of kL lanes is one unaligned vector load.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "irnn_cpu_params.h"
+
+#ifndef IRNN_CPU_ISA
+#error "define IRNN_CPU_ISA before including irnn_cpu_kernels.h"
+#endif
+
+namespace irnn_cuda {
+namespace IRNN_CPU_ISA {
+
+// Row tile -> widest column tile (in vectors) that keeps MR*NV accumulators,
+// NV loaded weight vectors and one broadcast within 16 vector registers.
+constexpr int kMaxRows = 6;
+constexpr int max_vecs(int rows) {
+  return rows == 1 ? 6 : rows == 2 ? 5 : rows <= 4 ? 3 : 2;
+}
+
+// C tile [MR rows x NV vectors] += A[MR x K] * Bp[K x NV*kL]. a[r] points at
+// row r of A (k contiguous); bp at column block 0 of row 0 of Bp (row stride
+// ldb).
+template <class V, int MR, int NV>
+inline __attribute__((always_inline)) void gemm_tile(
+    typename V::R (&acc)[MR][NV], const typename V::S* const* a, int64_t k_len,
+    const typename V::S* bp, int64_t ldb) {
+  using R = typename V::R;
+  for (int64_t k = 0; k < k_len; ++k) {
+    R b[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) b[v] = V::load(bp + k * ldb + v * V::kL);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const R x = V::set1(a[r][k]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[r][v] = V::fma(x, b[v], acc[r][v]);
+    }
+  }
+}
+
+// Calls f(std::integral_constant<int, nv>) for a runtime nv in [1, N].
+template <int N, class F>
+inline __attribute__((always_inline)) void with_vecs(int nv, F&& f) {
+  if constexpr (N > 0) {
+    if (nv == N) {
+      f(std::integral_constant<int, N>{});
+    } else {
+      with_vecs<N - 1>(nv, f);
+    }
+  }
+}
+
+template <int N, class F>
+inline __attribute__((always_inline)) void with_rows(int mr, F&& f) {
+  if constexpr (N > 0) {
+    if (mr == N) {
+      f(std::integral_constant<int, N>{});
+    } else {
+      with_rows<N - 1>(mr, f);
+    }
+  }
+}
+
+// Runs tile(MR, NV, col) over the column blocks of one row tile.
+template <class V, int MR, class Tile>
+inline __attribute__((always_inline)) void over_columns(int64_t H,
+                                                        Tile&& tile) {
+  constexpr int kNv = max_vecs(MR);
+  const int64_t nvec = (H + V::kL - 1) / V::kL;
+  for (int64_t v0 = 0; v0 < nvec; v0 += kNv) {
+    const int nv = static_cast<int>(nvec - v0 < kNv ? nvec - v0 : kNv);
+    with_vecs<kNv>(nv, [&](auto nv_c) { tile.template operator()<decltype(nv_c)::value>(v0 * V::kL); });
+  }
+}
+
+template <class V>
+inline typename V::R load_cols(const typename V::S* p, int64_t col,
+                               int64_t H) {
+  return col + V::kL <= H ? V::load(p + col)
+                          : V::load_n(p + col, static_cast<int>(H - col));
+}
+
+template <class V>
+inline void store_cols(typename V::S* p, int64_t col, int64_t H,
+                       typename V::R x) {
+  if (col + V::kL <= H) {
+    V::store(p + col, x);
+  } else {
+    V::store_n(p + col, x, static_cast<int>(H - col));
+  }
+}
+
+// Forward of rows [b0, b1) over all steps.
+template <class V, bool kRelu>
+void forward_slice(const FwdParams<typename V::S>& p, int64_t b0, int64_t b1) {
+  using S = typename V::S;
+  using R = typename V::R;
+  const int64_t T = p.T, B = p.B, H = p.H, Hp = p.Hp;
+  const int64_t ix = p.wih_t ? p.I : H;  // row length of x
+  const S* prev = p.h0;
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = p.reverse ? T - 1 - s : s;
+    // Without a sequence the states ping-pong between scratch and h_n,
+    // arranged so that the last step lands in h_n.
+    S* cur = p.out ? p.out + t * B * H
+                   : (((T - 1 - s) & 1) ? p.scratch : p.h_n);
+    const S* xt = p.x + t * B * ix;
+    for (int64_t b = b0; b < b1; b += kMaxRows) {
+      const int mr = static_cast<int>(b1 - b < kMaxRows ? b1 - b : kMaxRows);
+      with_rows<kMaxRows>(mr, [&](auto mr_c) {
+        constexpr int MR = decltype(mr_c)::value;
+        const S* ah[MR];
+        const S* ax[MR];
+        S* dst[MR];
+        for (int r = 0; r < MR; ++r) {
+          ah[r] = prev + (b + r) * H;
+          ax[r] = xt + (b + r) * ix;
+          dst[r] = cur + (b + r) * H;
+        }
+        over_columns<V, MR>(H, [&]<int NV>(int64_t col) {
+          R acc[MR][NV];
+          for (int v = 0; v < NV; ++v) {
+            const R bias = V::load(p.bias + col + v * V::kL);
+            for (int r = 0; r < MR; ++r) {
+              acc[r][v] = p.wih_t ? bias
+                                  : V::add(bias, load_cols<V>(ax[r], col + v * V::kL, H));
+            }
+          }
+          if (p.wih_t) gemm_tile<V, MR, NV>(acc, ax, p.I, p.wih_t + col, Hp);
+          gemm_tile<V, MR, NV>(acc, ah, H, p.whh_t + col, Hp);
+          for (int r = 0; r < MR; ++r) {
+            for (int v = 0; v < NV; ++v) {
+              const R h = kRelu ? V::relu(acc[r][v]) : V::tanh(acc[r][v]);
+              store_cols<V>(dst[r], col + v * V::kL, H, h);
+            }
+          }
+        });
+      });
+    }
+    prev = cur;
+  }
+  if (p.out) {
+    for (int64_t i = b0 * H; i < b1 * H; ++i) p.h_n[i] = prev[i];
+  }
+}
+
+// Backward of rows [b0, b1) over all steps, in reverse walking order.
+// slice: index of this slice's partial-gradient rows.
+template <class V, bool kRelu>
+void backward_slice(const BwdParams<typename V::S>& p, int64_t b0, int64_t b1,
+                    int64_t slice) {
+  using S = typename V::S;
+  using R = typename V::R;
+  const int64_t T = p.T, B = p.B, H = p.H, Hp = p.Hp, I = p.I;
+  const bool fuse_ih = p.wih_t != nullptr;
+  S* db = p.db_part + slice * Hp;
+  S* dwih = fuse_ih ? p.dwih_part + slice * I * Hp : nullptr;
+  // Per-row, per-input partial dot products for dx (fused small I only).
+  S dxacc[kMaxRows][kMaxFusedInput * V::kL];
+  for (int64_t s = T - 1; s >= -1; --s) {
+    // s == -1 is the extra step that carries da at the first walked step
+    // back to h0: dh0 = da W_hh.
+    const bool to_h0 = s < 0;
+    const int64_t t = to_h0 ? -1 : (p.reverse ? T - 1 - s : s);
+    const int64_t t_next = p.reverse ? T - 1 - (s + 1) : s + 1;
+    const S* da_next = s == T - 1 ? nullptr : p.da + t_next * B * H;
+    const S* ht = to_h0 ? nullptr : p.out + t * B * H;
+    const S* gt = (!to_h0 && p.g_out) ? p.g_out + t * B * H : nullptr;
+    const S* gn = (s == T - 1) ? p.g_hn : nullptr;
+    S* dst_base = to_h0 ? p.dh0 : p.da + t * B * H;
+    const S* xt = (fuse_ih && !to_h0) ? p.x + t * B * I : nullptr;
+    S* dxt = (fuse_ih && !to_h0) ? p.dx + t * B * I : nullptr;
+    for (int64_t b = b0; b < b1; b += kMaxRows) {
+      const int mr = static_cast<int>(b1 - b < kMaxRows ? b1 - b : kMaxRows);
+      with_rows<kMaxRows>(mr, [&](auto mr_c) {
+        constexpr int MR = decltype(mr_c)::value;
+        const S* an[MR];
+        S* dst[MR];
+        for (int r = 0; r < MR; ++r) {
+          an[r] = da_next ? da_next + (b + r) * H : nullptr;
+          dst[r] = dst_base + (b + r) * H;
+        }
+        if (xt) {
+          for (int r = 0; r < MR; ++r)
+            for (int64_t i = 0; i < I * V::kL; ++i) dxacc[r][i] = S(0);
+        }
+        over_columns<V, MR>(H, [&]<int NV>(int64_t col) {
+          R acc[MR][NV];
+          for (int r = 0; r < MR; ++r) {
+            const int64_t row = (b + r) * H;
+            for (int v = 0; v < NV; ++v) {
+              const int64_t c = col + v * V::kL;
+              R g = gt ? load_cols<V>(gt + row, c, H) : V::zero();
+              if (gn) g = V::add(g, load_cols<V>(gn + row, c, H));
+              acc[r][v] = g;
+            }
+          }
+          if (da_next) gemm_tile<V, MR, NV>(acc, an, H, p.whh + col, Hp);
+          for (int r = 0; r < MR; ++r) {
+            for (int v = 0; v < NV; ++v) {
+              const int64_t c = col + v * V::kL;
+              R d = acc[r][v];
+              if (!to_h0) {
+                const R h = load_cols<V>(ht + (b + r) * H, c, H);
+                d = kRelu ? V::relu_grad(d, h)
+                          : V::mul(d, V::sub(V::set1(S(1)), V::mul(h, h)));
+                V::store(db + c, V::add(V::load(db + c), d));
+                if (xt) {
+                  for (int64_t i = 0; i < I; ++i) {
+                    S* dxa = dxacc[r] + i * V::kL;
+                    V::store(dxa, V::fma(d, V::load(p.wih_t + i * Hp + c),
+                                         V::load(dxa)));
+                    S* dw = dwih + i * Hp + c;
+                    V::store(dw, V::fma(d, V::set1(xt[(b + r) * I + i]),
+                                        V::load(dw)));
+                  }
+                }
+              }
+              store_cols<V>(dst[r], c, H, d);
+            }
+          }
+        });
+        if (xt) {
+          for (int r = 0; r < MR; ++r)
+            for (int64_t i = 0; i < I; ++i)
+              dxt[(b + r) * I + i] = V::hsum(V::load(dxacc[r] + i * V::kL));
+        }
+      });
+    }
+  }
+}
+
+template <class V>
+void forward_entry(const FwdParams<typename V::S>& p, bool relu, int64_t b0,
+                   int64_t b1) {
+  if (relu) {
+    forward_slice<V, true>(p, b0, b1);
+  } else {
+    forward_slice<V, false>(p, b0, b1);
+  }
+}
+
+template <class V>
+void backward_entry(const BwdParams<typename V::S>& p, bool relu, int64_t b0,
+                    int64_t b1, int64_t slice) {
+  if (relu) {
+    backward_slice<V, true>(p, b0, b1, slice);
+  } else {
+    backward_slice<V, false>(p, b0, b1, slice);
+  }
+}
+
+template <class V>
+KernelTable<typename V::S> kernel_table() {
+  return {&forward_entry<V>, &backward_entry<V>, V::kL};
+}
+
+}  // namespace IRNN_CPU_ISA
+}  // namespace irnn_cuda

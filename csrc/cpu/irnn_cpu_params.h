@@ -1,0 +1,66 @@
+// What crosses from the CPU ops (irnn_cpu.cpp) into the framework-free
+// kernels (irnn_cpu_kernels.h): sizes, flags and raw pointers to contiguous
+// buffers. Hp is H rounded up to the kernel's vector width; every packed
+// buffer ([.., Hp]) is zero in its padding columns.
+#pragma once
+
+#include <cstdint>
+
+namespace irnn_cuda {
+
+// Input sizes up to this are projected inside the backward's time loop (dx
+// and dW_ih); larger ones by GEMMs over all steps after it.
+constexpr int64_t kMaxFusedInput = 8;
+
+template <typename S>
+struct FwdParams {
+  int64_t T, B, I, H, Hp;
+  bool reverse;
+  const S* x;       // [T,B,I] with wih_t, else the projected input [T,B,H]
+  const S* h0;      // [B,H]
+  const S* wih_t;   // [I,Hp] W_ih^T, or null (input already projected)
+  const S* whh_t;   // [H,Hp] W_hh^T
+  const S* bias;    // [Hp] b_ih + b_hh (zeros where absent)
+  S* out;           // [T,B,H] or null (last state only)
+  S* h_n;           // [B,H]
+  S* scratch;       // [B,H] second state buffer when out is null
+};
+
+template <typename S>
+struct BwdParams {
+  int64_t T, B, I, H, Hp;
+  bool reverse;
+  const S* g_out;   // [T,B,H] or null (zeros)
+  const S* g_hn;    // [B,H] or null (zeros)
+  const S* x;       // [T,B,I] (read only with wih_t)
+  const S* wih_t;   // [I,Hp] W_ih^T for the fused dx and dW_ih, or null
+  const S* whh;     // [H,Hp] W_hh
+  const S* out;     // [T,B,H] the forward's states
+  S* da;            // [T,B,H] da_t for every step
+  S* dx;            // [T,B,I] (written only with wih_t)
+  S* dh0;           // [B,H]
+  S* db_part;       // [slices,Hp] per-slice sum of da, zero-initialised
+  S* dwih_part;     // [slices,I,Hp] per-slice dW_ih^T, zero-initialised
+};
+
+// One implementation per instruction set; `relu` false means tanh.
+template <typename S>
+struct KernelTable {
+  void (*forward)(const FwdParams<S>&, bool relu, int64_t b0, int64_t b1);
+  void (*backward)(const BwdParams<S>&, bool relu, int64_t b0, int64_t b1,
+                   int64_t slice);
+  int64_t lanes;  // vector width: Hp is a multiple of it
+};
+
+namespace cpu_avx2 {
+bool supported();
+KernelTable<float> table_float();
+KernelTable<double> table_double();
+}  // namespace cpu_avx2
+
+namespace cpu_generic {
+KernelTable<float> table_float();
+KernelTable<double> table_double();
+}  // namespace cpu_generic
+
+}  // namespace irnn_cuda
