@@ -152,10 +152,14 @@ irnn_backward_cpu(const c10::optional<at::Tensor>& grad_output,
                    h0c = h0.to(ct).contiguous(),
                    out = output.to(ct).contiguous(),
                    x = s.project ? input.to(ct).contiguous() : at::Tensor();
-  at::Tensor da = at::empty({T, B, H}, opts);
+  // Every step's da is kept only where it is an output (the gradient of a
+  // projected input) or feeds the GEMMs of a large input.
+  const bool keep_da = !fuse_ih;
+  at::Tensor da = keep_da ? at::empty({T, B, H}, opts) : at::Tensor();
+  at::Tensor da_scratch = keep_da ? at::Tensor() : at::empty({2, B, H}, opts);
   at::Tensor dh0 = at::empty({B, H}, opts);
   at::Tensor dx = fuse_ih ? at::empty({T, B, I}, opts) : at::Tensor();
-  at::Tensor db, dw_ih_t;
+  at::Tensor db, dw_ih_t, dw_hh;
   AT_DISPATCH_FLOATING_TYPES(ct, "irnn_backward_cpu", [&] {
     const KernelTable<scalar_t> k = kernels<scalar_t>();
     const int64_t hp = (H + k.lanes - 1) / k.lanes * k.lanes;
@@ -164,6 +168,7 @@ irnn_backward_cpu(const c10::optional<at::Tensor>& grad_output,
     const at::Tensor wih_t =
         fuse_ih ? pack_rows(weight_ih->t(), hp, ct) : at::Tensor();
     at::Tensor db_part = at::zeros({slices, hp}, opts);
+    at::Tensor dwhh_part = at::zeros({slices, H, hp}, opts);
     at::Tensor dwih_part =
         fuse_ih ? at::zeros({slices, I, hp}, opts) : at::Tensor();
     BwdParams<scalar_t> p{};
@@ -176,29 +181,24 @@ irnn_backward_cpu(const c10::optional<at::Tensor>& grad_output,
     p.g_out = ptr_or_null<scalar_t>(g_out);
     p.g_hn = ptr_or_null<scalar_t>(g_hn);
     p.x = ptr_or_null<scalar_t>(x);
+    p.h0 = h0c.data_ptr<scalar_t>();
     p.wih_t = ptr_or_null<scalar_t>(wih_t);
     p.whh = whh.data_ptr<scalar_t>();
     p.out = out.data_ptr<scalar_t>();
-    p.da = da.data_ptr<scalar_t>();
+    p.da = ptr_or_null<scalar_t>(da);
+    p.da_scratch = ptr_or_null<scalar_t>(da_scratch);
     p.dx = ptr_or_null<scalar_t>(dx);
     p.dh0 = dh0.data_ptr<scalar_t>();
     p.db_part = db_part.data_ptr<scalar_t>();
+    p.dwhh_part = dwhh_part.data_ptr<scalar_t>();
     p.dwih_part = ptr_or_null<scalar_t>(dwih_part);
     for_each_slice(B, slices, [&](int64_t slice, int64_t b0, int64_t b1) {
       k.backward(p, s.relu, b0, b1, slice);
     });
     db = sum_slices(db_part).narrow(0, 0, H);
+    dw_hh = sum_slices(dwhh_part).narrow(1, 0, H);
     if (fuse_ih) dw_ih_t = sum_slices(dwih_part).narrow(1, 0, H);
   });
-  // The weight gradients over all steps are single GEMMs after the loop:
-  // dW_hh = sum_t da_t^T h_prev(t), with h_prev the state before step t.
-  const int64_t t_first = reverse ? T - 1 : 0;
-  at::Tensor dw_hh = at::mm(da[t_first].t(), h0c);
-  if (T > 1) {
-    const at::Tensor da_rest = da.narrow(0, reverse ? 0 : 1, T - 1).view({(T - 1) * B, H});
-    const at::Tensor h_prev = out.narrow(0, reverse ? 1 : 0, T - 1).view({(T - 1) * B, H});
-    dw_hh = at::mm(da_rest.t(), h_prev).add_(dw_hh);
-  }
   at::Tensor dw_ih;
   if (!s.project) {
     dx = da;
@@ -206,12 +206,13 @@ irnn_backward_cpu(const c10::optional<at::Tensor>& grad_output,
   } else if (fuse_ih) {
     dw_ih = dw_ih_t.t().contiguous();
   } else {
+    // A large input's gradients are GEMMs over all steps.
     const at::Tensor w_ih = weight_ih->to(ct);
     dx = at::mm(da.view({T * B, H}), w_ih).view({T, B, I});
     dw_ih = at::mm(da.view({T * B, H}).t(), x.view({T * B, I}));
   }
   const auto dt = input.scalar_type();
-  return {dx.to(dt), dh0.to(dt), dw_ih.to(dt), dw_hh.to(dt),
+  return {dx.to(dt), dh0.to(dt), dw_ih.to(dt), dw_hh.contiguous().to(dt),
           db.contiguous().to(dt)};
 }
 

@@ -35,21 +35,25 @@ constexpr int max_vecs(int rows) {
   return rows == 1 ? 6 : rows == 2 ? 5 : rows <= 4 ? 3 : 2;
 }
 
-// C tile [MR rows x NV vectors] += A[MR x K] * Bp[K x NV*kL]. a[r] points at
-// row r of A (k contiguous); bp at column block 0 of row 0 of Bp (row stride
-// ldb).
-template <class V, int MR, int NV>
+// C tile [MR rows x NV vectors] += A[MR x K] * B[K x NV*kL]. Row r of A is
+// a[r][k * lda]; bp points at column block 0 of row 0 of B (row stride ldb).
+// With kTail the last vector of B holds only `tail` valid lanes (masked
+// loads, for B operands whose rows are not padded).
+template <class V, int MR, int NV, bool kTail = false>
 inline __attribute__((always_inline)) void gemm_tile(
-    typename V::R (&acc)[MR][NV], const typename V::S* const* a, int64_t k_len,
-    const typename V::S* bp, int64_t ldb) {
+    typename V::R (&acc)[MR][NV], const typename V::S* const* a, int64_t lda,
+    int64_t k_len, const typename V::S* bp, int64_t ldb, int tail = V::kL) {
   using R = typename V::R;
   for (int64_t k = 0; k < k_len; ++k) {
     R b[NV];
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) b[v] = V::load(bp + k * ldb + v * V::kL);
+    for (int v = 0; v < NV; ++v) {
+      b[v] = (kTail && v == NV - 1) ? V::load_n(bp + k * ldb + v * V::kL, tail)
+                                    : V::load(bp + k * ldb + v * V::kL);
+    }
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      const R x = V::set1(a[r][k]);
+      const R x = V::set1(a[r][k * lda]);
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) acc[r][v] = V::fma(x, b[v], acc[r][v]);
     }
@@ -144,8 +148,8 @@ void forward_slice(const FwdParams<typename V::S>& p, int64_t b0, int64_t b1) {
                                   : V::add(bias, load_cols<V>(ax[r], col + v * V::kL, H));
             }
           }
-          if (p.wih_t) gemm_tile<V, MR, NV>(acc, ax, p.I, p.wih_t + col, Hp);
-          gemm_tile<V, MR, NV>(acc, ah, H, p.whh_t + col, Hp);
+          if (p.wih_t) gemm_tile<V, MR, NV>(acc, ax, 1, p.I, p.wih_t + col, Hp);
+          gemm_tile<V, MR, NV>(acc, ah, 1, H, p.whh_t + col, Hp);
           for (int r = 0; r < MR; ++r) {
             for (int v = 0; v < NV; ++v) {
               const R h = kRelu ? V::relu(acc[r][v]) : V::tanh(acc[r][v]);
@@ -162,6 +166,45 @@ void forward_slice(const FwdParams<typename V::S>& p, int64_t b0, int64_t b1) {
   }
 }
 
+// dW_part[H x Hp] += da^T h over rows [b0, b1): da and h are [*, H] row
+// blocks (row stride H). The rows are taken in chunks that stay in L1 while
+// every tile of dW_part passes over them.
+template <class V>
+void accumulate_dw(typename V::S* dw, const typename V::S* da,
+                   const typename V::S* h, int64_t b0, int64_t b1, int64_t H,
+                   int64_t Hp) {
+  using S = typename V::S;
+  using R = typename V::R;
+  constexpr int64_t kChunk = 48;
+  const int tail = static_cast<int>(H - (H - 1) / V::kL * V::kL);
+  for (int64_t c0 = b0; c0 < b1; c0 += kChunk) {
+    const int64_t rows = b1 - c0 < kChunk ? b1 - c0 : kChunk;
+    for (int64_t j = 0; j < H; j += kMaxRows) {
+      const int mr = static_cast<int>(H - j < kMaxRows ? H - j : kMaxRows);
+      with_rows<kMaxRows>(mr, [&](auto mr_c) {
+        constexpr int MR = decltype(mr_c)::value;
+        const S* a[MR];
+        for (int r = 0; r < MR; ++r) a[r] = da + c0 * H + j + r;
+        over_columns<V, MR>(H, [&]<int NV>(int64_t col) {
+          R acc[MR][NV];
+          for (int r = 0; r < MR; ++r)
+            for (int v = 0; v < NV; ++v)
+              acc[r][v] = V::load(dw + (j + r) * Hp + col + v * V::kL);
+          const S* bp = h + c0 * H + col;
+          if (col + NV * V::kL > H) {
+            gemm_tile<V, MR, NV, true>(acc, a, H, rows, bp, H, tail);
+          } else {
+            gemm_tile<V, MR, NV>(acc, a, H, rows, bp, H);
+          }
+          for (int r = 0; r < MR; ++r)
+            for (int v = 0; v < NV; ++v)
+              V::store(dw + (j + r) * Hp + col + v * V::kL, acc[r][v]);
+        });
+      });
+    }
+  }
+}
+
 // Backward of rows [b0, b1) over all steps, in reverse walking order.
 // slice: index of this slice's partial-gradient rows.
 template <class V, bool kRelu>
@@ -172,7 +215,14 @@ void backward_slice(const BwdParams<typename V::S>& p, int64_t b0, int64_t b1,
   const int64_t T = p.T, B = p.B, H = p.H, Hp = p.Hp, I = p.I;
   const bool fuse_ih = p.wih_t != nullptr;
   S* db = p.db_part + slice * Hp;
+  S* dwhh = p.dwhh_part + slice * H * Hp;
   S* dwih = fuse_ih ? p.dwih_part + slice * I * Hp : nullptr;
+  // da of step s: the full sequence when the caller keeps it, else two
+  // alternating [B,H] buffers.
+  auto da_of = [&](int64_t s) {
+    const int64_t t = p.reverse ? T - 1 - s : s;
+    return p.da ? p.da + t * B * H : p.da_scratch + (s & 1) * B * H;
+  };
   // Per-row, per-input partial dot products for dx (fused small I only).
   S dxacc[kMaxRows][kMaxFusedInput * V::kL];
   for (int64_t s = T - 1; s >= -1; --s) {
@@ -180,12 +230,11 @@ void backward_slice(const BwdParams<typename V::S>& p, int64_t b0, int64_t b1,
     // back to h0: dh0 = da W_hh.
     const bool to_h0 = s < 0;
     const int64_t t = to_h0 ? -1 : (p.reverse ? T - 1 - s : s);
-    const int64_t t_next = p.reverse ? T - 1 - (s + 1) : s + 1;
-    const S* da_next = s == T - 1 ? nullptr : p.da + t_next * B * H;
+    const S* da_next = s == T - 1 ? nullptr : da_of(s + 1);
     const S* ht = to_h0 ? nullptr : p.out + t * B * H;
     const S* gt = (!to_h0 && p.g_out) ? p.g_out + t * B * H : nullptr;
     const S* gn = (s == T - 1) ? p.g_hn : nullptr;
-    S* dst_base = to_h0 ? p.dh0 : p.da + t * B * H;
+    S* dst_base = to_h0 ? p.dh0 : da_of(s);
     const S* xt = (fuse_ih && !to_h0) ? p.x + t * B * I : nullptr;
     S* dxt = (fuse_ih && !to_h0) ? p.dx + t * B * I : nullptr;
     for (int64_t b = b0; b < b1; b += kMaxRows) {
@@ -213,7 +262,7 @@ void backward_slice(const BwdParams<typename V::S>& p, int64_t b0, int64_t b1,
               acc[r][v] = g;
             }
           }
-          if (da_next) gemm_tile<V, MR, NV>(acc, an, H, p.whh + col, Hp);
+          if (da_next) gemm_tile<V, MR, NV>(acc, an, 1, H, p.whh + col, Hp);
           for (int r = 0; r < MR; ++r) {
             for (int v = 0; v < NV; ++v) {
               const int64_t c = col + v * V::kL;
@@ -244,6 +293,12 @@ void backward_slice(const BwdParams<typename V::S>& p, int64_t b0, int64_t b1,
               dxt[(b + r) * I + i] = V::hsum(V::load(dxacc[r] + i * V::kL));
         }
       });
+    }
+    if (!to_h0) {
+      // dW_hh += da_t^T h_prev, h_prev the state before step t.
+      const int64_t t_prev = p.reverse ? t + 1 : t - 1;
+      const S* h_prev = s == 0 ? p.h0 : p.out + t_prev * B * H;
+      accumulate_dw<V>(dwhh, dst_base, h_prev, b0, b1, H, Hp);
     }
   }
 }

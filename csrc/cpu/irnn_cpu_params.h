@@ -33,13 +33,16 @@ struct BwdParams {
   const S* g_out;   // [T,B,H] or null (zeros)
   const S* g_hn;    // [B,H] or null (zeros)
   const S* x;       // [T,B,I] (read only with wih_t)
+  const S* h0;      // [B,H]
   const S* wih_t;   // [I,Hp] W_ih^T for the fused dx and dW_ih, or null
   const S* whh;     // [H,Hp] W_hh
   const S* out;     // [T,B,H] the forward's states
-  S* da;            // [T,B,H] da_t for every step
+  S* da;            // [T,B,H] da_t for every step, or null: then
+  S* da_scratch;    // [2,B,H] holds the last two steps' da
   S* dx;            // [T,B,I] (written only with wih_t)
   S* dh0;           // [B,H]
   S* db_part;       // [slices,Hp] per-slice sum of da, zero-initialised
+  S* dwhh_part;     // [slices,H,Hp] per-slice dW_hh, zero-initialised
   S* dwih_part;     // [slices,I,Hp] per-slice dW_ih^T, zero-initialised
 };
 

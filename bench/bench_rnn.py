@@ -1,0 +1,208 @@
+"""Kernel benchmark: FusedIRNN against torch.nn.RNN, side by side.
+
+Both modules get the same weights (FusedIRNN.from_rnn), the same inputs, the
+same autograd mode and are asked for the same outputs; each repeat times one
+then the other (alternating who goes first), and the table reports medians
+and their ratio. The GEMM rate of this device, measured in the same run,
+gives a floor for every row: the time its matrix products alone would take.
+
+    python bench/bench_rnn.py --device cpu --threads 2 --json bench_cpu.json
+    python bench/bench_rnn.py --device cuda --tf32 off --json bench_cuda.json
+    python bench/bench_rnn.py --smoke --json /tmp/smoke.json   # CI
+
+Rows (relu, single layer):
+  fwd       forward under no_grad, full output sequence;
+  fwd+bwd   forward and backward of the output sequence (weights need grad);
+  last      forward under no_grad asking only for h_n
+            (FusedIRNN(return_sequence=False); for nn.RNN, its h_n).
+Floors: forward = T * 2*B*H*(I+H) FLOP at the rate of a [1024,H]x[H,H]
+GEMM; forward+backward adds the same again (dh and dx through the weights)
+plus dW = sum_t da_t^T [x_t, h_{t-1}] as one GEMM over all T*B rows at that
+GEMM's measured rate. `x_floor` = time / floor.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from irnn_cuda import FusedIRNN, has_kernels  # noqa: E402
+
+MODES = ("fwd", "fwd+bwd", "last")
+
+
+class Timer:
+    """Wall time on the CPU; CUDA events (no host sync inside) on a GPU."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+
+    def time_ms(self, fn):
+        if self.cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end)
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+
+
+def gemm_gflops(timer, m, k, n, dtype, device, repeats):
+    """Median rate of an [m,k] x [k,n] product (a: transposed view when
+    m < n, as for dW = da^T h)."""
+    a = torch.randn(k, m, dtype=dtype, device=device).t() if m < k else \
+        torch.randn(m, k, dtype=dtype, device=device)
+    b = torch.randn(k, n, dtype=dtype, device=device)
+    inner = max(1, int(2e8 // (2 * m * k * n)))  # ~0.2 GFLOP per sample
+    run = lambda: [torch.mm(a, b) for _ in range(inner)]  # noqa: E731
+    run()
+    times = [timer.time_ms(run) / inner for _ in range(repeats)]
+    return 2 * m * k * n / (statistics.median(times) * 1e-3) / 1e9
+
+
+def make_step(model, mode, x, grad):
+    """The timed closure for one module and mode."""
+    fused = isinstance(model, FusedIRNN)
+    params = list(model.parameters())
+
+    if mode == "fwd":
+        def step():
+            with torch.no_grad():
+                model(x)
+    elif mode == "last":
+        def step():
+            with torch.no_grad():
+                if fused:
+                    model(x, return_sequence=False)
+                else:
+                    model(x)
+    else:
+        def step():
+            for p in params:
+                p.grad = None
+            out, _ = model(x)
+            out.backward(grad)
+    return step
+
+
+def bench_shape(timer, device, dtype, T, B, I, H, repeats, rates):
+    torch.manual_seed(0)
+    rnn = torch.nn.RNN(I, H, nonlinearity="relu", device=device, dtype=dtype)
+    fused = FusedIRNN.from_rnn(rnn)
+    x = torch.randn(T, B, I, device=device, dtype=dtype)
+    grad = torch.randn(T, B, H, device=device, dtype=dtype)
+    flop_fwd = T * 2.0 * B * H * (I + H)
+    step_rate = rates.setdefault(("step", H), gemm_gflops(
+        timer, 1024, H, H, dtype, device, max(3, repeats)))
+    rows = []
+    for mode in MODES:
+        floor_ms = flop_fwd / (step_rate * 1e9) * 1e3
+        if mode == "fwd+bwd":
+            key = ("dw", T * B, H + I, H)
+            if key not in rates:
+                rates[key] = gemm_gflops(timer, H, T * B, H + I, dtype, device,
+                                         3)
+            floor_ms = 2 * floor_ms + flop_fwd / (rates[key] * 1e9) * 1e3
+        ours = make_step(fused, mode, x, grad)
+        theirs = make_step(rnn, mode, x, grad)
+        ours()
+        theirs()
+        t_ours, t_theirs = [], []
+        for rep in range(repeats):
+            pair = [(ours, t_ours), (theirs, t_theirs)]
+            for fn, acc in (pair if rep % 2 == 0 else pair[::-1]):
+                acc.append(timer.time_ms(fn))
+        fused_ms, torch_ms = statistics.median(t_ours), statistics.median(t_theirs)
+        rows.append({"T": T, "B": B, "I": I, "H": H, "mode": mode,
+                     "fused_ms": fused_ms, "torch_ms": torch_ms,
+                     "speedup": torch_ms / fused_ms, "floor_ms": floor_ms,
+                     "x_floor": fused_ms / floor_ms,
+                     "torch_x_floor": torch_ms / floor_ms})
+        print(f"{T:>5} {B:>5} {I:>3} {H:>4} {mode:>8} {fused_ms:>10.2f} "
+              f"{torch_ms:>10.2f} {torch_ms / fused_ms:>8.2f}x "
+              f"{floor_ms:>9.2f} {fused_ms / floor_ms:>7.2f}", flush=True)
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--batches", default="1,16,128,1024",
+                    help="comma-separated batch sizes for the T=784, I=1, "
+                         "H=100 rows (default 1,16,128,1024)")
+    ap.add_argument("--tf32", choices=("off", "on"), default="off",
+                    help="CUDA: pins cudnn and matmul allow_tf32 (default off)")
+    ap.add_argument("--json", help="write the results to this file")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny sizes and few repeats (CI)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed repeats per row (default 7, smoke 2)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU: torch.set_num_threads (default: torch's)")
+    ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch.cuda.is_available() is False")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    tf32 = args.tf32 == "on"
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    dtype = getattr(torch, args.dtype)
+    repeats = args.repeats or (2 if args.smoke else 7)
+    batches = [int(b) for b in args.batches.split(",") if b.strip()]
+
+    if args.smoke:
+        shapes = [(20, b, 1, 16) for b in (1, 5)] + [(6, 3, 28, 8)]
+    else:
+        shapes = [(784, b, 1, 100) for b in batches]
+        shapes += [(784, 16, 1, 256), (784, 128, 1, 256),
+                   (28, 128, 28, 100), (28, 1024, 28, 100)]
+
+    info = {"device": str(device), "dtype": args.dtype,
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "fused_kernels": has_kernels(device.type),
+            "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+            "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "repeats": repeats, "smoke": args.smoke,
+            "machine": platform.processor() or platform.machine()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cudnn"] = torch.backends.cudnn.version()
+    print(" ".join(f"{k}={v}" for k, v in info.items()))
+    if not info["fused_kernels"]:
+        print(f"WARNING: no compiled {device.type} kernels; FusedIRNN runs the "
+              "slow reference", file=sys.stderr)
+
+    timer = Timer(device)
+    rates = {}
+    print(f"{'T':>5} {'B':>5} {'I':>3} {'H':>4} {'mode':>8} {'fused_ms':>10} "
+          f"{'torch_ms':>10} {'speedup':>9} {'floor_ms':>9} {'x_floor':>7}")
+    rows = []
+    for T, B, I, H in shapes:
+        rows += bench_shape(timer, device, dtype, T, B, I, H, repeats, rates)
+    info["gemm_gflops"] = {f"{k[0]}:{'x'.join(map(str, k[1:]))}": v
+                           for k, v in rates.items()}
+    print("GEMM rates (GFLOP/s): " + ", ".join(
+        f"{k}={v:.1f}" for k, v in info["gemm_gflops"].items()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"info": info, "rows": rows}, f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
