@@ -57,13 +57,13 @@ class Timer:
         return (time.perf_counter() - t0) * 1e3
 
 
-def gemm_gflops(timer, m, k, n, dtype, device, repeats):
+def gemm_gflops(timer, m, k, n, dtype, device, repeats, flop_per_sample):
     """Median rate of an [m,k] x [k,n] product (a: transposed view when
-    m < n, as for dW = da^T h)."""
+    m < k, as for dW = da^T h)."""
     a = torch.randn(k, m, dtype=dtype, device=device).t() if m < k else \
         torch.randn(m, k, dtype=dtype, device=device)
     b = torch.randn(k, n, dtype=dtype, device=device)
-    inner = max(1, int(2e8 // (2 * m * k * n)))  # ~0.2 GFLOP per sample
+    inner = max(1, int(flop_per_sample // (2 * m * k * n)))
     run = lambda: [torch.mm(a, b) for _ in range(inner)]  # noqa: E731
     run()
     times = [timer.time_ms(run) / inner for _ in range(repeats)]
@@ -95,7 +95,7 @@ def make_step(model, mode, x, grad):
     return step
 
 
-def bench_shape(timer, device, dtype, T, B, I, H, repeats, rates):
+def bench_shape(timer, device, dtype, T, B, I, H, repeats, rates, flop_per_sample):
     torch.manual_seed(0)
     rnn = torch.nn.RNN(I, H, nonlinearity="relu", device=device, dtype=dtype)
     fused = FusedIRNN.from_rnn(rnn)
@@ -103,7 +103,7 @@ def bench_shape(timer, device, dtype, T, B, I, H, repeats, rates):
     grad = torch.randn(T, B, H, device=device, dtype=dtype)
     flop_fwd = T * 2.0 * B * H * (I + H)
     step_rate = rates.setdefault(("step", H), gemm_gflops(
-        timer, 1024, H, H, dtype, device, max(3, repeats)))
+        timer, 1024, H, H, dtype, device, max(3, repeats), flop_per_sample))
     rows = []
     for mode in MODES:
         floor_ms = flop_fwd / (step_rate * 1e9) * 1e3
@@ -111,7 +111,7 @@ def bench_shape(timer, device, dtype, T, B, I, H, repeats, rates):
             key = ("dw", T * B, H + I, H)
             if key not in rates:
                 rates[key] = gemm_gflops(timer, H, T * B, H + I, dtype, device,
-                                         3)
+                                         3, flop_per_sample)
             floor_ms = 2 * floor_ms + flop_fwd / (rates[key] * 1e9) * 1e3
         ours = make_step(fused, mode, x, grad)
         theirs = make_step(rnn, mode, x, grad)
@@ -193,7 +193,8 @@ def main(argv=None):
           f"{'torch_ms':>10} {'speedup':>9} {'floor_ms':>9} {'x_floor':>7}")
     rows = []
     for T, B, I, H in shapes:
-        rows += bench_shape(timer, device, dtype, T, B, I, H, repeats, rates)
+        rows += bench_shape(timer, device, dtype, T, B, I, H, repeats, rates,
+                            2e6 if args.smoke else 2e8)
     info["gemm_gflops"] = {f"{k[0]}:{'x'.join(map(str, k[1:]))}": v
                            for k, v in rates.items()}
     print("GEMM rates (GFLOP/s): " + ", ".join(

@@ -211,6 +211,10 @@ void forward_slice(const FwdParams<typename V::S>& p, int64_t b0, int64_t b1) {
   }
 }
 
+// Rows per chunk of the backward: a chunk's da and h_prev (2 x 48 x H) stay
+// in L1/L2 between computing da and adding da^T h_prev to dW_hh.
+constexpr int64_t kChunk = 8 * kMaxRows;
+
 // dW_part[H x Hp] += da^T h over rows [b0, b1): da and h are [*, H] row
 // blocks (row stride H). The rows are taken in chunks that stay in L1 while
 // every tile of dW_part passes over them.
@@ -220,7 +224,6 @@ void accumulate_dw(typename V::S* dw, const typename V::S* da,
                    int64_t Hp) {
   using S = typename V::S;
   using R = typename V::R;
-  constexpr int64_t kChunk = 48;
   const int tail = static_cast<int>(H - (H - 1) / V::kL * V::kL);
   for (int64_t c0 = b0; c0 < b1; c0 += kChunk) {
     const int64_t rows = b1 - c0 < kChunk ? b1 - c0 : kChunk;
@@ -282,79 +285,82 @@ void backward_slice(const BwdParams<typename V::S>& p, int64_t b0, int64_t b1,
     S* dst_base = to_h0 ? p.dh0 : da_of(s);
     const S* xt = (fuse_ih && !to_h0) ? p.x + t * B * I : nullptr;
     S* dxt = (fuse_ih && !to_h0) ? p.dx + t * B * I : nullptr;
-    for (int64_t b = b0; b < b1; b += kMaxRows) {
-      const int mr = static_cast<int>(b1 - b < kMaxRows ? b1 - b : kMaxRows);
-      const int64_t next = b + kMaxRows, next_rows = b1 - next < kMaxRows ? b1 - next : kMaxRows;
-      if (next_rows > 0) {
-        prefetch_rows(gt, next, next_rows, H);
-        prefetch_rows(ht, next, next_rows, H);
-      }
-      with_rows<kMaxRows>(mr, [&](auto mr_c) {
-        constexpr int MR = decltype(mr_c)::value;
-        const S* an[MR];
-        S* dst[MR];
-        for (int r = 0; r < MR; ++r) {
-          an[r] = da_next ? da_next + (b + r) * H : nullptr;
-          dst[r] = dst_base + (b + r) * H;
+    // dW_hh += da_t^T h_prev, h_prev the state before step t; per chunk of
+    // rows, right after the chunk's da.
+    const int64_t t_prev = p.reverse ? t + 1 : t - 1;
+    const S* h_prev = to_h0 ? nullptr : (s == 0 ? p.h0 : p.out + t_prev * B * H);
+    for (int64_t c0 = b0; c0 < b1; c0 += kChunk) {
+      const int64_t c1 = b1 - c0 < kChunk ? b1 : c0 + kChunk;
+      for (int64_t b = c0; b < c1; b += kMaxRows) {
+        const int mr = static_cast<int>(c1 - b < kMaxRows ? c1 - b : kMaxRows);
+        const int64_t next = b + kMaxRows, next_rows = b1 - next < kMaxRows ? b1 - next : kMaxRows;
+        if (next_rows > 0) {
+          prefetch_rows(gt, next, next_rows, H);
+          prefetch_rows(ht, next, next_rows, H);
+          prefetch_rows(h_prev, next, next_rows, H);
         }
-        if (xt) {
-          for (int r = 0; r < MR; ++r)
-            for (int64_t i = 0; i < I * V::kL; ++i) dxacc[r][i] = S(0);
-        }
-        over_columns<V, MR>(H, [&]<int NV>(int64_t col) {
-          R acc[MR][NV];
+        with_rows<kMaxRows>(mr, [&](auto mr_c) {
+          constexpr int MR = decltype(mr_c)::value;
+          const S* an[MR];
+          S* dst[MR];
           for (int r = 0; r < MR; ++r) {
-            const int64_t row = (b + r) * H;
+            an[r] = da_next ? da_next + (b + r) * H : nullptr;
+            dst[r] = dst_base + (b + r) * H;
+          }
+          if (xt) {
+            for (int r = 0; r < MR; ++r)
+              for (int64_t i = 0; i < I * V::kL; ++i) dxacc[r][i] = S(0);
+          }
+          over_columns<V, MR>(H, [&]<int NV>(int64_t col) {
+            R acc[MR][NV];
+            for (int r = 0; r < MR; ++r) {
+              const int64_t row = (b + r) * H;
+              for (int v = 0; v < NV; ++v) {
+                const int64_t c = col + v * V::kL;
+                R g = gt ? load_cols<V>(gt + row, c, H) : V::zero();
+                if (gn) g = V::add(g, load_cols<V>(gn + row, c, H));
+                acc[r][v] = g;
+              }
+            }
+            if (da_next) gemm_tile<V, MR, NV>(acc, an, 1, H, p.whh + col, Hp);
+            // Per column block: da for the MR rows, then their sums into the
+            // slice's db and dW_ih partials (one update per block, not per row).
             for (int v = 0; v < NV; ++v) {
               const int64_t c = col + v * V::kL;
-              R g = gt ? load_cols<V>(gt + row, c, H) : V::zero();
-              if (gn) g = V::add(g, load_cols<V>(gn + row, c, H));
-              acc[r][v] = g;
-            }
-          }
-          if (da_next) gemm_tile<V, MR, NV>(acc, an, 1, H, p.whh + col, Hp);
-          // Per column block: da for the MR rows, then their sums into the
-          // slice's db and dW_ih partials (one update per block, not per row).
-          for (int v = 0; v < NV; ++v) {
-            const int64_t c = col + v * V::kL;
-            R d[MR];
-            for (int r = 0; r < MR; ++r) {
-              d[r] = acc[r][v];
-              if (!to_h0) {
-                const R h = load_cols<V>(ht + (b + r) * H, c, H);
-                d[r] = kRelu ? V::relu_grad(d[r], h)
-                             : V::mul(d[r], V::sub(V::set1(S(1)), V::mul(h, h)));
-              }
-              store_cols<V>(dst[r], c, H, d[r]);
-            }
-            if (to_h0) continue;
-            R dsum = d[0];
-            for (int r = 1; r < MR; ++r) dsum = V::add(dsum, d[r]);
-            V::store(db + c, V::add(V::load(db + c), dsum));
-            for (int64_t i = 0; i < (xt ? I : 0); ++i) {
-              const R w = V::load(p.wih_t + i * Hp + c);
-              R dw = V::load(dwih + i * Hp + c);
+              R d[MR];
               for (int r = 0; r < MR; ++r) {
-                S* dxa = dxacc[r] + i * V::kL;
-                V::store(dxa, V::fma(d[r], w, V::load(dxa)));
-                dw = V::fma(d[r], V::set1(xt[(b + r) * I + i]), dw);
+                d[r] = acc[r][v];
+                if (!to_h0) {
+                  const R h = load_cols<V>(ht + (b + r) * H, c, H);
+                  d[r] = kRelu ? V::relu_grad(d[r], h)
+                               : V::mul(d[r], V::sub(V::set1(S(1)), V::mul(h, h)));
+                }
+                store_cols<V>(dst[r], c, H, d[r]);
               }
-              V::store(dwih + i * Hp + c, dw);
+              if (to_h0) continue;
+              R dsum = d[0];
+              for (int r = 1; r < MR; ++r) dsum = V::add(dsum, d[r]);
+              V::store(db + c, V::add(V::load(db + c), dsum));
+              for (int64_t i = 0; i < (xt ? I : 0); ++i) {
+                const R w = V::load(p.wih_t + i * Hp + c);
+                R dw = V::load(dwih + i * Hp + c);
+                for (int r = 0; r < MR; ++r) {
+                  S* dxa = dxacc[r] + i * V::kL;
+                  V::store(dxa, V::fma(d[r], w, V::load(dxa)));
+                  dw = V::fma(d[r], V::set1(xt[(b + r) * I + i]), dw);
+                }
+                V::store(dwih + i * Hp + c, dw);
+              }
             }
+          });
+          if (xt) {
+            for (int r = 0; r < MR; ++r)
+              for (int64_t i = 0; i < I; ++i)
+                dxt[(b + r) * I + i] = V::hsum(V::load(dxacc[r] + i * V::kL));
           }
         });
-        if (xt) {
-          for (int r = 0; r < MR; ++r)
-            for (int64_t i = 0; i < I; ++i)
-              dxt[(b + r) * I + i] = V::hsum(V::load(dxacc[r] + i * V::kL));
-        }
-      });
-    }
-    if (!to_h0) {
-      // dW_hh += da_t^T h_prev, h_prev the state before step t.
-      const int64_t t_prev = p.reverse ? t + 1 : t - 1;
-      const S* h_prev = s == 0 ? p.h0 : p.out + t_prev * B * H;
-      accumulate_dw<V>(dwhh, dst_base, h_prev, b0, b1, H, Hp);
+      }
+      if (!to_h0) accumulate_dw<V>(dwhh, dst_base, h_prev, c0, c1, H, Hp);
     }
   }
 }
