@@ -49,11 +49,42 @@ struct VecF {
   static R relu_grad(R g, R h) {
     return _mm256_andnot_ps(_mm256_cmp_ps(h, zero(), _CMP_LE_OQ), g);
   }
-  static R tanh(R a) {
-    alignas(32) S v[kL];
-    _mm256_store_ps(v, a);
-    for (int i = 0; i < kL; ++i) v[i] = ::tanhf(v[i]);
-    return _mm256_load_ps(v);
+  // exp(x) for 0 <= x <= 88 (Cephes expf: 2^n e^r, |r| <= ln2 / 2).
+  static R exp_nonneg(R x) {
+    const R n = _mm256_round_ps(_mm256_mul_ps(x, set1(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    R r = _mm256_fnmadd_ps(n, set1(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, set1(-2.12194440e-4f), r);
+    R p = set1(1.9875691500e-4f);
+    p = fma(p, r, set1(1.3981999507e-3f));
+    p = fma(p, r, set1(8.3334519073e-3f));
+    p = fma(p, r, set1(4.1665795894e-2f));
+    p = fma(p, r, set1(1.6666665459e-1f));
+    p = fma(p, r, set1(5.0000001201e-1f));
+    p = fma(p, mul(r, r), add(r, set1(1.0f)));
+    const __m256i scale = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return mul(p, _mm256_castsi256_ps(scale));
+  }
+  // Cephes tanhf, vectorised: x + x^3 P(x^2) for |x| < 0.625, else
+  // sign(x) (1 - 2 / (e^{2|x|} + 1)); NaN in, NaN out.
+  static R tanh(R x) {
+    const R sign_bit = set1(-0.0f);
+    const R ax = _mm256_andnot_ps(sign_bit, x);
+    const R e = exp_nonneg(_mm256_min_ps(add(ax, ax), set1(88.0f)));
+    const R big = _mm256_or_ps(
+        sub(set1(1.0f), _mm256_div_ps(set1(2.0f), add(e, set1(1.0f)))),
+        _mm256_and_ps(x, sign_bit));
+    const R z = mul(x, x);
+    R q = set1(-5.70498872745e-3f);
+    q = fma(q, z, set1(2.06390887954e-2f));
+    q = fma(q, z, set1(-5.37397155531e-2f));
+    q = fma(q, z, set1(1.33314422036e-1f));
+    q = fma(q, z, set1(-3.33332819422e-1f));
+    const R small = fma(mul(q, z), x, x);
+    const R y = _mm256_blendv_ps(big, small,
+                                 _mm256_cmp_ps(ax, set1(0.625f), _CMP_LT_OQ));
+    return _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
   }
   static S hsum(R a) {
     alignas(32) S v[kL];
