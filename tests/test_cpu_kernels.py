@@ -24,9 +24,10 @@ NAMES = ("output", "h_n", "grad_input", "grad_h0", "grad_weight_ih",
          "grad_weight_hh", "grad_bias")
 
 # Sizes (T, B, I, H): B not a multiple of the 8-float / 4-double vector
-# width, H = 1, 33, 257, I above the fused-input limit (12 > 8).
+# width, H = 1, 33, 257, I above the fused-input limit (12 > 8), B = 101 for
+# batch slices above the backward's 48-row chunk.
 SIZES = [(1, 1, 1, 1), (5, 3, 1, 33), (12, 9, 3, 100), (7, 17, 12, 257),
-         (4, 6, 1, 5), (9, 13, 2, 8)]
+         (4, 6, 1, 5), (9, 13, 2, 8), (3, 101, 2, 20)]
 CASES = all_pairs({
     "size": SIZES,
     "nonlinearity": ["relu", "tanh"],

@@ -195,6 +195,7 @@ irnn_backward_cpu(const c10::optional<at::Tensor>& grad_output,
         fuse_ih ? pack_rows(weight_ih->t(), hp, ct) : at::Tensor();
     at::Tensor db_part = at::zeros({slices, hp}, opts);
     at::Tensor dwhh_part = at::zeros({slices, H, hp}, opts);
+    at::Tensor gather = at::empty({slices, 2, kBackwardChunk, H}, opts);
     at::Tensor dwih_part =
         fuse_ih ? at::zeros({slices, I, hp}, opts) : at::Tensor();
     BwdParams<scalar_t> p{};
@@ -217,6 +218,7 @@ irnn_backward_cpu(const c10::optional<at::Tensor>& grad_output,
     p.dh0 = dh0.data_ptr<scalar_t>();
     p.db_part = db_part.data_ptr<scalar_t>();
     p.dwhh_part = dwhh_part.data_ptr<scalar_t>();
+    p.gather = gather.data_ptr<scalar_t>();
     p.dwih_part = ptr_or_null<scalar_t>(dwih_part);
     for_each_slice(B, slices, [&](int64_t slice, int64_t b0, int64_t b1) {
       k.backward(p, s.relu, b0, b1, slice);

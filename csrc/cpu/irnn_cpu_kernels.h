@@ -211,9 +211,10 @@ void forward_slice(const FwdParams<typename V::S>& p, int64_t b0, int64_t b1) {
   }
 }
 
-// Rows per chunk of the backward: a chunk's da and h_prev (2 x 48 x H) stay
-// in L1/L2 between computing da and adding da^T h_prev to dW_hh.
-constexpr int64_t kChunk = 8 * kMaxRows;
+// Rows per chunk of the backward (irnn_cpu_params.h): a chunk's da and
+// h_prev stay in L1/L2 between computing da and adding da^T h_prev to dW_hh.
+constexpr int64_t kChunk = kBackwardChunk;
+static_assert(kChunk % kMaxRows == 0, "chunks are whole row tiles");
 
 // dW_part[H x Hp] += da^T h over rows [b0, b1): da and h are [*, H] row
 // blocks (row stride H). The rows are taken in chunks that stay in L1 while
@@ -273,6 +274,13 @@ void backward_slice(const BwdParams<typename V::S>& p, int64_t b0, int64_t b1,
   };
   // Per-row, per-input partial dot products for dx (fused small I only).
   S dxacc[kMaxRows][kMaxFusedInput * V::kL];
+  // A slice of fewer than kChunk rows gathers the da and h_prev rows of
+  // several steps and adds them to dW_hh together, so that each pass over
+  // the dW_hh partial does kChunk rank-1 updates, not a handful.
+  const bool gather = b1 - b0 < kChunk;
+  S* da_gather = gather ? p.gather + slice * 2 * kChunk * H : nullptr;
+  S* h_gather = gather ? da_gather + kChunk * H : nullptr;
+  int64_t gathered = 0;
   for (int64_t s = T - 1; s >= -1; --s) {
     // s == -1 is the extra step that carries da at the first walked step
     // back to h0: dh0 = da W_hh.
@@ -360,7 +368,21 @@ void backward_slice(const BwdParams<typename V::S>& p, int64_t b0, int64_t b1,
           }
         });
       }
-      if (!to_h0) accumulate_dw<V>(dwhh, dst_base, h_prev, c0, c1, H, Hp);
+      if (!to_h0 && !gather) {
+        accumulate_dw<V>(dwhh, dst_base, h_prev, c0, c1, H, Hp);
+      }
+    }
+    if (!to_h0 && gather) {
+      const int64_t n = (b1 - b0) * H;
+      for (int64_t i = 0; i < n; ++i) {
+        da_gather[gathered * H + i] = dst_base[b0 * H + i];
+        h_gather[gathered * H + i] = h_prev[b0 * H + i];
+      }
+      gathered += b1 - b0;
+      if (gathered + (b1 - b0) > kChunk || s == 0) {
+        accumulate_dw<V>(dwhh, da_gather, h_gather, 0, gathered, H, Hp);
+        gathered = 0;
+      }
     }
   }
 }

@@ -12,6 +12,9 @@ namespace irnn_cuda {
 // and dW_ih); larger ones by GEMMs over all steps after it.
 constexpr int64_t kMaxFusedInput = 8;
 
+// Rows per chunk of the backward's dW_hh accumulation.
+constexpr int64_t kBackwardChunk = 48;
+
 template <typename S>
 struct FwdParams {
   int64_t T, B, I, H, Hp;
@@ -44,6 +47,7 @@ struct BwdParams {
   S* db_part;       // [slices,Hp] per-slice sum of da, zero-initialised
   S* dwhh_part;     // [slices,H,Hp] per-slice dW_hh, zero-initialised
   S* dwih_part;     // [slices,I,Hp] per-slice dW_ih^T, zero-initialised
+  S* gather;        // [slices,2,kBackwardChunk,H] per-slice scratch
 };
 
 // One implementation per instruction set; `relu` false means tanh.
