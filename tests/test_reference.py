@@ -42,7 +42,8 @@ def test_reference_matches_nn_rnn(c):
     rnn, x, hx = make_case(c)
     params = list(rnn.parameters())
     out_rnn, h_rnn = rnn(x, hx)
-    batched_x = x if c["batched"] else x.unsqueeze(1)
+    batch_dim = 0 if c["batch_first"] else 1
+    batched_x = x if c["batched"] else x.unsqueeze(batch_dim)
     batched_hx = None if hx is None else (hx if c["batched"] else hx.unsqueeze(1))
     if batched_hx is None:
         dirs = 2 if c["bidirectional"] else 1
@@ -52,7 +53,7 @@ def test_reference_matches_nn_rnn(c):
                                     c["nonlinearity"], c["num_layers"],
                                     c["bidirectional"], c["batch_first"])
     if not c["batched"]:
-        out_ref, h_ref = out_ref.squeeze(1), h_ref.squeeze(1)
+        out_ref, h_ref = out_ref.squeeze(batch_dim), h_ref.squeeze(1)
     assert_close_rel(out_ref, out_rnn, 1e-12, "output")
     assert_close_rel(h_ref, h_rnn, 1e-12, "h_n")
     torch.manual_seed(1)
