@@ -68,6 +68,36 @@ def all_pairs(options, seed=0):
     return cases
 
 
+# The options and sizes every network-level comparison covers (all pairs).
+NETWORK_OPTIONS = dict(
+    nonlinearity=["relu", "tanh"], batch_first=[False, True],
+    bias=[False, True], num_layers=[1, 2], bidirectional=[False, True],
+    hx=[False, True], batched=[False, True], T=[1, 7, 50], B=[1, 3, 16],
+    I=[1, 5], H=[1, 3, 33, 100])
+
+
+def nn_rnn_for(c, dtype=torch.float64):
+    """A torch.nn.RNN configured as case `c` describes."""
+    return torch.nn.RNN(c["I"], c["H"], c["num_layers"],
+                        nonlinearity=c["nonlinearity"], bias=c["bias"],
+                        batch_first=c["batch_first"],
+                        bidirectional=c["bidirectional"], dtype=dtype)
+
+
+def inputs_for(c, dtype=torch.float64):
+    """Fresh random (input, hx) for case `c`, requiring grad; hx is None
+    when the case passes none."""
+    dirs = 2 if c["bidirectional"] else 1
+    if c["batched"]:
+        shape = (c["B"], c["T"], c["I"]) if c["batch_first"] else (c["T"], c["B"], c["I"])
+        hx_shape = (c["num_layers"] * dirs, c["B"], c["H"])
+    else:
+        shape, hx_shape = (c["T"], c["I"]), (c["num_layers"] * dirs, c["H"])
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    hx = torch.randn(hx_shape, dtype=dtype, requires_grad=True) if c["hx"] else None
+    return x, hx
+
+
 def case_id(case):
     return "-".join(f"{k}={v}" for k, v in case.items())
 

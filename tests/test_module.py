@@ -3,47 +3,29 @@ initialisation, dtypes, autocast, edge cases and bad input."""
 import math
 import subprocess
 import sys
-import warnings
 
 import pytest
 import torch
 from torch import nn
 
 import irnn_cuda
-from conftest import all_pairs, assert_close_rel, case_id
+from conftest import (NETWORK_OPTIONS, all_pairs, assert_close_rel, case_id,
+                      inputs_for, nn_rnn_for)
 from irnn_cuda import FusedIRNN
 
-CASES = all_pairs(dict(
-    nonlinearity=["relu", "tanh"], batch_first=[False, True],
-    bias=[False, True], num_layers=[1, 2], bidirectional=[False, True],
-    hx=[False, True], batched=[False, True], T=[1, 7, 50], B=[1, 3, 16],
-    I=[1, 5], H=[1, 3, 33, 100]), seed=2)
+CASES = all_pairs(NETWORK_OPTIONS, seed=2)
 
 
-def pair(c, dtype=torch.float64, **kw):
+def pair(c, dtype=torch.float64):
     """An nn.RNN and a FusedIRNN with the same weights."""
-    rnn = nn.RNN(c["I"], c["H"], c["num_layers"], nonlinearity=c["nonlinearity"],
-                 bias=c["bias"], batch_first=c["batch_first"],
-                 bidirectional=c["bidirectional"], dtype=dtype, **kw)
+    rnn = nn_rnn_for(c, dtype)
     return rnn, FusedIRNN.from_rnn(rnn)
-
-
-def inputs(c, dtype=torch.float64):
-    dirs = 2 if c["bidirectional"] else 1
-    if c["batched"]:
-        shape = (c["B"], c["T"], c["I"]) if c["batch_first"] else (c["T"], c["B"], c["I"])
-        hx_shape = (c["num_layers"] * dirs, c["B"], c["H"])
-    else:
-        shape, hx_shape = (c["T"], c["I"]), (c["num_layers"] * dirs, c["H"])
-    x = torch.randn(shape, dtype=dtype, requires_grad=True)
-    hx = torch.randn(hx_shape, dtype=dtype, requires_grad=True) if c["hx"] else None
-    return x, hx
 
 
 @pytest.mark.parametrize("c", CASES, ids=case_id)
 def test_drop_in_for_nn_rnn(c):
     rnn, fused = pair(c)
-    x, hx = inputs(c)
+    x, hx = inputs_for(c)
     out, h = fused(x, hx)
     ref_out, ref_h = rnn(x, hx)
     assert out.shape == ref_out.shape and h.shape == ref_h.shape
@@ -62,7 +44,7 @@ def test_drop_in_for_nn_rnn(c):
 @pytest.mark.parametrize("c", CASES[:5], ids=case_id)
 def test_last_state_only_matches(c):
     rnn, fused = pair(c)
-    x, hx = inputs(c)
+    x, hx = inputs_for(c)
     out, h = fused(x, hx, return_sequence=False)
     assert out is None
     _, ref_h = rnn(x, hx)
