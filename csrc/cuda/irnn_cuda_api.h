@@ -37,6 +37,9 @@ constexpr int kMaxRowsPerThread = 4;
 // Thread count the persistent heuristics aim at before giving a thread more
 // rows: enough warps to hide latency, few enough to keep registers for ILP.
 constexpr int kTargetThreads = 512;
+// Upper bound of a persistent block (its __launch_bounds__): keeps the
+// register budget at 128 per thread, which the kernels fit without spills.
+constexpr int kPersistentMaxThreads = 512;
 // Tiles of the GEMM kernels of the large-H path.
 constexpr int kGemmTileM = 64, kGemmTileN = 64, kGemmTileK = 32;
 constexpr int kGemmThreads = 256;
@@ -88,7 +91,9 @@ inline LaunchConfig make_launch_config(const DeviceProps& p, bool backward,
   const int64_t smem_max = p.smem_per_block_optin > p.smem_per_block
                                ? p.smem_per_block_optin
                                : p.smem_per_block;
-  const int64_t max_threads = p.max_threads_per_block;
+  const int64_t max_threads = p.max_threads_per_block < kPersistentMaxThreads
+                                  ? p.max_threads_per_block
+                                  : kPersistentMaxThreads;
   int64_t rows_smem = 0;  // the most rows that fit in shared memory
   if (H <= max_threads) {
     const int64_t fixed = persistent_smem_elems(backward, 0, H, I, project);

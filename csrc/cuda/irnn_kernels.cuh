@@ -61,7 +61,8 @@ struct PersistentFwdParams {
 // them), so a W_hh^T element loaded from shared memory serves several rows.
 // One barrier per step: step s reads h buffer s&1 and writes the other.
 template <typename S>
-IRNN_GLOBAL void irnn_fwd_persistent_kernel(PersistentFwdParams<S> p) {
+IRNN_GLOBAL void IRNN_LAUNCH_BOUNDS(kPersistentMaxThreads)
+irnn_fwd_persistent_kernel(PersistentFwdParams<S> p) {
   using A = typename AccOf<S>::type;
   const int H = p.H, I = p.I, R = p.rows_per_block, G = p.row_groups;
   const bool project = p.w_ih != nullptr;
@@ -160,7 +161,8 @@ struct PersistentBwdParams {
 // writes its partial gradients to the workspace; irnn_reduce_partials_kernel
 // sums the blocks in index order, so results do not depend on block timing.
 template <typename S>
-IRNN_GLOBAL void irnn_bwd_persistent_kernel(PersistentBwdParams<S> p) {
+IRNN_GLOBAL void IRNN_LAUNCH_BOUNDS(kPersistentMaxThreads)
+irnn_bwd_persistent_kernel(PersistentBwdParams<S> p) {
   using A = typename AccOf<S>::type;
   const int H = p.H, I = p.I, R = p.rows_per_block, G = p.row_groups;
   const bool project = p.w_ih != nullptr;
@@ -365,7 +367,7 @@ IRNN_DEVICE T gemm_load(const GemmOperand<T>& o, int64_t i, int64_t k) {
 // by one thread, so results are deterministic. Dynamic shared memory:
 // (kGemmTileK * (kGemmTileM + kGemmTileN)) accumulator elements.
 template <typename S>
-IRNN_GLOBAL void irnn_gemm_kernel(GemmParams<S> p) {
+IRNN_GLOBAL void IRNN_LAUNCH_BOUNDS(kGemmThreads) irnn_gemm_kernel(GemmParams<S> p) {
   using A = typename AccOf<S>::type;
   A* as = irnn_dyn_smem<A>();            // [kGemmTileK][kGemmTileM]
   A* bs = as + kGemmTileK * kGemmTileM;  // [kGemmTileK][kGemmTileN]

@@ -10,6 +10,7 @@
 
 #define IRNN_DEVICE __device__ __forceinline__
 #define IRNN_GLOBAL __global__
+#define IRNN_LAUNCH_BOUNDS(threads) __launch_bounds__(threads, 1)
 
 namespace irnn_cuda {
 

@@ -32,6 +32,7 @@
 
 #define IRNN_DEVICE inline
 #define IRNN_GLOBAL
+#define IRNN_LAUNCH_BOUNDS(threads)
 
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
