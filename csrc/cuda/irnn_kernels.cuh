@@ -96,13 +96,25 @@ irnn_fwd_persistent_kernel(PersistentFwdParams<S> p) {
     const A* hp = hbuf + (s & 1) * R * H;
     A* hn = hbuf + ((s + 1) & 1) * R * H;
     if (active) {
+      // The input term first: its global loads do not depend on h_{t-1},
+      // so their latency overlaps the recurrent dot products below.
       A acc[kMaxRowsPerThread];
       int off[kMaxRowsPerThread];
 #pragma unroll
       for (int i = 0; i < kMaxRowsPerThread; ++i) {
         const int r = g + i * G;
-        acc[i] = A(0);
         off[i] = (r < R ? r : R - 1) * H;
+        acc[i] = A(0);
+        if (i < p.rows_per_thread && r < rows) {
+          const S* xt = p.x + t * p.x_st + (row0 + r) * p.x_sb;
+          A a = bias[j];
+          if (project) {
+            for (int k = 0; k < I; ++k) a += w_ih[j * I + k] * to_acc(xt[k]);
+          } else {
+            a += to_acc(xt[j]);
+          }
+          acc[i] = a;
+        }
       }
       for (int k = 0; k < H; ++k) {
         const A w = w_t[k * H + j];
@@ -115,14 +127,7 @@ irnn_fwd_persistent_kernel(PersistentFwdParams<S> p) {
         const int r = g + i * G;
         if (i < p.rows_per_thread && r < rows) {
           const int64_t b = row0 + r;
-          const S* xt = p.x + t * p.x_st + b * p.x_sb;
-          A a = acc[i] + bias[j];
-          if (project) {
-            for (int k = 0; k < I; ++k) a += w_ih[j * I + k] * to_acc(xt[k]);
-          } else {
-            a += to_acc(xt[j]);
-          }
-          const S h = from_acc<S>(activate(a, p.relu));
+          const S h = from_acc<S>(activate(acc[i], p.relu));
           hn[r * H + j] = to_acc(h);
           if (p.out) p.out[t * p.out_st + b * p.out_sb + j] = h;
           if (s == p.T - 1) p.h_n[b * H + j] = h;
@@ -199,15 +204,27 @@ irnn_bwd_persistent_kernel(PersistentBwdParams<S> p) {
     const A* da_old = da + ((n + 1) & 1) * R * H;
     const A* hp_old = hp + ((n + 1) & 1) * R * H;
     if (active) {
-      A acc[kMaxRowsPerThread];
+      const int t = p.reverse ? p.T - 1 - s : s;  // unused when s < 0
+      const int tp = p.reverse ? t + 1 : t - 1;
+      // Global loads first (incoming gradient, h_t, h_prev): they do not
+      // depend on da_{s+1}, so their latency overlaps the dot products.
+      A acc[kMaxRowsPerThread], h[kMaxRowsPerThread], hprev[kMaxRowsPerThread];
       int off[kMaxRowsPerThread];
 #pragma unroll
       for (int i = 0; i < kMaxRowsPerThread; ++i) {
         const int r = g + i * G;
-        acc[i] = A(0);
         off[i] = (r < R ? r : R - 1) * H;
+        acc[i] = h[i] = hprev[i] = A(0);
+        if (i < p.rows_per_thread && r < rows && s >= 0) {
+          const int64_t b = row0 + r;
+          if (p.g_out) acc[i] = to_acc(p.g_out[t * p.g_st + b * p.g_sb + k]);
+          if (p.g_hn && n == 0) acc[i] += to_acc(p.g_hn[b * H + k]);
+          h[i] = to_acc(p.out[t * p.o_st + b * p.o_sb + k]);
+          hprev[i] = s == 0 ? to_acc(p.h0[b * H + k])
+                            : to_acc(p.out[tp * p.o_st + b * p.o_sb + k]);
+        }
       }
-      if (n > 0) {  // da_{s+1} W_hh: column k of W_hh, rows of da_old
+      if (n > 0) {  // + da_{s+1} W_hh: column k of W_hh, rows of da_old
         for (int j = 0; j < H; ++j) {
           const A wv = w[j * H + k];
 #pragma unroll
@@ -224,17 +241,9 @@ irnn_bwd_persistent_kernel(PersistentBwdParams<S> p) {
             p.dh0[b * H + k] = from_acc<S>(acc[i]);
             continue;
           }
-          const int t = p.reverse ? p.T - 1 - s : s;
-          A gr = acc[i];
-          if (p.g_out) gr += to_acc(p.g_out[t * p.g_st + b * p.g_sb + k]);
-          if (p.g_hn && n == 0) gr += to_acc(p.g_hn[b * H + k]);
-          const A h = to_acc(p.out[t * p.o_st + b * p.o_sb + k]);
-          const A d = activate_grad(gr, h, p.relu);
+          const A d = activate_grad(acc[i], h[i], p.relu);
           da_new[r * H + k] = d;
-          const int tp = p.reverse ? t + 1 : t - 1;
-          hp_new[r * H + k] =
-              s == 0 ? to_acc(p.h0[b * H + k])
-                     : to_acc(p.out[tp * p.o_st + b * p.o_sb + k]);
+          hp_new[r * H + k] = hprev[i];
           if (!project) p.dx[((int64_t)t * p.B + b) * H + k] = from_acc<S>(d);
         }
       }
