@@ -116,12 +116,30 @@ irnn_fwd_persistent_kernel(PersistentFwdParams<S> p) {
           acc[i] = a;
         }
       }
-      for (int k = 0; k < H; ++k) {
-        const A w = w_t[k * H + j];
+      // Two accumulators per row (even and odd k) halve the dependent FMA
+      // chain, which bounds the step latency when rows are few.
+      A odd[kMaxRowsPerThread];
+#pragma unroll
+      for (int i = 0; i < kMaxRowsPerThread; ++i) odd[i] = A(0);
+      int k = 0;
+      for (; k + 1 < H; k += 2) {
+        const A w0 = w_t[k * H + j], w1 = w_t[(k + 1) * H + j];
+#pragma unroll
+        for (int i = 0; i < kMaxRowsPerThread; ++i) {
+          if (i < p.rows_per_thread) {
+            acc[i] += w0 * hp[off[i] + k];
+            odd[i] += w1 * hp[off[i] + k + 1];
+          }
+        }
+      }
+      if (k < H) {
+        const A w0 = w_t[k * H + j];
 #pragma unroll
         for (int i = 0; i < kMaxRowsPerThread; ++i)
-          if (i < p.rows_per_thread) acc[i] += w * hp[off[i] + k];
+          if (i < p.rows_per_thread) acc[i] += w0 * hp[off[i] + k];
       }
+#pragma unroll
+      for (int i = 0; i < kMaxRowsPerThread; ++i) acc[i] += odd[i];
 #pragma unroll
       for (int i = 0; i < kMaxRowsPerThread; ++i) {
         const int r = g + i * G;
@@ -225,12 +243,28 @@ irnn_bwd_persistent_kernel(PersistentBwdParams<S> p) {
         }
       }
       if (n > 0) {  // + da_{s+1} W_hh: column k of W_hh, rows of da_old
-        for (int j = 0; j < H; ++j) {
-          const A wv = w[j * H + k];
+        A odd[kMaxRowsPerThread];  // even and odd j, as in the forward
+#pragma unroll
+        for (int i = 0; i < kMaxRowsPerThread; ++i) odd[i] = A(0);
+        int j = 0;
+        for (; j + 1 < H; j += 2) {
+          const A w0 = w[j * H + k], w1 = w[(j + 1) * H + k];
+#pragma unroll
+          for (int i = 0; i < kMaxRowsPerThread; ++i) {
+            if (i < p.rows_per_thread) {
+              acc[i] += da_old[off[i] + j] * w0;
+              odd[i] += da_old[off[i] + j + 1] * w1;
+            }
+          }
+        }
+        if (j < H) {
+          const A w0 = w[j * H + k];
 #pragma unroll
           for (int i = 0; i < kMaxRowsPerThread; ++i)
-            if (i < p.rows_per_thread) acc[i] += da_old[off[i] + j] * wv;
+            if (i < p.rows_per_thread) acc[i] += da_old[off[i] + j] * w0;
         }
+#pragma unroll
+        for (int i = 0; i < kMaxRowsPerThread; ++i) acc[i] += odd[i];
       }
 #pragma unroll
       for (int i = 0; i < kMaxRowsPerThread; ++i) {
@@ -382,8 +416,9 @@ IRNN_GLOBAL void IRNN_LAUNCH_BOUNDS(kGemmThreads) irnn_gemm_kernel(GemmParams<S>
   A* bs = as + kGemmTileK * kGemmTileM;  // [kGemmTileK][kGemmTileN]
   const int tid = threadIdx.x;
   const int tx = tid % 16, ty = tid / 16;
-  const int64_t m0 = (int64_t)blockIdx.y * kGemmTileM;
-  const int64_t n0 = (int64_t)blockIdx.x * kGemmTileN;
+  // M (up to T*B rows) tiles on grid.x, whose limit is 2^31-1; N <= H.
+  const int64_t m0 = (int64_t)blockIdx.x * kGemmTileM;
+  const int64_t n0 = (int64_t)blockIdx.y * kGemmTileN;
   A acc[4][4];
 #pragma unroll
   for (int i = 0; i < 4; ++i)

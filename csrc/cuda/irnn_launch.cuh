@@ -20,8 +20,8 @@ template <typename S>
 irnn_error run_gemm(const GemmParams<S>& p, irnn_stream stream) {
   if (p.M == 0 || p.N == 0) return kIrnnSuccess;
   using A = typename AccOf<S>::type;
-  const dim3 grid(static_cast<unsigned>(ceil_div(p.N, kGemmTileN)),
-                  static_cast<unsigned>(ceil_div(p.M, kGemmTileM)));
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.M, kGemmTileM)),
+                  static_cast<unsigned>(ceil_div(p.N, kGemmTileN)));
   const size_t smem = sizeof(A) * kGemmTileK * (kGemmTileM + kGemmTileN);
   IRNN_LAUNCH(irnn_gemm_kernel<S>, grid, kGemmThreads, smem, stream, p);
   return kIrnnSuccess;
