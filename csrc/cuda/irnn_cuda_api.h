@@ -32,13 +32,12 @@ struct DeviceProps {
   int64_t smem_per_block_optin; // cudaDevAttrMaxSharedMemoryPerBlockOptin
 };
 
-// Persistent kernels need a block's threads to cover H units at least once.
+// Rows one thread of a persistent kernel computes per step, at most (their
+// accumulators live in registers).
 constexpr int kMaxRowsPerThread = 4;
-// Thread count the persistent heuristics aim at before giving a thread more
-// rows: enough warps to hide latency, few enough to keep registers for ILP.
-constexpr int kTargetThreads = 512;
-// Upper bound of a persistent block (its __launch_bounds__): keeps the
+// Threads of a persistent block, at most (its __launch_bounds__): keeps the
 // register budget at 128 per thread, which the kernels fit without spills.
+// A thread takes more rows only when the block would exceed it.
 constexpr int kPersistentMaxThreads = 512;
 // Tiles of the GEMM kernels of the large-H path.
 constexpr int kGemmTileM = 64, kGemmTileN = 64, kGemmTileK = 32;
@@ -116,10 +115,8 @@ inline LaunchConfig make_launch_config(const DeviceProps& p, bool backward,
   int64_t rows = B > 0 ? (B + sms - 1) / sms : 1;
   if (rows > rows_smem) rows = rows_smem;
   if (rows > rows_threads) rows = rows_threads;
-  const int64_t target =
-      kTargetThreads < max_threads ? kTargetThreads : max_threads;
   int64_t rpt = 1;
-  while (rpt < kMaxRowsPerThread && ((rows + rpt - 1) / rpt) * H > target)
+  while (rpt < kMaxRowsPerThread && ((rows + rpt - 1) / rpt) * H > max_threads)
     ++rpt;
   const int64_t groups = (rows + rpt - 1) / rpt;
   int64_t threads = (groups * H + 31) / 32 * 32;
