@@ -7,6 +7,7 @@ where nvcc is present), test_cuda_kernels_built fails when the extension
 was built without its CUDA kernels; it needs no GPU.
 """
 import os
+import sys
 
 import pytest
 import torch
@@ -249,9 +250,11 @@ def test_gpu_check_dry_run(tmp_path):
     if shutil.which("bash") is None:
         pytest.skip("needs bash")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # PYTHON: this interpreter (CI runs pytest from a venv not on PATH).
     proc = subprocess.run(
         ["bash", os.path.join(root, "bench", "gpu_check.sh"), "--dry-run",
-         str(tmp_path)], capture_output=True, text=True, timeout=300)
+         str(tmp_path)], capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHON=sys.executable))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for name in ("build", "cuda-tests", "sanitizer-memcheck",
                  "sanitizer-racecheck"):
