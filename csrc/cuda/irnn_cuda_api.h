@@ -54,6 +54,7 @@ struct LaunchConfig {
   int blocks;           // persistent blocks (ceil(B / rows_per_block))
   int64_t smem;         // dynamic shared memory bytes of the persistent kernel
   int64_t workspace;    // bytes of global workspace the launcher needs
+  bool smem_optin;      // smem exceeds the default per-block limit
 };
 
 // Shared memory of a persistent block owning `rows` batch rows, in units of
@@ -127,6 +128,7 @@ inline LaunchConfig make_launch_config(const DeviceProps& p, bool backward,
   c.threads = static_cast<int>(threads);
   c.blocks = static_cast<int>((B + rows - 1) / rows);
   c.smem = persistent_smem_elems(backward, rows, H, I, project) * acc;
+  c.smem_optin = c.smem > p.smem_per_block;
   c.workspace =
       backward ? static_cast<int64_t>(c.blocks) * partial_elems(H, I, project) * acc
                : 0;

@@ -56,7 +56,7 @@ irnn_error run_forward(const FwdArgs& a, const LaunchConfig& c, void* ws,
     p.relu = a.relu; p.reverse = a.reverse;
     p.rows_per_block = c.rows_per_block; p.row_groups = c.row_groups;
     p.rows_per_thread = c.rows_per_thread;
-    if (c.smem > 48 * 1024) IRNN_SET_MAX_SMEM(irnn_fwd_persistent_kernel<S>, c.smem);
+    if (c.smem_optin) IRNN_SET_MAX_SMEM(irnn_fwd_persistent_kernel<S>, c.smem);
     IRNN_LAUNCH(irnn_fwd_persistent_kernel<S>, c.blocks, c.threads,
                 static_cast<size_t>(c.smem), stream, p);
     return kIrnnSuccess;
@@ -127,7 +127,7 @@ irnn_error run_backward(const BwdArgs& a, const LaunchConfig& c, void* ws,
       p.relu = a.relu; p.reverse = a.reverse;
       p.rows_per_block = c.rows_per_block; p.row_groups = c.row_groups;
       p.rows_per_thread = c.rows_per_thread;
-      if (c.smem > 48 * 1024) IRNN_SET_MAX_SMEM(irnn_bwd_persistent_kernel<S>, c.smem);
+      if (c.smem_optin) IRNN_SET_MAX_SMEM(irnn_bwd_persistent_kernel<S>, c.smem);
       IRNN_LAUNCH(irnn_bwd_persistent_kernel<S>, c.blocks, c.threads,
                   static_cast<size_t>(c.smem), stream, p);
     }

@@ -40,7 +40,8 @@ class LaunchConfig(ctypes.Structure):
     _fields_ = [("path", ctypes.c_int), ("rows_per_block", ctypes.c_int),
                 ("row_groups", ctypes.c_int), ("rows_per_thread", ctypes.c_int),
                 ("threads", ctypes.c_int), ("blocks", ctypes.c_int),
-                ("smem", ctypes.c_int64), ("workspace", ctypes.c_int64)]
+                ("smem", ctypes.c_int64), ("workspace", ctypes.c_int64),
+                ("smem_optin", ctypes.c_bool)]
 
     def as_dict(self):
         return {name: getattr(self, name) for name, _ in self._fields_}

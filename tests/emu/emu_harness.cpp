@@ -17,6 +17,7 @@ namespace {
 char g_error[512];
 
 void set_device(const DeviceProps& p) {
+  emu::g_smem_default = p.smem_per_block;
   emu::g_smem_limit = std::max(p.smem_per_block, p.smem_per_block_optin);
   emu::g_max_threads = p.max_threads_per_block;
 }

@@ -46,8 +46,12 @@ namespace emu {
 inline thread_local std::barrier<>* t_barrier = nullptr;
 inline thread_local unsigned char* t_smem = nullptr;
 
-// Launch limits of the emulated device (set from the property table).
+// Launch limits of the emulated device (set from the property table): a
+// launch may use g_smem_default bytes of dynamic shared memory, or up to
+// g_smem_limit once IRNN_SET_MAX_SMEM raised its kernel's attribute.
+inline int64_t g_smem_default = 48 * 1024;
 inline int64_t g_smem_limit = 48 * 1024;
+inline int64_t g_smem_opted_in = 0;
 inline int g_max_threads = 1024;
 // 0: blocks run in index order; otherwise a permutation seeded with it.
 inline unsigned g_block_order_seed = 0;
@@ -84,10 +88,12 @@ inline void launch(dim3 grid, dim3 block, size_t smem,
   if (block.y != 1 || block.z != 1) throw std::runtime_error("emu: 1-D blocks only");
   if (block.x < 1 || static_cast<int>(block.x) > g_max_threads)
     throw std::runtime_error("emu: bad block size " + std::to_string(block.x));
-  if (static_cast<int64_t>(smem) > g_smem_limit)
+  const int64_t allowed = std::max(g_smem_default, g_smem_opted_in);
+  g_smem_opted_in = 0;
+  if (static_cast<int64_t>(smem) > allowed)
     throw std::runtime_error("emu: " + std::to_string(smem) +
-                             " bytes of shared memory exceed the device's " +
-                             std::to_string(g_smem_limit));
+                             " bytes of shared memory exceed the " +
+                             std::to_string(allowed) + " allowed");
   const unsigned nblocks = grid.x * grid.y * grid.z;
   if (nblocks == 0) return;
   ++g_launches;
@@ -129,10 +135,13 @@ inline void __syncthreads() { emu::t_barrier->arrive_and_wait(); }
                 [&irnn_params_] { kernel(irnn_params_); });        \
   } while (0)
 
+// The opt-in holds for the next launch (each launcher opts in right
+// before the launch that needs it).
 #define IRNN_SET_MAX_SMEM(kernel, bytes)                                   \
   do {                                                                     \
     if (static_cast<int64_t>(bytes) > emu::g_smem_limit)                   \
       throw std::runtime_error("emu: shared memory opt-in above the limit"); \
+    emu::g_smem_opted_in = static_cast<int64_t>(bytes);                    \
   } while (0)
 
 namespace irnn_cuda {
