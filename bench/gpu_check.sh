@@ -65,7 +65,12 @@ step() {
   local dt=$(( $(date +%s) - t0 ))
   local status=ok
   if [ $rc = 124 ] || [ $rc = 137 ]; then status=timeout; elif [ $rc != 0 ]; then status="FAIL($rc)"; fi
-  [ "$status" = ok ] || FAILED=1
+  # A tool that refuses this machine (TOLERATE: a pattern of its log) is
+  # reported as n/a rather than as a failure of the kernels.
+  if [ "$status" != ok ] && [ -n "${TOLERATE:-}" ] && grep -q -- "$TOLERATE" "$OUT/$log"; then
+    status=n/a
+  fi
+  case "$status" in ok|n/a) ;; *) FAILED=1 ;; esac
   printf '%-20s %-8s %5ss  %s\n' "$name" "$status" "$dt" "$log" >> "$SUMMARY.rows"
   tail -n 5 "$OUT/$log"
   [ "$status" = ok ]
@@ -139,14 +144,17 @@ if [ -z "$SAN" ]; then
 fi
 if [ -n "$SAN" ] || [ "$DRY" = 1 ]; then
   [ -n "$SAN" ] || echo "note: compute-sanitizer not found here (needed on the GPU machine)"
+  # Under gVisor compute-sanitizer answers "Device not supported".
   for tool in memcheck racecheck; do
-    step "sanitizer-$tool" 75 "sanitizer_$tool.log" "${SAN:-compute-sanitizer}" \
-      --tool "$tool" --error-exitcode 3 "$PY" "$OUT/sanitize_case.py"
+    TOLERATE="Device not supported" step "sanitizer-$tool" 75 \
+      "sanitizer_$tool.log" "${SAN:-compute-sanitizer}" --tool "$tool" \
+      --error-exitcode 3 "$PY" "$OUT/sanitize_case.py"
   done
 else
   skip sanitizer "compute-sanitizer not found"; FAILED=1
 fi
-"$PY" -m py_compile "$OUT/sanitize_case.py" || { echo "sanitize_case.py does not compile" >&2; exit 2; }
+"$PY" -c "import ast, sys; ast.parse(open(sys.argv[1]).read())" "$OUT/sanitize_case.py" \
+  || { echo "sanitize_case.py does not parse" >&2; exit 2; }
 
 # 4. Kernel benchmark against cuDNN, TF32 off then on.
 if [ -f bench/bench_rnn.py ]; then
