@@ -215,6 +215,7 @@ irnn_bwd_persistent_kernel(PersistentBwdParams<S> p) {
 
   const int k = tid % H, g = tid / H;
   const bool active = g < G;
+  const int nt_div_h = nt / H, nt_mod_h = nt % H;
   for (int n = 0; n <= p.T; ++n) {
     const int s = p.T - 1 - n;  // step computed now; s + 1 is accumulated
     A* da_new = da + (n & 1) * R * H;
@@ -284,8 +285,13 @@ irnn_bwd_persistent_kernel(PersistentBwdParams<S> p) {
     }
     if (n > 0) {  // accumulate step s + 1 from the old buffers
       const int t1 = p.reverse ? p.T - 2 - s : s + 1;
-      for (int e = tid; e < H * H; e += nt) {
-        const int j = e / H, kk = e % H;
+      // Element e = j*H + kk; (j, kk) advance with e, with no division.
+      for (int e = tid, j = tid / H, kk = tid % H; e < H * H;
+           e += nt, j += nt_div_h, kk += nt_mod_h) {
+        if (kk >= H) {
+          kk -= H;
+          ++j;
+        }
         A sum = dw[e];
         for (int r = 0; r < rows; ++r)
           sum += da_old[r * H + j] * hp_old[r * H + kk];
