@@ -39,6 +39,38 @@ IRNN_DEVICE A activate_grad(A g, A h, bool relu) {
   return relu ? (h > A(0) ? g : A(0)) : g * (A(1) - h * h);
 }
 
+// acc[i] += sum_k w[k * H + unit] * v[off[i] + k] for the thread's rows
+// i < rpt: the recurrent dot products of both persistent kernels, with w
+// and v in shared memory. Two accumulators per row (even and odd k) halve
+// the dependent FMA chain, which bounds the step latency when rows are few.
+template <typename A>
+IRNN_DEVICE void row_dots(A (&acc)[kMaxRowsPerThread], const A* w, int unit,
+                          const A* v, const int (&off)[kMaxRowsPerThread],
+                          int H, int rpt) {
+  A odd[kMaxRowsPerThread];
+#pragma unroll
+  for (int i = 0; i < kMaxRowsPerThread; ++i) odd[i] = A(0);
+  int k = 0;
+  for (; k + 1 < H; k += 2) {
+    const A w0 = w[k * H + unit], w1 = w[(k + 1) * H + unit];
+#pragma unroll
+    for (int i = 0; i < kMaxRowsPerThread; ++i) {
+      if (i < rpt) {
+        acc[i] += w0 * v[off[i] + k];
+        odd[i] += w1 * v[off[i] + k + 1];
+      }
+    }
+  }
+  if (k < H) {
+    const A w0 = w[k * H + unit];
+#pragma unroll
+    for (int i = 0; i < kMaxRowsPerThread; ++i)
+      if (i < rpt) acc[i] += w0 * v[off[i] + k];
+  }
+#pragma unroll
+  for (int i = 0; i < kMaxRowsPerThread; ++i) acc[i] += odd[i];
+}
+
 template <typename S>
 struct PersistentFwdParams {
   const S* x;  // [T,B,I] or [T,B,H] (!project)
@@ -116,30 +148,7 @@ irnn_fwd_persistent_kernel(PersistentFwdParams<S> p) {
           acc[i] = a;
         }
       }
-      // Two accumulators per row (even and odd k) halve the dependent FMA
-      // chain, which bounds the step latency when rows are few.
-      A odd[kMaxRowsPerThread];
-#pragma unroll
-      for (int i = 0; i < kMaxRowsPerThread; ++i) odd[i] = A(0);
-      int k = 0;
-      for (; k + 1 < H; k += 2) {
-        const A w0 = w_t[k * H + j], w1 = w_t[(k + 1) * H + j];
-#pragma unroll
-        for (int i = 0; i < kMaxRowsPerThread; ++i) {
-          if (i < p.rows_per_thread) {
-            acc[i] += w0 * hp[off[i] + k];
-            odd[i] += w1 * hp[off[i] + k + 1];
-          }
-        }
-      }
-      if (k < H) {
-        const A w0 = w_t[k * H + j];
-#pragma unroll
-        for (int i = 0; i < kMaxRowsPerThread; ++i)
-          if (i < p.rows_per_thread) acc[i] += w0 * hp[off[i] + k];
-      }
-#pragma unroll
-      for (int i = 0; i < kMaxRowsPerThread; ++i) acc[i] += odd[i];
+      row_dots(acc, w_t, j, hp, off, H, p.rows_per_thread);  // + W_hh h_{t-1}
 #pragma unroll
       for (int i = 0; i < kMaxRowsPerThread; ++i) {
         const int r = g + i * G;
@@ -243,30 +252,8 @@ irnn_bwd_persistent_kernel(PersistentBwdParams<S> p) {
                             : to_acc(p.out[tp * p.o_st + b * p.o_sb + k]);
         }
       }
-      if (n > 0) {  // + da_{s+1} W_hh: column k of W_hh, rows of da_old
-        A odd[kMaxRowsPerThread];  // even and odd j, as in the forward
-#pragma unroll
-        for (int i = 0; i < kMaxRowsPerThread; ++i) odd[i] = A(0);
-        int j = 0;
-        for (; j + 1 < H; j += 2) {
-          const A w0 = w[j * H + k], w1 = w[(j + 1) * H + k];
-#pragma unroll
-          for (int i = 0; i < kMaxRowsPerThread; ++i) {
-            if (i < p.rows_per_thread) {
-              acc[i] += da_old[off[i] + j] * w0;
-              odd[i] += da_old[off[i] + j + 1] * w1;
-            }
-          }
-        }
-        if (j < H) {
-          const A w0 = w[j * H + k];
-#pragma unroll
-          for (int i = 0; i < kMaxRowsPerThread; ++i)
-            if (i < p.rows_per_thread) acc[i] += da_old[off[i] + j] * w0;
-        }
-#pragma unroll
-        for (int i = 0; i < kMaxRowsPerThread; ++i) acc[i] += odd[i];
-      }
+      // + da_{s+1} W_hh: column k of W_hh against the rows of da_old.
+      if (n > 0) row_dots(acc, w, k, da_old, off, H, p.rows_per_thread);
 #pragma unroll
       for (int i = 0; i < kMaxRowsPerThread; ++i) {
         const int r = g + i * G;
