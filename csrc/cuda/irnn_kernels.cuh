@@ -225,6 +225,9 @@ irnn_bwd_persistent_kernel(PersistentBwdParams<S> p) {
   const int k = tid % H, g = tid / H;
   const bool active = g < G;
   const int nt_div_h = nt / H, nt_mod_h = nt % H;
+  A h_carry[kMaxRowsPerThread];  // h_prev of the last step: h_t of this one
+#pragma unroll
+  for (int i = 0; i < kMaxRowsPerThread; ++i) h_carry[i] = A(0);
   for (int n = 0; n <= p.T; ++n) {
     const int s = p.T - 1 - n;  // step computed now; s + 1 is accumulated
     A* da_new = da + (n & 1) * R * H;
@@ -234,8 +237,9 @@ irnn_bwd_persistent_kernel(PersistentBwdParams<S> p) {
     if (active) {
       const int t = p.reverse ? p.T - 1 - s : s;  // unused when s < 0
       const int tp = p.reverse ? t + 1 : t - 1;
-      // Global loads first (incoming gradient, h_t, h_prev): they do not
-      // depend on da_{s+1}, so their latency overlaps the dot products.
+      // Global loads first (incoming gradient, h_prev; h_t is the previous
+      // iteration's h_prev): they do not depend on da_{s+1}, so their
+      // latency overlaps the dot products.
       A acc[kMaxRowsPerThread], h[kMaxRowsPerThread], hprev[kMaxRowsPerThread];
       int off[kMaxRowsPerThread];
 #pragma unroll
@@ -247,9 +251,11 @@ irnn_bwd_persistent_kernel(PersistentBwdParams<S> p) {
           const int64_t b = row0 + r;
           if (p.g_out) acc[i] = to_acc(p.g_out[t * p.g_st + b * p.g_sb + k]);
           if (p.g_hn && n == 0) acc[i] += to_acc(p.g_hn[b * H + k]);
-          h[i] = to_acc(p.out[t * p.o_st + b * p.o_sb + k]);
+          h[i] = n == 0 ? to_acc(p.out[t * p.o_st + b * p.o_sb + k])
+                        : h_carry[i];
           hprev[i] = s == 0 ? to_acc(p.h0[b * H + k])
                             : to_acc(p.out[tp * p.o_st + b * p.o_sb + k]);
+          h_carry[i] = hprev[i];
         }
       }
       // + da_{s+1} W_hh: column k of W_hh against the rows of da_old.
