@@ -180,6 +180,32 @@ def test_persistent_vs_reference(harness, case):
         assert cfg["blocks"] >= 3 and B % cfg["rows_per_block"] != 0, cfg
 
 
+# A device with few SMs: a small batch gives many rows per block.
+FOUR_SMS = dict(emu.H100, sm_count=4)
+
+
+@pytest.mark.parametrize("case", [
+    dict(table="A100", dtype=torch.float32, H=100, B=1083, I=1,
+         nonlinearity="relu", reverse=False),
+    dict(table="four_sms", dtype=torch.bfloat16, H=33, B=207, I=2,
+         nonlinearity="tanh", reverse=True),
+    dict(table="four_sms", dtype=torch.float64, H=100, B=78, I=None,
+         nonlinearity="relu", reverse=True),
+], ids=lambda c: "-".join(f"{k}={str(v).replace('torch.', '')}"
+                          for k, v in c.items()))
+def test_several_rows_per_thread(harness, case):
+    """Large batches: a thread computes 2-4 rows per step (as at B = 1024),
+    with unused row slots in the last group and a ragged last block."""
+    table = {"A100": emu.A100, "four_sms": FOUR_SMS}[case["table"]]
+    fcfg, bcfg = run_and_compare(
+        harness, table, case["dtype"], 3, case["B"], case["I"] or 5,
+        case["H"], case["nonlinearity"], case["reverse"],
+        project=case["I"] is not None, expect_path=PERSISTENT)
+    for cfg in (fcfg, bcfg):
+        assert cfg["rows_per_thread"] > 1, cfg
+        assert cfg["blocks"] >= 3 and case["B"] % cfg["rows_per_block"], cfg
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_last_state_only(harness, dtype):
     """store_sequence=False writes h_n only (persistent and large-H)."""
