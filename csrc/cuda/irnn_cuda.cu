@@ -2,6 +2,8 @@
 // orchestration in irnn_launch.cuh, and the device property query the
 // launch configuration is computed from. No torch headers (fast builds);
 // the torch binding is irnn_ops_cuda.cpp.
+#include <mutex>
+
 #include "irnn_platform.cuh"
 
 #include "irnn_launch.cuh"
@@ -36,8 +38,10 @@ DeviceProps irnn_cuda_device_props(int device) {
   // Queried once per device: attributes do not change, and the query is not
   // a stream operation (safe during CUDA graph capture).
   constexpr int kMaxDevices = 64;
+  static std::mutex mutex;
   static DeviceProps cache[kMaxDevices];
   static bool known[kMaxDevices];
+  const std::lock_guard<std::mutex> lock(mutex);
   if (device >= 0 && device < kMaxDevices && known[device]) return cache[device];
   DeviceProps p{};
   int v = 0;
