@@ -9,9 +9,10 @@ import torch
 
 import irnn_cuda
 
-# Tolerances per dtype, relative to the largest magnitude compared.
-RTOL = {torch.float64: 1e-10, torch.float32: 1e-5,
-        torch.bfloat16: 3e-2, torch.float16: 5e-3}
+# Kernel-vs-reference tolerances per dtype, relative to
+# max(1, max |expected|); half/bfloat16 round h_t every step.
+TOL = {torch.float64: 1e-9, torch.float32: 2e-5, torch.float16: 1e-2,
+       torch.bfloat16: 4e-2}
 
 REQUIRE_GPU = os.environ.get("IRNN_REQUIRE_GPU") == "1"
 
@@ -27,7 +28,8 @@ def cuda_or_skip():
 
 def max_rel_err(actual, expected):
     """max |actual - expected| / max(1, max |expected|), in float64."""
-    a, e = actual.double(), expected.double()
+    a = actual.detach().double().cpu()
+    e = expected.detach().double().cpu()
     if e.numel() == 0:
         return 0.0
     return ((a - e).abs().max() / e.abs().max().clamp_min(1.0)).item()

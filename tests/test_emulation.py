@@ -17,6 +17,7 @@ import sys
 import pytest
 import torch
 
+from conftest import TOL, max_rel_err
 from irnn_cuda.reference import irnn_layer_reference
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "emu"))
@@ -25,9 +26,6 @@ import emu  # noqa: E402
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None,
                                 reason="needs g++ to build the emulation")
 
-# Relative to max(1, max |expected|); half/bfloat16 round h_t every step.
-TOL = {torch.float64: 1e-9, torch.float32: 2e-5, torch.float16: 1e-2,
-       torch.bfloat16: 4e-2}
 PERSISTENT, LARGE_H = 0, 1
 # A device with no shared memory opt-in (48 KB): W_hh of H = 120 in float32
 # does not fit, so the large-H path runs at a small H.
@@ -46,13 +44,6 @@ def harness(tmp_path_factory):
 def ragged_batch(table):
     """A batch over 2 * SMs rows: 3 rows per block and a partial last block."""
     return 2 * table["sm_count"] + 5
-
-
-def rel_err(actual, expected):
-    a, e = actual.double(), expected.double()
-    if e.numel() == 0:
-        return 0.0
-    return ((a - e).abs().max() / e.abs().max().clamp_min(1.0)).item()
 
 
 def make_inputs(dtype, T, B, I, H, project, bias, gen):
@@ -87,11 +78,11 @@ def run_and_compare(harness, table, dtype, T, B, I, H, nonlinearity="relu",
                                        ref["w_hh"], ref["b_ih"], ref["b_hh"],
                                        nonlinearity, reverse)
     tol = TOL[dtype]
-    assert rel_err(h_n, r_hn) <= tol, ("h_n", rel_err(h_n, r_hn), fcfg)
+    assert max_rel_err(h_n, r_hn) <= tol, ("h_n", max_rel_err(h_n, r_hn), fcfg)
     if not store_sequence:
         assert out is None
         return fcfg, None
-    assert rel_err(out, r_out) <= tol, ("output", rel_err(out, r_out), fcfg)
+    assert max_rel_err(out, r_out) <= tol, ("output", max_rel_err(out, r_out), fcfg)
 
     g_out = (torch.randn(B, T, H, generator=gen).to(dtype).transpose(0, 1)
              if grads in ("seq", "both") else None)
@@ -117,7 +108,7 @@ def run_and_compare(harness, table, dtype, T, B, I, H, nonlinearity="relu",
     got = dict(dx=dx, dh0=dh0, dw_ih=dw_ih, dw_hh=dw_hh, db=db)
     for name, e in expected.items():
         e = torch.zeros_like(got[name], dtype=torch.float64) if e is None else e
-        err = rel_err(got[name], e)
+        err = max_rel_err(got[name], e)
         assert err <= tol, (name, err, bcfg)
     return fcfg, bcfg
 
