@@ -36,7 +36,8 @@ def _find_cuda_home():
             capture_output=True, text=True, timeout=60)
         match = re.search(r"^#\$ TOP=(.+)$", dry.stderr + dry.stdout, re.M)
         if match:
-            return os.path.realpath(os.path.join(match.group(1).strip(), ".."))
+            # TOP is the toolkit root itself (nvcc.profile: TOP = bin/..).
+            return os.path.realpath(match.group(1).strip())
     except (OSError, subprocess.SubprocessError):
         pass
     return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))

@@ -177,21 +177,21 @@ class FusedIRNN(nn.Module):
             hx = hx.to(dtype) if hx is not None and hx.is_floating_point() else hx
             weights = [w.to(dtype) for w in weights]
         unbatched = self._check_input_and_hx(input, hx, weights[0])
+        batch_dim = 0 if self.batch_first else 1
         if unbatched:
-            input = input.unsqueeze(1)
+            input = input.unsqueeze(batch_dim)
             hx = hx.unsqueeze(1) if hx is not None else None
         if hx is None:
             num_dirs = 2 if self.bidirectional else 1
-            batch = input.shape[0 if self.batch_first else 1]
-            hx = input.new_zeros(self.num_layers * num_dirs, batch,
-                                 self.hidden_size)
+            hx = input.new_zeros(self.num_layers * num_dirs,
+                                 input.shape[batch_dim], self.hidden_size)
         output, h_n = rnn_forward(input, hx, weights, self.nonlinearity,
                                   self.num_layers, self.bidirectional,
                                   self.batch_first, self.dropout,
                                   self.training,
                                   return_sequence=return_sequence)
         if unbatched:
-            output = output.squeeze(1) if output is not None else None
+            output = output.squeeze(batch_dim) if output is not None else None
             h_n = h_n.squeeze(1)
         return output, h_n
 

@@ -2,32 +2,12 @@
 output and gradient, over the covering set of options and sizes."""
 import pytest
 import torch
-from torch import nn
 
-from conftest import all_pairs, assert_close_rel, case_id
+from conftest import (NETWORK_OPTIONS, all_pairs, assert_close_rel, case_id,
+                      inputs_for, nn_rnn_for)
 from irnn_cuda import irnn_reference
 
-CASES = all_pairs(dict(
-    nonlinearity=["relu", "tanh"], batch_first=[False, True],
-    bias=[False, True], num_layers=[1, 2], bidirectional=[False, True],
-    hx=[False, True], batched=[False, True], T=[1, 7, 50], B=[1, 3, 16],
-    I=[1, 5], H=[1, 3, 33, 100]))
-
-
-def make_case(c, dtype=torch.float64):
-    """An nn.RNN and inputs for a case dict; fresh random values."""
-    rnn = nn.RNN(c["I"], c["H"], c["num_layers"], nonlinearity=c["nonlinearity"],
-                 bias=c["bias"], batch_first=c["batch_first"],
-                 bidirectional=c["bidirectional"], dtype=dtype)
-    dirs = 2 if c["bidirectional"] else 1
-    if c["batched"]:
-        shape = (c["B"], c["T"], c["I"]) if c["batch_first"] else (c["T"], c["B"], c["I"])
-        hx_shape = (c["num_layers"] * dirs, c["B"], c["H"])
-    else:
-        shape, hx_shape = (c["T"], c["I"]), (c["num_layers"] * dirs, c["H"])
-    x = torch.randn(shape, dtype=dtype, requires_grad=True)
-    hx = torch.randn(hx_shape, dtype=dtype, requires_grad=True) if c["hx"] else None
-    return rnn, x, hx
+CASES = all_pairs(NETWORK_OPTIONS)
 
 
 def grads(output, h_n, wrt):
@@ -39,10 +19,12 @@ def grads(output, h_n, wrt):
 
 @pytest.mark.parametrize("c", CASES, ids=case_id)
 def test_reference_matches_nn_rnn(c):
-    rnn, x, hx = make_case(c)
+    rnn = nn_rnn_for(c)
+    x, hx = inputs_for(c)
     params = list(rnn.parameters())
     out_rnn, h_rnn = rnn(x, hx)
-    batched_x = x if c["batched"] else x.unsqueeze(1)
+    batch_dim = 0 if c["batch_first"] else 1
+    batched_x = x if c["batched"] else x.unsqueeze(batch_dim)
     batched_hx = None if hx is None else (hx if c["batched"] else hx.unsqueeze(1))
     if batched_hx is None:
         dirs = 2 if c["bidirectional"] else 1
@@ -52,7 +34,7 @@ def test_reference_matches_nn_rnn(c):
                                     c["nonlinearity"], c["num_layers"],
                                     c["bidirectional"], c["batch_first"])
     if not c["batched"]:
-        out_ref, h_ref = out_ref.squeeze(1), h_ref.squeeze(1)
+        out_ref, h_ref = out_ref.squeeze(batch_dim), h_ref.squeeze(1)
     assert_close_rel(out_ref, out_rnn, 1e-12, "output")
     assert_close_rel(h_ref, h_rnn, 1e-12, "h_n")
     torch.manual_seed(1)

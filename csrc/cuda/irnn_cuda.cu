@@ -1,0 +1,67 @@
+// CUDA launchers of the irnn_cuda kernels: dtype dispatch onto the shared
+// orchestration in irnn_launch.cuh, and the device property query the
+// launch configuration is computed from. No torch headers (fast builds);
+// the torch binding is irnn_ops_cuda.cpp.
+#include <mutex>
+
+#include "irnn_platform.cuh"
+
+#include "irnn_launch.cuh"
+
+namespace irnn_cuda {
+
+int irnn_forward_cuda_launch(const FwdArgs& a, const LaunchConfig& c,
+                             void* workspace, void* stream) {
+  const auto s = static_cast<cudaStream_t>(stream);
+  switch (a.dtype) {
+    case DType::kFloat: return run_forward<float>(a, c, workspace, s);
+    case DType::kDouble: return run_forward<double>(a, c, workspace, s);
+    case DType::kHalf: return run_forward<__half>(a, c, workspace, s);
+    case DType::kBFloat16: return run_forward<__nv_bfloat16>(a, c, workspace, s);
+  }
+  return cudaErrorInvalidValue;
+}
+
+int irnn_backward_cuda_launch(const BwdArgs& a, const LaunchConfig& c,
+                              void* workspace, void* stream) {
+  const auto s = static_cast<cudaStream_t>(stream);
+  switch (a.dtype) {
+    case DType::kFloat: return run_backward<float>(a, c, workspace, s);
+    case DType::kDouble: return run_backward<double>(a, c, workspace, s);
+    case DType::kHalf: return run_backward<__half>(a, c, workspace, s);
+    case DType::kBFloat16: return run_backward<__nv_bfloat16>(a, c, workspace, s);
+  }
+  return cudaErrorInvalidValue;
+}
+
+DeviceProps irnn_cuda_device_props(int device) {
+  // Queried once per device: attributes do not change, and the query is not
+  // a stream operation (safe during CUDA graph capture).
+  constexpr int kMaxDevices = 64;
+  static std::mutex mutex;
+  static DeviceProps cache[kMaxDevices];
+  static bool known[kMaxDevices];
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (device >= 0 && device < kMaxDevices && known[device]) return cache[device];
+  DeviceProps p{};
+  int v = 0;
+  cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device);
+  p.sm_count = v;
+  cudaDeviceGetAttribute(&v, cudaDevAttrMaxThreadsPerBlock, device);
+  p.max_threads_per_block = v;
+  cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlock, device);
+  p.smem_per_block = v;
+  cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  p.smem_per_block_optin = v;
+  if (device >= 0 && device < kMaxDevices) {
+    cache[device] = p;
+    known[device] = true;
+  }
+  return p;
+}
+
+const char* irnn_cuda_error_string(int error) {
+  return cudaGetErrorString(static_cast<cudaError_t>(error));
+}
+
+}  // namespace irnn_cuda

@@ -1,0 +1,186 @@
+// The plain C++ interface between the torch binding (irnn_ops_cuda.cpp), the
+// CUDA launchers (irnn_cuda.cu) and the CPU emulation harness (tests/emu/):
+// raw argument structs, device properties, and the pure host function that
+// turns device properties into a launch configuration. No torch and no CUDA
+// headers, so all three can include it.
+//
+// Shapes (one layer, one direction): T steps, B batch, I input, H hidden.
+// Tensors of shape [T,B,*] are addressed with a time stride and a batch
+// stride and a unit inner stride; everything else is contiguous.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace irnn_cuda {
+
+enum class DType : int { kFloat = 0, kDouble = 1, kHalf = 2, kBFloat16 = 3 };
+
+// Bytes of one stored element, and of the accumulator the kernels use for it
+// (float for float/half/bfloat16, double for double).
+inline int storage_bytes(DType d) {
+  return d == DType::kDouble ? 8 : d == DType::kFloat ? 4 : 2;
+}
+inline int acc_bytes(DType d) { return d == DType::kDouble ? 8 : 4; }
+
+// What the launch configuration depends on; filled from
+// cudaDeviceGetAttribute on a GPU and from property tables in the emulation.
+struct DeviceProps {
+  int sm_count;                 // cudaDevAttrMultiProcessorCount
+  int max_threads_per_block;    // cudaDevAttrMaxThreadsPerBlock
+  int64_t smem_per_block;       // cudaDevAttrMaxSharedMemoryPerBlock (48 KB)
+  int64_t smem_per_block_optin; // cudaDevAttrMaxSharedMemoryPerBlockOptin
+};
+
+// Rows one thread of a persistent kernel computes per step, at most (their
+// accumulators live in registers).
+constexpr int kMaxRowsPerThread = 4;
+// Threads of a persistent block, at most (its __launch_bounds__): keeps the
+// register budget at 128 per thread, which the kernels fit without spills.
+// A thread takes more rows only when the block would exceed it.
+constexpr int kPersistentMaxThreads = 512;
+// Tiles of the GEMM kernels of the large-H path.
+constexpr int kGemmTileM = 64, kGemmTileN = 64, kGemmTileK = 32;
+constexpr int kGemmThreads = 256;
+
+enum class Path : int { kPersistent = 0, kLargeH = 1 };
+
+struct LaunchConfig {
+  Path path;
+  int rows_per_block;   // batch rows a persistent block owns
+  int row_groups;       // thread groups of H threads, each owning rows
+  int rows_per_thread;  // rows one thread computes per step (<= kMaxRows...)
+  int threads;          // threads per block
+  int blocks;           // persistent blocks (ceil(B / rows_per_block))
+  int64_t smem;         // dynamic shared memory bytes of the persistent kernel
+  int64_t workspace;    // bytes of global workspace the launcher needs
+  bool smem_optin;      // smem exceeds the default per-block limit
+};
+
+// Shared memory of a persistent block owning `rows` batch rows, in units of
+// accumulator elements. Forward: W_hh^T, h double buffer, W_ih, bias.
+// Backward: W_hh, its gradient, da and h_prev double buffers, W_ih and its
+// gradient, bias gradient.
+inline int64_t persistent_smem_elems(bool backward, int64_t rows, int64_t H,
+                                     int64_t I, bool project) {
+  const int64_t pi = project ? H * I : 0;
+  return backward ? 2 * H * H + 4 * rows * H + 2 * pi + H
+                  : H * H + 2 * rows * H + pi + H;
+}
+
+// Elements of one block's partial gradients in the backward workspace:
+// dW_hh [H,H], dW_ih [H,I] (when projecting), db [H].
+inline int64_t partial_elems(int64_t H, int64_t I, bool project) {
+  return H * H + (project ? H * I : 0) + H;
+}
+
+// The launch configuration for one forward or backward call. Pure: the
+// same properties and sizes always give the same configuration.
+//
+// A persistent block owns rows_per_block batch rows for all T steps, so
+// rows are spread over the SMs first (one block per SM) and a block takes
+// more rows only as B grows; shared memory and the thread limit cap the rows
+// per block, and when even one row's W_hh does not fit on chip the large-H
+// path (a GEMM per step) is chosen.
+inline LaunchConfig make_launch_config(const DeviceProps& p, bool backward,
+                                       DType dtype, int64_t T, int64_t B,
+                                       int64_t I, int64_t H, bool project,
+                                       bool store_sequence) {
+  LaunchConfig c{};
+  const int64_t acc = acc_bytes(dtype);
+  const int64_t smem_max = p.smem_per_block_optin > p.smem_per_block
+                               ? p.smem_per_block_optin
+                               : p.smem_per_block;
+  const int64_t max_threads = p.max_threads_per_block < kPersistentMaxThreads
+                                  ? p.max_threads_per_block
+                                  : kPersistentMaxThreads;
+  int64_t rows_smem = 0;  // the most rows that fit in shared memory
+  if (H <= max_threads) {
+    const int64_t fixed = persistent_smem_elems(backward, 0, H, I, project);
+    const int64_t per_row = backward ? 4 * H : 2 * H;
+    const int64_t avail = smem_max / acc - fixed;
+    rows_smem = avail > 0 ? avail / per_row : 0;
+  }
+  if (rows_smem < 1) {
+    c.path = Path::kLargeH;
+    c.threads = kGemmThreads;
+    if (backward)  // da for every step, plus the first part of dW_hh
+      c.workspace = (T * B * H + H * H) * acc;
+    else  // a ping-pong h when the sequence is not stored
+      c.workspace = store_sequence ? 0 : 2 * B * H * storage_bytes(dtype);
+    return c;
+  }
+  c.path = Path::kPersistent;
+  const int64_t sms = p.sm_count > 0 ? p.sm_count : 1;
+  const int64_t rows_threads = kMaxRowsPerThread * (max_threads / H);
+  int64_t rows = B > 0 ? (B + sms - 1) / sms : 1;
+  if (rows > rows_smem) rows = rows_smem;
+  if (rows > rows_threads) rows = rows_threads;
+  int64_t rpt = 1;
+  while (rpt < kMaxRowsPerThread && ((rows + rpt - 1) / rpt) * H > max_threads)
+    ++rpt;
+  const int64_t groups = (rows + rpt - 1) / rpt;
+  int64_t threads = (groups * H + 31) / 32 * 32;
+  if (threads > max_threads) threads = max_threads;
+  c.rows_per_block = static_cast<int>(rows);
+  c.row_groups = static_cast<int>(groups);
+  c.rows_per_thread = static_cast<int>(rpt);
+  c.threads = static_cast<int>(threads);
+  c.blocks = static_cast<int>((B + rows - 1) / rows);
+  c.smem = persistent_smem_elems(backward, rows, H, I, project) * acc;
+  c.smem_optin = c.smem > p.smem_per_block;
+  c.workspace =
+      backward ? static_cast<int64_t>(c.blocks) * partial_elems(H, I, project) * acc
+               : 0;
+  return c;
+}
+
+// Raw arguments of irnn_forward; pointers to elements of the call's dtype.
+struct FwdArgs {
+  DType dtype;
+  int64_t T, B, I, H;
+  bool project, relu, reverse;
+  const void* x;            // [T,B,I] (or [T,B,H] when !project)
+  int64_t x_st, x_sb;
+  const void* h0;           // [B,H]
+  const void* w_ih;         // [H,I] or null
+  const void* w_hh;         // [H,H]
+  const void* b_ih;         // [H] or null
+  const void* b_hh;         // [H] or null
+  void* out;                // [T,B,H] or null (last state only)
+  int64_t out_st, out_sb;
+  void* h_n;                // [B,H]
+};
+
+// Raw arguments of irnn_backward.
+struct BwdArgs {
+  DType dtype;
+  int64_t T, B, I, H;
+  bool project, relu, reverse;
+  const void* g_out;        // [T,B,H] or null
+  int64_t g_st, g_sb;
+  const void* g_hn;         // [B,H] or null
+  const void* x;            // [T,B,I] (or [T,B,H] when !project)
+  int64_t x_st, x_sb;
+  const void* h0;           // [B,H]
+  const void* w_ih;         // [H,I] or null
+  const void* w_hh;         // [H,H]
+  const void* out;          // [T,B,H], the forward's sequence
+  int64_t o_st, o_sb;
+  void* dx;                 // [T,B,I] (or [T,B,H]), contiguous
+  void* dh0;                // [B,H]
+  void* dw_ih;              // [H,I] or null
+  void* dw_hh;              // [H,H]
+  void* db;                 // [H]
+};
+
+// Launchers (irnn_cuda.cu). `stream` is a cudaStream_t; the return value a
+// cudaError_t (0 on success), its text from irnn_cuda_error_string.
+int irnn_forward_cuda_launch(const FwdArgs& a, const LaunchConfig& c,
+                             void* workspace, void* stream);
+int irnn_backward_cuda_launch(const BwdArgs& a, const LaunchConfig& c,
+                              void* workspace, void* stream);
+DeviceProps irnn_cuda_device_props(int device);
+const char* irnn_cuda_error_string(int error);
+
+}  // namespace irnn_cuda

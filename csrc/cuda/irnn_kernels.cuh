@@ -1,0 +1,512 @@
+// The irnn_cuda kernels: persistent forward and backward (W_hh resident in
+// shared memory, the batch partitioned over blocks), the partial-gradient
+// reduction, and the tiled GEMM with fused epilogues of the large-H path.
+//
+// Written against the platform layer (irnn_platform.cuh for nvcc,
+// tests/emu/emu_platform.h for the CPU emulation) with no __CUDA_ARCH__ or
+// __CUDACC__ branches, so the emulation executes exactly this source.
+//
+// S is the stored element type (float, double, irnn_half, irnn_bf16) and A
+// its accumulator (float, or double for double). h_{t-1} is carried in A
+// after rounding to S, so the recurrence sees the values the sequence holds.
+#pragma once
+
+#include <cstdint>
+
+#include "irnn_cuda_api.h"
+
+namespace irnn_cuda {
+
+template <typename S>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+
+template <typename A>
+IRNN_DEVICE A activate(A a, bool relu) {
+  // `a < 0 ? 0 : a` keeps NaN, unlike fmax(a, 0).
+  return relu ? (a < A(0) ? A(0) : a) : irnn_tanh(a);
+}
+
+// d phi / d a from the stored output h = phi(a); relu' is 0 at 0 as in
+// PyTorch.
+template <typename A>
+IRNN_DEVICE A activate_grad(A g, A h, bool relu) {
+  return relu ? (h > A(0) ? g : A(0)) : g * (A(1) - h * h);
+}
+
+// acc[i] += sum_k w[k * H + unit] * v[off[i] + k] for the thread's rows
+// i < rpt: the recurrent dot products of both persistent kernels, with w
+// and v in shared memory. Two accumulators per row (even and odd k) halve
+// the dependent FMA chain, which bounds the step latency when rows are few.
+template <typename A>
+IRNN_DEVICE void row_dots(A (&acc)[kMaxRowsPerThread], const A* w, int unit,
+                          const A* v, const int (&off)[kMaxRowsPerThread],
+                          int H, int rpt) {
+  A odd[kMaxRowsPerThread];
+#pragma unroll
+  for (int i = 0; i < kMaxRowsPerThread; ++i) odd[i] = A(0);
+  int k = 0;
+  for (; k + 1 < H; k += 2) {
+    const A w0 = w[k * H + unit], w1 = w[(k + 1) * H + unit];
+#pragma unroll
+    for (int i = 0; i < kMaxRowsPerThread; ++i) {
+      if (i < rpt) {
+        acc[i] += w0 * v[off[i] + k];
+        odd[i] += w1 * v[off[i] + k + 1];
+      }
+    }
+  }
+  if (k < H) {
+    const A w0 = w[k * H + unit];
+#pragma unroll
+    for (int i = 0; i < kMaxRowsPerThread; ++i)
+      if (i < rpt) acc[i] += w0 * v[off[i] + k];
+  }
+#pragma unroll
+  for (int i = 0; i < kMaxRowsPerThread; ++i) acc[i] += odd[i];
+}
+
+template <typename S>
+struct PersistentFwdParams {
+  const S* x;  // [T,B,I] or [T,B,H] (!project)
+  int64_t x_st, x_sb;
+  const S* h0;    // [B,H]
+  const S* w_ih;  // [H,I] or null (!project)
+  const S* w_hh;  // [H,H]
+  const S* b_ih;  // [H] or null
+  const S* b_hh;  // [H] or null
+  S* out;         // [T,B,H] or null
+  int64_t out_st, out_sb;
+  S* h_n;  // [B,H]
+  int T, B, I, H;
+  bool relu, reverse;
+  int rows_per_block, row_groups, rows_per_thread;
+};
+
+// One block owns rows [blockIdx.x * R, +R) of the batch for all T steps.
+// Thread (g, j) computes unit j of rows g, g + G, ... (rows_per_thread of
+// them), so a W_hh^T element loaded from shared memory serves several rows.
+// One barrier per step: step s reads h buffer s&1 and writes the other.
+template <typename S>
+IRNN_GLOBAL void IRNN_LAUNCH_BOUNDS(kPersistentMaxThreads)
+irnn_fwd_persistent_kernel(PersistentFwdParams<S> p) {
+  using A = typename AccOf<S>::type;
+  const int H = p.H, I = p.I, R = p.rows_per_block, G = p.row_groups;
+  const bool project = p.w_ih != nullptr;
+  A* w_t = irnn_dyn_smem<A>();     // [H,H]: w_t[k*H + j] = W_hh[j,k]
+  A* hbuf = w_t + H * H;           // [2][R,H]
+  A* w_ih = hbuf + 2 * R * H;      // [H,I] when projecting
+  A* bias = w_ih + (project ? H * I : 0);  // [H], b_ih + b_hh
+  const int tid = threadIdx.x, nt = blockDim.x;
+  const int row0 = blockIdx.x * R;
+  const int rows = p.B - row0 < R ? p.B - row0 : R;
+
+  for (int e = tid; e < H * H; e += nt)
+    w_t[(e % H) * H + e / H] = to_acc(p.w_hh[e]);
+  if (project)
+    for (int e = tid; e < H * I; e += nt) w_ih[e] = to_acc(p.w_ih[e]);
+  for (int j = tid; j < H; j += nt)
+    bias[j] = (p.b_ih ? to_acc(p.b_ih[j]) : A(0)) +
+              (p.b_hh ? to_acc(p.b_hh[j]) : A(0));
+  // Rows past the batch end stay zero in both buffers.
+  for (int e = tid; e < R * H; e += nt) {
+    const int r = e / H;
+    hbuf[e] = r < rows ? to_acc(p.h0[(int64_t)(row0 + r) * H + e % H]) : A(0);
+    hbuf[R * H + e] = A(0);
+  }
+  __syncthreads();
+
+  const int j = tid % H, g = tid / H;
+  const bool active = g < G;
+  for (int s = 0; s < p.T; ++s) {
+    const int t = p.reverse ? p.T - 1 - s : s;
+    const A* hp = hbuf + (s & 1) * R * H;
+    A* hn = hbuf + ((s + 1) & 1) * R * H;
+    if (active) {
+      // The input term first: its global loads do not depend on h_{t-1},
+      // so their latency overlaps the recurrent dot products below.
+      A acc[kMaxRowsPerThread];
+      int off[kMaxRowsPerThread];
+#pragma unroll
+      for (int i = 0; i < kMaxRowsPerThread; ++i) {
+        const int r = g + i * G;
+        off[i] = (r < R ? r : R - 1) * H;
+        acc[i] = A(0);
+        if (i < p.rows_per_thread && r < rows) {
+          const S* xt = p.x + t * p.x_st + (row0 + r) * p.x_sb;
+          A a = bias[j];
+          if (project) {
+            for (int k = 0; k < I; ++k) a += w_ih[j * I + k] * to_acc(xt[k]);
+          } else {
+            a += to_acc(xt[j]);
+          }
+          acc[i] = a;
+        }
+      }
+      row_dots(acc, w_t, j, hp, off, H, p.rows_per_thread);  // + W_hh h_{t-1}
+#pragma unroll
+      for (int i = 0; i < kMaxRowsPerThread; ++i) {
+        const int r = g + i * G;
+        if (i < p.rows_per_thread && r < rows) {
+          const int64_t b = row0 + r;
+          const S h = from_acc<S>(activate(acc[i], p.relu));
+          hn[r * H + j] = to_acc(h);
+          if (p.out) p.out[t * p.out_st + b * p.out_sb + j] = h;
+          if (s == p.T - 1) p.h_n[b * H + j] = h;
+        }
+      }
+    }
+    __syncthreads();
+  }
+}
+
+template <typename S>
+struct PersistentBwdParams {
+  const S* g_out;  // [T,B,H] or null
+  int64_t g_st, g_sb;
+  const S* g_hn;  // [B,H] or null
+  const S* x;     // [T,B,I] (read when projecting)
+  int64_t x_st, x_sb;
+  const S* h0;    // [B,H]
+  const S* w_ih;  // [H,I] or null
+  const S* w_hh;  // [H,H]
+  const S* out;   // [T,B,H]
+  int64_t o_st, o_sb;
+  S* dx;  // [T,B,I] or [T,B,H], contiguous
+  S* dh0; // [B,H]
+  typename AccOf<S>::type* partials;  // [blocks][partial_elems]
+  int T, B, I, H;
+  bool relu, reverse;
+  int rows_per_block, row_groups, rows_per_thread;
+};
+
+// The mirror image in reverse time. Iteration n (n = 0..T, step s = T-1-n)
+// computes da_s = phi'(h_t) * (g_t + da_{s+1} W_hh) for the block's rows and
+// stages h_prev of step s, while the same threads accumulate step s+1's
+// da^T h_prev, da and da^T x into this block's dW_hh, db, dW_ih in shared
+// memory (each element always by the same thread, rows in order). The block
+// writes its partial gradients to the workspace; irnn_reduce_partials_kernel
+// sums the blocks in index order, so results do not depend on block timing.
+template <typename S>
+IRNN_GLOBAL void IRNN_LAUNCH_BOUNDS(kPersistentMaxThreads)
+irnn_bwd_persistent_kernel(PersistentBwdParams<S> p) {
+  using A = typename AccOf<S>::type;
+  const int H = p.H, I = p.I, R = p.rows_per_block, G = p.row_groups;
+  const bool project = p.w_ih != nullptr;
+  const int PI = project ? H * I : 0;
+  A* w = irnn_dyn_smem<A>();  // [H,H] as stored: w[j*H + k] = W_hh[j,k]
+  A* dw = w + H * H;          // [H,H]
+  A* da = dw + H * H;         // [2][R,H]
+  A* hp = da + 2 * R * H;     // [2][R,H]
+  A* w_ih = hp + 2 * R * H;   // [H,I]
+  A* dw_ih = w_ih + PI;       // [H,I]
+  A* db = dw_ih + PI;         // [H]
+  const int tid = threadIdx.x, nt = blockDim.x;
+  const int row0 = blockIdx.x * R;
+  const int rows = p.B - row0 < R ? p.B - row0 : R;
+
+  for (int e = tid; e < H * H; e += nt) {
+    w[e] = to_acc(p.w_hh[e]);
+    dw[e] = A(0);
+  }
+  for (int e = tid; e < PI; e += nt) {
+    w_ih[e] = to_acc(p.w_ih[e]);
+    dw_ih[e] = A(0);
+  }
+  for (int e = tid; e < H; e += nt) db[e] = A(0);
+  for (int e = tid; e < 4 * R * H; e += nt) da[e] = A(0);  // da and hp
+  __syncthreads();
+
+  const int k = tid % H, g = tid / H;
+  const bool active = g < G;
+  const int nt_div_h = nt / H, nt_mod_h = nt % H;
+  A h_carry[kMaxRowsPerThread];  // h_prev of the last step: h_t of this one
+#pragma unroll
+  for (int i = 0; i < kMaxRowsPerThread; ++i) h_carry[i] = A(0);
+  for (int n = 0; n <= p.T; ++n) {
+    const int s = p.T - 1 - n;  // step computed now; s + 1 is accumulated
+    A* da_new = da + (n & 1) * R * H;
+    A* hp_new = hp + (n & 1) * R * H;
+    const A* da_old = da + ((n + 1) & 1) * R * H;
+    const A* hp_old = hp + ((n + 1) & 1) * R * H;
+    if (active) {
+      const int t = p.reverse ? p.T - 1 - s : s;  // unused when s < 0
+      const int tp = p.reverse ? t + 1 : t - 1;
+      // Global loads first (incoming gradient, h_prev; h_t is the previous
+      // iteration's h_prev): they do not depend on da_{s+1}, so their
+      // latency overlaps the dot products.
+      A acc[kMaxRowsPerThread], h[kMaxRowsPerThread], hprev[kMaxRowsPerThread];
+      int off[kMaxRowsPerThread];
+#pragma unroll
+      for (int i = 0; i < kMaxRowsPerThread; ++i) {
+        const int r = g + i * G;
+        off[i] = (r < R ? r : R - 1) * H;
+        acc[i] = h[i] = hprev[i] = A(0);
+        if (i < p.rows_per_thread && r < rows && s >= 0) {
+          const int64_t b = row0 + r;
+          if (p.g_out) acc[i] = to_acc(p.g_out[t * p.g_st + b * p.g_sb + k]);
+          if (p.g_hn && n == 0) acc[i] += to_acc(p.g_hn[b * H + k]);
+          h[i] = n == 0 ? to_acc(p.out[t * p.o_st + b * p.o_sb + k])
+                        : h_carry[i];
+          hprev[i] = s == 0 ? to_acc(p.h0[b * H + k])
+                            : to_acc(p.out[tp * p.o_st + b * p.o_sb + k]);
+          h_carry[i] = hprev[i];
+        }
+      }
+      // + da_{s+1} W_hh: column k of W_hh against the rows of da_old.
+      if (n > 0) row_dots(acc, w, k, da_old, off, H, p.rows_per_thread);
+#pragma unroll
+      for (int i = 0; i < kMaxRowsPerThread; ++i) {
+        const int r = g + i * G;
+        if (i < p.rows_per_thread && r < rows) {
+          const int64_t b = row0 + r;
+          if (s < 0) {  // after step 0: the gradient of h0
+            p.dh0[b * H + k] = from_acc<S>(acc[i]);
+            continue;
+          }
+          const A d = activate_grad(acc[i], h[i], p.relu);
+          da_new[r * H + k] = d;
+          hp_new[r * H + k] = hprev[i];
+          if (!project) p.dx[((int64_t)t * p.B + b) * H + k] = from_acc<S>(d);
+        }
+      }
+    }
+    if (n > 0) {  // accumulate step s + 1 from the old buffers
+      const int t1 = p.reverse ? p.T - 2 - s : s + 1;
+      // Element e = j*H + kk; (j, kk) advance with e, with no division.
+      for (int e = tid, j = tid / H, kk = tid % H; e < H * H;
+           e += nt, j += nt_div_h, kk += nt_mod_h) {
+        if (kk >= H) {
+          kk -= H;
+          ++j;
+        }
+        A sum = dw[e];
+        for (int r = 0; r < rows; ++r)
+          sum += da_old[r * H + j] * hp_old[r * H + kk];
+        dw[e] = sum;
+      }
+      for (int j = tid; j < H; j += nt) {
+        A sum = db[j];
+        for (int r = 0; r < rows; ++r) sum += da_old[r * H + j];
+        db[j] = sum;
+      }
+      if (project) {
+        for (int e = tid; e < H * I; e += nt) {
+          const int j = e / I, i = e % I;
+          A sum = dw_ih[e];
+          for (int r = 0; r < rows; ++r)
+            sum += da_old[r * H + j] *
+                   to_acc(p.x[t1 * p.x_st + (int64_t)(row0 + r) * p.x_sb + i]);
+          dw_ih[e] = sum;
+        }
+        for (int e = tid; e < rows * I; e += nt) {
+          const int r = e / I, i = e % I;
+          A sum = A(0);
+          for (int j = 0; j < H; ++j) sum += da_old[r * H + j] * w_ih[j * I + i];
+          p.dx[((int64_t)t1 * p.B + row0 + r) * I + i] = from_acc<S>(sum);
+        }
+      }
+    }
+    __syncthreads();
+  }
+
+  A* part = p.partials + (int64_t)blockIdx.x * (H * H + PI + H);
+  for (int e = tid; e < H * H; e += nt) part[e] = dw[e];
+  for (int e = tid; e < PI; e += nt) part[H * H + e] = dw_ih[e];
+  for (int e = tid; e < H; e += nt) part[H * H + PI + e] = db[e];
+}
+
+template <typename S>
+struct ReduceParams {
+  const typename AccOf<S>::type* partials;  // [blocks][H*H + PI + H]
+  int blocks, H, PI;
+  S* dw_hh;  // [H,H]
+  S* dw_ih;  // [H,I] or null
+  S* db;     // [H]
+};
+
+// Sums the per-block partial gradients in block order (no atomics).
+template <typename S>
+IRNN_GLOBAL void irnn_reduce_partials_kernel(ReduceParams<S> p) {
+  using A = typename AccOf<S>::type;
+  const int64_t P = (int64_t)p.H * p.H + p.PI + p.H;
+  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < P;
+       e += (int64_t)gridDim.x * blockDim.x) {
+    A sum = A(0);
+    for (int b = 0; b < p.blocks; ++b) sum += p.partials[b * P + e];
+    const int64_t hh = (int64_t)p.H * p.H;
+    if (e < hh)
+      p.dw_hh[e] = from_acc<S>(sum);
+    else if (e < hh + p.PI)
+      p.dw_ih[e - hh] = from_acc<S>(sum);
+    else
+      p.db[e - hh - p.PI] = from_acc<S>(sum);
+  }
+}
+
+// An operand of the GEMM: element (i, k) of a matrix whose reduction index
+// k may be a flattened (t, b) pair, at
+//   ptr[i * s_i + (k / kdiv) * s_k1 + (k % kdiv) * s_k2].
+template <typename T>
+struct GemmOperand {
+  const T* ptr;
+  int64_t s_i, s_k1, s_k2;
+  int64_t kdiv;
+};
+
+enum class Epilogue : int {
+  kStore = 0,    // dst(m,n) = acc (+ addend(m,n))
+  kStoreAcc,     // dst_acc(m,n) = acc
+  kFwdStep,      // h = phi(acc + bias + input), stored
+  kBwdStep,      // da = phi'(h) * (acc + g), stored to da (A) and dx
+};
+
+template <typename S>
+struct GemmParams {
+  using A = typename AccOf<S>::type;
+  int64_t M, N, K;
+  // C(m,n) = sum_k a(m,k) * b(k,n); a holds S in the forward step and A
+  // (da) everywhere else, so one of a_s / a_acc is set.
+  GemmOperand<S> a_s;
+  GemmOperand<A> a_acc;
+  GemmOperand<S> b;  // b(k,n): i is n
+  Epilogue epilogue;
+  bool relu;
+  int t, I;  // time index of the step (kFwdStep, kBwdStep)
+  // kStore / kFwdStep: dst(m,n) at dst[m * d_sm + n * d_sn]
+  S* dst;
+  int64_t d_sm, d_sn;
+  const A* addend;  // kStore: [M,N] contiguous, or null
+  A* dst_acc;       // kStoreAcc, kBwdStep (da of this step): [M,N]
+  // kFwdStep: x (m = b, n = j), w_ih, biases, h_n (last step only)
+  const S* x;
+  int64_t x_st, x_sb;
+  const S* w_ih;
+  const S* b_ih;
+  const S* b_hh;
+  S* h_n;
+  // kBwdStep: g_out, g_hn (first walked step only), the stored h_t, dx
+  const S* g_out;
+  int64_t g_st, g_sb;
+  const S* g_hn;
+  const S* out;
+  int64_t o_st, o_sb;
+  S* dx;  // [T,B,H] (!project) or null
+};
+
+template <typename T>
+IRNN_DEVICE T gemm_load(const GemmOperand<T>& o, int64_t i, int64_t k) {
+  return o.ptr[i * o.s_i + (k / o.kdiv) * o.s_k1 + (k % o.kdiv) * o.s_k2];
+}
+
+// C = a b with 64x64 output tiles, 256 threads of 4x4 outputs each, and a
+// fused epilogue per output element. Every output is summed over k in order
+// by one thread, so results are deterministic. Dynamic shared memory:
+// (kGemmTileK * (kGemmTileM + kGemmTileN)) accumulator elements.
+template <typename S>
+IRNN_GLOBAL void IRNN_LAUNCH_BOUNDS(kGemmThreads) irnn_gemm_kernel(GemmParams<S> p) {
+  using A = typename AccOf<S>::type;
+  A* as = irnn_dyn_smem<A>();            // [kGemmTileK][kGemmTileM]
+  A* bs = as + kGemmTileK * kGemmTileM;  // [kGemmTileK][kGemmTileN]
+  const int tid = threadIdx.x;
+  const int tx = tid % 16, ty = tid / 16;
+  // M (up to T*B rows) tiles on grid.x, whose limit is 2^31-1; N <= H.
+  const int64_t m0 = (int64_t)blockIdx.x * kGemmTileM;
+  const int64_t n0 = (int64_t)blockIdx.y * kGemmTileN;
+  A acc[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int jj = 0; jj < 4; ++jj) acc[i][jj] = A(0);
+
+  for (int64_t k0 = 0; k0 < p.K; k0 += kGemmTileK) {
+    for (int e = tid; e < kGemmTileK * kGemmTileM; e += kGemmThreads) {
+      const int kk = e / kGemmTileM, mm = e % kGemmTileM;
+      const int64_t m = m0 + mm, k = k0 + kk;
+      A v = A(0);
+      if (m < p.M && k < p.K)
+        v = p.a_s.ptr ? to_acc(gemm_load(p.a_s, m, k)) : gemm_load(p.a_acc, m, k);
+      as[e] = v;
+    }
+    for (int e = tid; e < kGemmTileK * kGemmTileN; e += kGemmThreads) {
+      const int kk = e / kGemmTileN, nn = e % kGemmTileN;
+      const int64_t n = n0 + nn, k = k0 + kk;
+      bs[e] = (n < p.N && k < p.K) ? to_acc(gemm_load(p.b, n, k)) : A(0);
+    }
+    __syncthreads();
+    for (int kk = 0; kk < kGemmTileK; ++kk) {
+      A av[4], bv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) av[i] = as[kk * kGemmTileM + ty + 16 * i];
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) bv[jj] = bs[kk * kGemmTileN + tx + 16 * jj];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) acc[i][jj] += av[i] * bv[jj];
+    }
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+#pragma unroll
+    for (int jj = 0; jj < 4; ++jj) {
+      const int64_t m = m0 + ty + 16 * i, n = n0 + tx + 16 * jj;
+      if (m >= p.M || n >= p.N) continue;
+      A v = acc[i][jj];
+      if (p.epilogue == Epilogue::kStore) {
+        if (p.addend) v += p.addend[m * p.N + n];
+        p.dst[m * p.d_sm + n * p.d_sn] = from_acc<S>(v);
+      } else if (p.epilogue == Epilogue::kStoreAcc) {
+        p.dst_acc[m * p.N + n] = v;
+      } else if (p.epilogue == Epilogue::kFwdStep) {  // m = b, n = j
+        if (p.b_ih) v += to_acc(p.b_ih[n]);
+        if (p.b_hh) v += to_acc(p.b_hh[n]);
+        const S* xt = p.x + p.t * p.x_st + m * p.x_sb;
+        if (p.w_ih) {
+          for (int k = 0; k < p.I; ++k)
+            v += to_acc(p.w_ih[n * p.I + k]) * to_acc(xt[k]);
+        } else {
+          v += to_acc(xt[n]);
+        }
+        const S h = from_acc<S>(activate(v, p.relu));
+        p.dst[m * p.d_sm + n * p.d_sn] = h;
+        if (p.h_n) p.h_n[m * p.N + n] = h;
+      } else {  // kBwdStep: m = b, n = k
+        if (p.g_out) v += to_acc(p.g_out[p.t * p.g_st + m * p.g_sb + n]);
+        if (p.g_hn) v += to_acc(p.g_hn[m * p.N + n]);
+        const A h = to_acc(p.out[p.t * p.o_st + m * p.o_sb + n]);
+        const A d = activate_grad(v, h, p.relu);
+        p.dst_acc[m * p.N + n] = d;
+        if (p.dx) p.dx[(p.t * p.M + m) * p.N + n] = from_acc<S>(d);
+      }
+    }
+  }
+}
+
+template <typename S>
+struct ColumnSumParams {
+  const typename AccOf<S>::type* src;  // [rows, cols]
+  int64_t rows, cols;
+  S* dst;  // [cols]
+};
+
+// dst[c] = sum over rows of src[r, c], rows in order (db of the large-H path).
+template <typename S>
+IRNN_GLOBAL void irnn_column_sum_kernel(ColumnSumParams<S> p) {
+  using A = typename AccOf<S>::type;
+  for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < p.cols;
+       c += (int64_t)gridDim.x * blockDim.x) {
+    A sum = A(0);
+    for (int64_t r = 0; r < p.rows; ++r) sum += p.src[r * p.cols + c];
+    p.dst[c] = from_acc<S>(sum);
+  }
+}
+
+}  // namespace irnn_cuda

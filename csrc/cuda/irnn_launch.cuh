@@ -1,0 +1,221 @@
+// Host orchestration of the kernels for one forward or backward call: which
+// kernels run in which order with which parameters, given the launch
+// configuration (make_launch_config) and a workspace the caller allocated.
+// Shared by the CUDA launchers (irnn_cuda.cu) and the CPU emulation, which
+// define IRNN_LAUNCH and IRNN_SET_MAX_SMEM; nothing here synchronises.
+#pragma once
+
+#include <cstdint>
+
+#include "irnn_kernels.cuh"
+
+namespace irnn_cuda {
+
+// A reduction index that is never split (k / kdiv == 0, k % kdiv == k).
+constexpr int64_t kNoSplit = int64_t(1) << 62;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+template <typename S>
+irnn_error run_gemm(const GemmParams<S>& p, irnn_stream stream) {
+  if (p.M == 0 || p.N == 0) return kIrnnSuccess;
+  using A = typename AccOf<S>::type;
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.M, kGemmTileM)),
+                  static_cast<unsigned>(ceil_div(p.N, kGemmTileN)));
+  const size_t smem = sizeof(A) * kGemmTileK * (kGemmTileM + kGemmTileN);
+  IRNN_LAUNCH(irnn_gemm_kernel<S>, grid, kGemmThreads, smem, stream, p);
+  return kIrnnSuccess;
+}
+
+template <typename S>
+GemmOperand<S> operand(const S* ptr, int64_t s_i, int64_t s_k) {
+  return GemmOperand<S>{ptr, s_i, 0, s_k, kNoSplit};
+}
+
+template <typename S>
+irnn_error run_forward(const FwdArgs& a, const LaunchConfig& c, void* ws,
+                       irnn_stream stream) {
+  const int64_t T = a.T, B = a.B, H = a.H;
+  if (B == 0) return kIrnnSuccess;
+  const S* x = static_cast<const S*>(a.x);
+  const S* h0 = static_cast<const S*>(a.h0);
+  const S* w_ih = static_cast<const S*>(a.w_ih);
+  const S* w_hh = static_cast<const S*>(a.w_hh);
+  S* out = static_cast<S*>(a.out);
+  S* h_n = static_cast<S*>(a.h_n);
+  if (c.path == Path::kPersistent) {
+    PersistentFwdParams<S> p{};
+    p.x = x; p.x_st = a.x_st; p.x_sb = a.x_sb;
+    p.h0 = h0; p.w_ih = a.project ? w_ih : nullptr; p.w_hh = w_hh;
+    p.b_ih = static_cast<const S*>(a.b_ih);
+    p.b_hh = static_cast<const S*>(a.b_hh);
+    p.out = out; p.out_st = a.out_st; p.out_sb = a.out_sb;
+    p.h_n = h_n;
+    p.T = static_cast<int>(T); p.B = static_cast<int>(B);
+    p.I = static_cast<int>(a.I); p.H = static_cast<int>(H);
+    p.relu = a.relu; p.reverse = a.reverse;
+    p.rows_per_block = c.rows_per_block; p.row_groups = c.row_groups;
+    p.rows_per_thread = c.rows_per_thread;
+    if (c.smem_optin) IRNN_SET_MAX_SMEM(irnn_fwd_persistent_kernel<S>, c.smem);
+    IRNN_LAUNCH(irnn_fwd_persistent_kernel<S>, c.blocks, c.threads,
+                static_cast<size_t>(c.smem), stream, p);
+    return kIrnnSuccess;
+  }
+  // Large H: one GEMM per step with the pointwise part fused as epilogue.
+  // h_prev is h0, then the stored sequence or a ping-pong workspace.
+  S* ping = static_cast<S*>(ws);
+  const S* prev = h0;
+  int64_t prev_sb = H;
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = a.reverse ? T - 1 - s : s;
+    GemmParams<S> p{};
+    p.M = B; p.N = H; p.K = H;
+    p.a_s = operand(prev, prev_sb, int64_t(1));  // h_prev(b, k)
+    p.b = operand(w_hh, H, int64_t(1));          // W_hh^T(k, j) = W_hh[j,k]
+    p.epilogue = Epilogue::kFwdStep;
+    p.relu = a.relu;
+    p.t = static_cast<int>(t);
+    p.I = static_cast<int>(a.I);
+    if (out) {
+      p.dst = out + t * a.out_st; p.d_sm = a.out_sb;
+    } else {
+      p.dst = ping + (s & 1) * B * H; p.d_sm = H;
+    }
+    p.d_sn = 1;
+    p.x = x; p.x_st = a.x_st; p.x_sb = a.x_sb;
+    p.w_ih = a.project ? w_ih : nullptr;
+    p.b_ih = static_cast<const S*>(a.b_ih);
+    p.b_hh = static_cast<const S*>(a.b_hh);
+    p.h_n = s == T - 1 ? h_n : nullptr;
+    const irnn_error err = run_gemm(p, stream);
+    if (err != kIrnnSuccess) return err;
+    prev = p.dst;
+    prev_sb = p.d_sm;
+  }
+  return kIrnnSuccess;
+}
+
+template <typename S>
+irnn_error run_backward(const BwdArgs& a, const LaunchConfig& c, void* ws,
+                        irnn_stream stream) {
+  using A = typename AccOf<S>::type;
+  const int64_t T = a.T, B = a.B, I = a.I, H = a.H;
+  const S* g_out = static_cast<const S*>(a.g_out);
+  const S* g_hn = static_cast<const S*>(a.g_hn);
+  const S* x = static_cast<const S*>(a.x);
+  const S* h0 = static_cast<const S*>(a.h0);
+  const S* w_ih = a.project ? static_cast<const S*>(a.w_ih) : nullptr;
+  const S* w_hh = static_cast<const S*>(a.w_hh);
+  const S* out = static_cast<const S*>(a.out);
+  S* dx = static_cast<S*>(a.dx);
+  S* dh0 = static_cast<S*>(a.dh0);
+  S* dw_ih = a.project ? static_cast<S*>(a.dw_ih) : nullptr;
+  S* dw_hh = static_cast<S*>(a.dw_hh);
+  S* db = static_cast<S*>(a.db);
+  A* work = static_cast<A*>(ws);
+
+  if (c.path == Path::kPersistent) {
+    if (B > 0) {
+      PersistentBwdParams<S> p{};
+      p.g_out = g_out; p.g_st = a.g_st; p.g_sb = a.g_sb; p.g_hn = g_hn;
+      p.x = x; p.x_st = a.x_st; p.x_sb = a.x_sb;
+      p.h0 = h0; p.w_ih = w_ih; p.w_hh = w_hh;
+      p.out = out; p.o_st = a.o_st; p.o_sb = a.o_sb;
+      p.dx = dx; p.dh0 = dh0; p.partials = work;
+      p.T = static_cast<int>(T); p.B = static_cast<int>(B);
+      p.I = static_cast<int>(I); p.H = static_cast<int>(H);
+      p.relu = a.relu; p.reverse = a.reverse;
+      p.rows_per_block = c.rows_per_block; p.row_groups = c.row_groups;
+      p.rows_per_thread = c.rows_per_thread;
+      if (c.smem_optin) IRNN_SET_MAX_SMEM(irnn_bwd_persistent_kernel<S>, c.smem);
+      IRNN_LAUNCH(irnn_bwd_persistent_kernel<S>, c.blocks, c.threads,
+                  static_cast<size_t>(c.smem), stream, p);
+    }
+    ReduceParams<S> r{};
+    r.partials = work;
+    r.blocks = B > 0 ? c.blocks : 0;
+    r.H = static_cast<int>(H);
+    r.PI = a.project ? static_cast<int>(H * I) : 0;
+    r.dw_hh = dw_hh; r.dw_ih = dw_ih; r.db = db;
+    const int64_t P = partial_elems(H, I, a.project);
+    IRNN_LAUNCH(irnn_reduce_partials_kernel<S>,
+                static_cast<unsigned>(ceil_div(P, 256) < 1024 ? ceil_div(P, 256) : 1024),
+                256, 0, stream, r);
+    return kIrnnSuccess;
+  }
+
+  // Large H. Walk the steps backwards with one GEMM each (da_{s+1} W_hh with
+  // the pointwise part as epilogue), keeping every da_t in the workspace;
+  // then the weight gradients are GEMMs over all (t, b) and db a column sum.
+  A* da_all = work;                // [T,B,H]
+  A* dw_first = work + T * B * H;  // [H,H]
+  irnn_error err = kIrnnSuccess;
+  for (int64_t s = T - 1; s >= 0 && B > 0; --s) {
+    const int64_t t = a.reverse ? T - 1 - s : s;
+    const int64_t t_next = a.reverse ? t - 1 : t + 1;  // step s + 1
+    GemmParams<S> p{};
+    p.M = B; p.N = H; p.K = s == T - 1 ? 0 : H;
+    p.a_acc = GemmOperand<A>{da_all + t_next * B * H, H, 0, 1, kNoSplit};
+    p.b = operand(w_hh, int64_t(1), H);  // W_hh(j, k): i = k, reduction j
+    p.epilogue = Epilogue::kBwdStep;
+    p.relu = a.relu;
+    p.t = static_cast<int>(t);
+    p.dst_acc = da_all + t * B * H;
+    p.g_out = g_out; p.g_st = a.g_st; p.g_sb = a.g_sb;
+    p.g_hn = s == T - 1 ? g_hn : nullptr;
+    p.out = out; p.o_st = a.o_st; p.o_sb = a.o_sb;
+    p.dx = a.project ? nullptr : dx;
+    if ((err = run_gemm(p, stream)) != kIrnnSuccess) return err;
+  }
+  const int64_t t_first = a.reverse ? T - 1 : 0;  // the step walked first
+  {  // dh0 = da_{t_first} W_hh
+    GemmParams<S> p{};
+    p.M = B; p.N = H; p.K = H;
+    p.a_acc = GemmOperand<A>{da_all + t_first * B * H, H, 0, 1, kNoSplit};
+    p.b = operand(w_hh, int64_t(1), H);
+    p.epilogue = Epilogue::kStore;
+    p.dst = dh0; p.d_sm = H; p.d_sn = 1;
+    if ((err = run_gemm(p, stream)) != kIrnnSuccess) return err;
+  }
+  {  // dW_hh = sum over steps with a stored h_prev, then the h0 step
+    const int64_t da0 = a.reverse ? 0 : 1;  // first t whose h_prev is stored
+    const int64_t hp0 = a.reverse ? 1 : 0;  // its h_prev = out[hp0]
+    GemmParams<S> p{};
+    p.M = H; p.N = H; p.K = (T - 1) * B;
+    p.a_acc = GemmOperand<A>{da_all + da0 * B * H, 1, B * H, H, B};
+    p.b = GemmOperand<S>{out + hp0 * a.o_st, 1, a.o_st, a.o_sb, B};
+    p.epilogue = Epilogue::kStoreAcc;
+    p.dst_acc = dw_first;
+    if ((err = run_gemm(p, stream)) != kIrnnSuccess) return err;
+    GemmParams<S> q{};
+    q.M = H; q.N = H; q.K = B;
+    q.a_acc = GemmOperand<A>{da_all + t_first * B * H, 1, 0, H, kNoSplit};
+    q.b = operand(h0, int64_t(1), H);
+    q.epilogue = Epilogue::kStore;
+    q.addend = dw_first;
+    q.dst = dw_hh; q.d_sm = H; q.d_sn = 1;
+    if ((err = run_gemm(q, stream)) != kIrnnSuccess) return err;
+  }
+  if (a.project) {
+    GemmParams<S> p{};  // dW_ih = sum_{t,b} da^T x
+    p.M = H; p.N = I; p.K = T * B;
+    p.a_acc = GemmOperand<A>{da_all, 1, B * H, H, B};
+    p.b = GemmOperand<S>{x, 1, a.x_st, a.x_sb, B};
+    p.epilogue = Epilogue::kStore;
+    p.dst = dw_ih; p.d_sm = I; p.d_sn = 1;
+    if ((err = run_gemm(p, stream)) != kIrnnSuccess) return err;
+    GemmParams<S> q{};  // dx = da W_ih
+    q.M = T * B; q.N = I; q.K = H;
+    q.a_acc = GemmOperand<A>{da_all, H, 0, 1, kNoSplit};
+    q.b = operand(w_ih, int64_t(1), I);
+    q.epilogue = Epilogue::kStore;
+    q.dst = dx; q.d_sm = I; q.d_sn = 1;
+    if ((err = run_gemm(q, stream)) != kIrnnSuccess) return err;
+  }
+  ColumnSumParams<S> cs{da_all, T * B, H, db};
+  IRNN_LAUNCH(irnn_column_sum_kernel<S>,
+              static_cast<unsigned>(ceil_div(H, 128)), 128, 0, stream, cs);
+  return kIrnnSuccess;
+}
+
+}  // namespace irnn_cuda

@@ -1,0 +1,153 @@
+// The CUDA implementation of the irnn_cuda ops: argument checks (shared
+// with the CPU backend), device guard, current stream, workspace from the
+// caching allocator, and the launch through the torch-free launchers of
+// irnn_cuda.cu. Nothing here synchronises with the host, so a training step
+// can be captured in a CUDA graph.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "../irnn_checks.h"
+#include "irnn_cuda_api.h"
+
+namespace irnn_cuda {
+namespace {
+
+DType dtype_of(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::kFloat;
+    case at::kDouble: return DType::kDouble;
+    case at::kHalf: return DType::kHalf;
+    case at::kBFloat16: return DType::kBFloat16;
+    default:
+      TORCH_CHECK(false, "irnn_cuda: dtype ", t.scalar_type(),
+                  " is not supported on CUDA (float32, float64, float16, "
+                  "bfloat16 are)");
+  }
+}
+
+// The kernels address [T,B,*] tensors through time and batch strides and
+// need a unit inner stride (a batch_first view qualifies as is).
+at::Tensor unit_inner_stride(const at::Tensor& t) {
+  return (t.size(2) == 1 || t.stride(2) == 1) ? t : t.contiguous();
+}
+
+at::Tensor contig(const c10::optional<at::Tensor>& t) {
+  return has(t) ? t->contiguous() : at::Tensor();
+}
+
+const void* ptr(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr() : nullptr;
+}
+
+at::Tensor workspace(const LaunchConfig& c, const at::Tensor& like) {
+  return at::empty({c.workspace > 0 ? c.workspace : 1},
+                   like.options().dtype(at::kByte));
+}
+
+void check_launch(int err, const char* op) {
+  TORCH_CHECK(err == 0, "irnn_cuda::", op, " (CUDA): kernel launch failed: ",
+              irnn_cuda_error_string(err));
+}
+
+std::tuple<at::Tensor, at::Tensor> irnn_forward_cuda(
+    const at::Tensor& input, const at::Tensor& h0,
+    const c10::optional<at::Tensor>& weight_ih, const at::Tensor& weight_hh,
+    const c10::optional<at::Tensor>& bias_ih,
+    const c10::optional<at::Tensor>& bias_hh, c10::string_view nonlinearity,
+    bool reverse, bool store_sequence) {
+  const IrnnSizes s =
+      check_forward_args(input, h0, weight_ih, weight_hh, bias_ih, bias_hh,
+                         std::string(nonlinearity));
+  const c10::cuda::CUDAGuard guard(input.device());
+  const DType dt = dtype_of(input);
+  const at::Tensor x = unit_inner_stride(input), h0c = h0.contiguous(),
+                   w_ih = contig(weight_ih), w_hh = weight_hh.contiguous(),
+                   b_ih = contig(bias_ih), b_hh = contig(bias_hh);
+  const auto opts = input.options();
+  at::Tensor out = at::empty({store_sequence ? s.T : 0, s.B, s.H}, opts);
+  at::Tensor h_n = at::empty({s.B, s.H}, opts);
+  if (s.B == 0) return {out, h_n};
+  const LaunchConfig cfg = make_launch_config(
+      irnn_cuda_device_props(input.get_device()), false, dt, s.T, s.B, s.I,
+      s.H, s.project, store_sequence);
+  at::Tensor ws = workspace(cfg, input);
+  FwdArgs a{};
+  a.dtype = dt;
+  a.T = s.T; a.B = s.B; a.I = s.I; a.H = s.H;
+  a.project = s.project; a.relu = s.relu; a.reverse = reverse;
+  a.x = ptr(x); a.x_st = x.stride(0); a.x_sb = x.stride(1);
+  a.h0 = ptr(h0c); a.w_ih = ptr(w_ih); a.w_hh = ptr(w_hh);
+  a.b_ih = ptr(b_ih); a.b_hh = ptr(b_hh);
+  a.out = store_sequence ? out.data_ptr() : nullptr;
+  a.out_st = s.B * s.H; a.out_sb = s.H;
+  a.h_n = h_n.data_ptr();
+  check_launch(irnn_forward_cuda_launch(
+                   a, cfg, ws.data_ptr(),
+                   c10::cuda::getCurrentCUDAStream(input.get_device()).stream()),
+               "irnn_forward");
+  return {out, h_n};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+irnn_backward_cuda(const c10::optional<at::Tensor>& grad_output,
+                   const c10::optional<at::Tensor>& grad_h_n,
+                   const at::Tensor& input, const at::Tensor& h0,
+                   const c10::optional<at::Tensor>& weight_ih,
+                   const at::Tensor& weight_hh, const at::Tensor& output,
+                   c10::string_view nonlinearity, bool reverse) {
+  const IrnnSizes s =
+      check_backward_args(grad_output, grad_h_n, input, h0, weight_ih,
+                          weight_hh, output, std::string(nonlinearity));
+  const c10::cuda::CUDAGuard guard(input.device());
+  const DType dt = dtype_of(input);
+  const at::Tensor g_out = has(grad_output) ? unit_inner_stride(*grad_output)
+                                            : at::Tensor(),
+                   g_hn = contig(grad_h_n), x = unit_inner_stride(input),
+                   h0c = h0.contiguous(), w_ih = contig(weight_ih),
+                   w_hh = weight_hh.contiguous(),
+                   out = unit_inner_stride(output);
+  const auto opts = input.options();
+  at::Tensor dx = at::empty({s.T, s.B, s.I}, opts);
+  at::Tensor dh0 = at::empty({s.B, s.H}, opts);
+  at::Tensor dw_ih = at::empty(s.project ? at::IntArrayRef{s.H, s.I}
+                                         : at::IntArrayRef{0}, opts);
+  at::Tensor dw_hh = at::empty({s.H, s.H}, opts);
+  at::Tensor db = at::empty({s.H}, opts);
+  const LaunchConfig cfg = make_launch_config(
+      irnn_cuda_device_props(input.get_device()), true, dt, s.T, s.B, s.I,
+      s.H, s.project, true);
+  at::Tensor ws = workspace(cfg, input);
+  BwdArgs a{};
+  a.dtype = dt;
+  a.T = s.T; a.B = s.B; a.I = s.I; a.H = s.H;
+  a.project = s.project; a.relu = s.relu; a.reverse = reverse;
+  a.g_out = ptr(g_out);
+  a.g_st = g_out.defined() ? g_out.stride(0) : 0;
+  a.g_sb = g_out.defined() ? g_out.stride(1) : 0;
+  a.g_hn = ptr(g_hn);
+  a.x = ptr(x); a.x_st = x.stride(0); a.x_sb = x.stride(1);
+  a.h0 = ptr(h0c); a.w_ih = ptr(w_ih); a.w_hh = ptr(w_hh);
+  a.out = ptr(out); a.o_st = out.stride(0); a.o_sb = out.stride(1);
+  a.dx = dx.data_ptr(); a.dh0 = dh0.data_ptr();
+  a.dw_ih = s.project ? dw_ih.data_ptr() : nullptr;
+  a.dw_hh = dw_hh.data_ptr(); a.db = db.data_ptr();
+  check_launch(irnn_backward_cuda_launch(
+                   a, cfg, ws.data_ptr(),
+                   c10::cuda::getCurrentCUDAStream(input.get_device()).stream()),
+               "irnn_backward");
+  return {dx, dh0, dw_ih, dw_hh, db};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(irnn_cuda, CUDA, m) {
+  m.impl("irnn_forward", &irnn_forward_cuda);
+  m.impl("irnn_backward", &irnn_backward_cuda);
+}
+
+}  // namespace irnn_cuda

@@ -1,0 +1,71 @@
+// The CUDA side of the small platform layer the kernels are written
+// against. tests/emu/emu_platform.h defines the same names for the CPU
+// emulation, so irnn_kernels.cuh and irnn_launch.cuh compile unchanged with
+// nvcc and with g++. Nothing here is a kernel body.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#define IRNN_DEVICE __device__ __forceinline__
+#define IRNN_GLOBAL __global__
+#define IRNN_LAUNCH_BOUNDS(threads) __launch_bounds__(threads, 1)
+
+namespace irnn_cuda {
+
+using irnn_half = __half;
+using irnn_bf16 = __nv_bfloat16;
+using irnn_error = cudaError_t;
+using irnn_stream = cudaStream_t;
+constexpr irnn_error kIrnnSuccess = cudaSuccess;
+
+// The block's dynamic shared memory, as T elements.
+template <typename T>
+IRNN_DEVICE T* irnn_dyn_smem() {
+  extern __shared__ __align__(16) unsigned char irnn_smem_bytes[];
+  return reinterpret_cast<T*>(irnn_smem_bytes);
+}
+
+IRNN_DEVICE float to_acc(float v) { return v; }
+IRNN_DEVICE double to_acc(double v) { return v; }
+IRNN_DEVICE float to_acc(__half v) { return __half2float(v); }
+IRNN_DEVICE float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename S>
+IRNN_DEVICE S from_acc(float v);
+template <>
+IRNN_DEVICE float from_acc<float>(float v) { return v; }
+template <>
+IRNN_DEVICE __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <>
+IRNN_DEVICE __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+template <typename S>
+IRNN_DEVICE S from_acc(double v);
+template <>
+IRNN_DEVICE double from_acc<double>(double v) { return v; }
+
+IRNN_DEVICE float irnn_tanh(float v) { return tanhf(v); }
+IRNN_DEVICE double irnn_tanh(double v) { return tanh(v); }
+
+}  // namespace irnn_cuda
+
+// Launch a kernel on a stream; return the launch error from the enclosing
+// launcher.
+#define IRNN_LAUNCH(kernel, blocks, threads, smem, stream, params)      \
+  do {                                                                  \
+    kernel<<<(blocks), (threads), (smem), (stream)>>>(params);          \
+    const cudaError_t irnn_err_ = cudaGetLastError();                   \
+    if (irnn_err_ != cudaSuccess) return irnn_err_;                     \
+  } while (0)
+
+// Opt in to more than the default 48 KB of dynamic shared memory.
+#define IRNN_SET_MAX_SMEM(kernel, bytes)                                   \
+  do {                                                                     \
+    const cudaError_t irnn_err_ = cudaFuncSetAttribute(                    \
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,               \
+        static_cast<int>(bytes));                                          \
+    if (irnn_err_ != cudaSuccess) return irnn_err_;                        \
+  } while (0)

@@ -1,0 +1,101 @@
+// The emulation harness: csrc/cuda/irnn_launch.cuh (and through it the
+// kernels) compiled with g++ against emu_platform.h, behind a plain C ABI
+// that tests/test_emulation.py loads with ctypes. The same file is the body
+// of the ThreadSanitizer executable (emu_tsan_main.cpp includes it).
+#include "emu_platform.h"
+
+#include "../../csrc/cuda/irnn_launch.cuh"
+
+using irnn_cuda::BwdArgs;
+using irnn_cuda::DeviceProps;
+using irnn_cuda::DType;
+using irnn_cuda::FwdArgs;
+using irnn_cuda::LaunchConfig;
+
+namespace {
+
+char g_error[512];
+
+void set_device(const DeviceProps& p) {
+  emu::g_smem_default = p.smem_per_block;
+  emu::g_smem_limit = std::max(p.smem_per_block, p.smem_per_block_optin);
+  emu::g_max_threads = p.max_threads_per_block;
+}
+
+template <typename F>
+int guarded(F&& f) {
+  try {
+    return f();
+  } catch (const std::exception& e) {
+    std::snprintf(g_error, sizeof(g_error), "%s", e.what());
+    return -1;
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* emu_last_error() { return g_error; }
+
+// Sizes of the structs, so the ctypes mirrors can be checked.
+int64_t emu_sizeof(int which) {
+  switch (which) {
+    case 0: return sizeof(DeviceProps);
+    case 1: return sizeof(LaunchConfig);
+    case 2: return sizeof(FwdArgs);
+    default: return sizeof(BwdArgs);
+  }
+}
+
+void emu_config(const DeviceProps* p, int backward, int dtype, int64_t T,
+                int64_t B, int64_t I, int64_t H, int project,
+                int store_sequence, LaunchConfig* out) {
+  *out = irnn_cuda::make_launch_config(*p, backward != 0,
+                                       static_cast<DType>(dtype), T, B, I, H,
+                                       project != 0, store_sequence != 0);
+}
+
+// Runs irnn_forward with the configuration make_launch_config returns for
+// the device; block_order_seed 0 runs blocks in index order.
+int emu_forward(const DeviceProps* p, const FwdArgs* a,
+                unsigned block_order_seed, LaunchConfig* cfg_out) {
+  return guarded([&] {
+    set_device(*p);
+    emu::g_block_order_seed = block_order_seed;
+    const LaunchConfig c = irnn_cuda::make_launch_config(
+        *p, false, a->dtype, a->T, a->B, a->I, a->H, a->project,
+        a->out != nullptr);
+    *cfg_out = c;
+    std::vector<unsigned char> ws(static_cast<size_t>(c.workspace) + 16);
+    switch (a->dtype) {
+      case DType::kFloat: return irnn_cuda::run_forward<float>(*a, c, ws.data(), nullptr);
+      case DType::kDouble: return irnn_cuda::run_forward<double>(*a, c, ws.data(), nullptr);
+      case DType::kHalf: return irnn_cuda::run_forward<irnn_cuda::irnn_half>(*a, c, ws.data(), nullptr);
+      case DType::kBFloat16: return irnn_cuda::run_forward<irnn_cuda::irnn_bf16>(*a, c, ws.data(), nullptr);
+    }
+    return -2;
+  });
+}
+
+int emu_backward(const DeviceProps* p, const BwdArgs* a,
+                 unsigned block_order_seed, LaunchConfig* cfg_out) {
+  return guarded([&] {
+    set_device(*p);
+    emu::g_block_order_seed = block_order_seed;
+    const LaunchConfig c = irnn_cuda::make_launch_config(
+        *p, true, a->dtype, a->T, a->B, a->I, a->H, a->project, true);
+    *cfg_out = c;
+    // Workspace starts as NaN: kernels must write before they read it.
+    std::vector<unsigned char> ws(static_cast<size_t>(c.workspace) + 16, 0xFF);
+    switch (a->dtype) {
+      case DType::kFloat: return irnn_cuda::run_backward<float>(*a, c, ws.data(), nullptr);
+      case DType::kDouble: return irnn_cuda::run_backward<double>(*a, c, ws.data(), nullptr);
+      case DType::kHalf: return irnn_cuda::run_backward<irnn_cuda::irnn_half>(*a, c, ws.data(), nullptr);
+      case DType::kBFloat16: return irnn_cuda::run_backward<irnn_cuda::irnn_bf16>(*a, c, ws.data(), nullptr);
+    }
+    return -2;
+  });
+}
+
+}  // extern "C"

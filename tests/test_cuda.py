@@ -1,0 +1,252 @@
+"""The CUDA kernels on a GPU: against the reference, against cuDNN, gradcheck,
+bitwise determinism, CUDA-graph capture of a training step.
+
+Without a GPU these skip, unless IRNN_REQUIRE_GPU=1 (bench/gpu_check.sh sets
+it), which makes them fail instead. With IRNN_EXPECT_CUDA=1 (CI sets it
+where nvcc is present), test_cuda_kernels_built fails when the extension
+was built without its CUDA kernels; it needs no GPU.
+"""
+import os
+import sys
+
+import pytest
+import torch
+
+from conftest import TOL, max_rel_err
+import irnn_cuda
+from irnn_cuda import FusedIRNN
+from irnn_cuda.reference import irnn_layer_reference
+
+
+def _has_cuda_kernels():
+    return irnn_cuda.extension_loaded() and \
+        torch._C._dispatch_has_kernel_for_dispatch_key(
+            "irnn_cuda::irnn_forward", "CUDA") and \
+        torch._C._dispatch_has_kernel_for_dispatch_key(
+            "irnn_cuda::irnn_backward", "CUDA")
+
+
+def test_cuda_kernels_built():
+    if os.environ.get("IRNN_EXPECT_CUDA") != "1":
+        pytest.skip("set IRNN_EXPECT_CUDA=1 to require the CUDA kernels")
+    assert _has_cuda_kernels(), (
+        "IRNN_EXPECT_CUDA=1 but irnn_cuda._C has no CUDA kernels for "
+        "irnn_cuda::irnn_forward/irnn_backward (built without a CUDA toolkit?)")
+
+
+@pytest.fixture
+def cuda():
+    """Skips without a GPU, or fails under IRNN_REQUIRE_GPU=1."""
+    problem = None
+    if not torch.cuda.is_available():
+        problem = "torch.cuda.is_available() is False"
+    elif not _has_cuda_kernels():
+        problem = "irnn_cuda._C was built without CUDA kernels"
+    if problem:
+        if os.environ.get("IRNN_REQUIRE_GPU") == "1":
+            pytest.fail(f"IRNN_REQUIRE_GPU=1 but {problem}")
+        pytest.skip(f"needs a CUDA GPU ({problem})")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return torch.device("cuda")
+
+
+def layer_inputs(dtype, device, T, B, I, H, project, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale).to(dtype).to(device)
+    return dict(x=rnd(T, B, I if project else H), h0=rnd(B, H, scale=0.5),
+                w_ih=rnd(H, I, scale=0.5) if project else None,
+                w_hh=rnd(H, H, scale=0.9 / H ** 0.5), b_ih=rnd(H, scale=0.1),
+                b_hh=rnd(H, scale=0.1))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64,
+                                   torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("H,B", [(1, 300), (33, 300), (100, 1000), (257, 9),
+                                 (1024, 5)])
+@pytest.mark.parametrize("project,nonlinearity,reverse",
+                         [(True, "relu", False), (False, "tanh", True)])
+def test_ops_vs_reference(cuda, dtype, H, B, project, nonlinearity, reverse):
+    """Both ops, every output and gradient, persistent and large-H paths."""
+    T = 5
+    v = layer_inputs(dtype, cuda, T, B, 1 if project else 0, H, project)
+    out, h_n = torch.ops.irnn_cuda.irnn_forward(
+        v["x"], v["h0"], v["w_ih"], v["w_hh"], v["b_ih"], v["b_hh"],
+        nonlinearity, reverse, True)
+    _, h_n_only = torch.ops.irnn_cuda.irnn_forward(
+        v["x"], v["h0"], v["w_ih"], v["w_hh"], v["b_ih"], v["b_hh"],
+        nonlinearity, reverse, False)
+    ref = {k: t.detach().cpu().double().requires_grad_() if t is not None
+           else None for k, t in v.items()}
+    r_out, r_hn = irnn_layer_reference(ref["x"], ref["h0"], ref["w_ih"],
+                                       ref["w_hh"], ref["b_ih"], ref["b_hh"],
+                                       nonlinearity, reverse)
+    tol = TOL[dtype]
+    assert max_rel_err(out, r_out) <= tol
+    assert max_rel_err(h_n, r_hn) <= tol
+    assert torch.equal(h_n, h_n_only)
+    g_out = torch.randn(T, B, H, device=cuda).to(dtype)
+    g_hn = torch.randn(B, H, device=cuda).to(dtype)
+    grads = torch.ops.irnn_cuda.irnn_backward(
+        g_out, g_hn, v["x"], v["h0"], v["w_ih"], v["w_hh"], out, nonlinearity,
+        reverse)
+    wrt = [ref["x"], ref["h0"], ref["w_ih"], ref["w_hh"], ref["b_ih"]]
+    loss = (r_out * g_out.cpu().double()).sum() + (r_hn * g_hn.cpu().double()).sum()
+    expected = torch.autograd.grad(loss, [w for w in wrt if w is not None])
+    if not project:
+        expected = expected[:2] + (torch.empty(0),) + expected[2:]
+    for name, got, exp in zip(("dx", "dh0", "dw_ih", "dw_hh", "db"), grads,
+                              expected):
+        assert max_rel_err(got, exp) <= tol, name
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("nonlinearity", ["relu", "tanh"])
+@pytest.mark.parametrize("I,num_layers,bidirectional,batch_first",
+                         [(1, 1, False, False), (16, 2, True, True)])
+def test_module_vs_cudnn(cuda, nonlinearity, I, num_layers, bidirectional,
+                         batch_first):
+    """FusedIRNN against torch.nn.RNN (cuDNN) with the same weights."""
+    torch.manual_seed(0)
+    rnn = torch.nn.RNN(I, 100, num_layers, nonlinearity=nonlinearity,
+                       bidirectional=bidirectional, batch_first=batch_first,
+                       device=cuda)
+    fused = FusedIRNN.from_rnn(rnn)
+    T, B = 50, 64
+    x = torch.randn((B, T, I) if batch_first else (T, B, I), device=cuda)
+    hx = torch.randn(num_layers * (2 if bidirectional else 1), B, 100,
+                     device=cuda)
+    results = []
+    for model in (rnn, fused):
+        xi, hi = x.clone().requires_grad_(), hx.clone().requires_grad_()
+        out, h_n = model(xi, hi)
+        (out.square().mean() + h_n.sum()).backward()
+        results.append([out, h_n, xi.grad, hi.grad] +
+                       [p.grad for p in model.parameters()])
+    for ours, theirs in zip(results[1], results[0]):
+        assert max_rel_err(ours, theirs) <= 1e-4
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("project", [True, False])
+def test_gradcheck_float64(cuda, project):
+    v = layer_inputs(torch.float64, cuda, 4, 3, 2 if project else 0, 5, project)
+    names = ["x", "h0", "w_hh", "b_ih", "b_hh"] + (["w_ih"] if project else [])
+    args = {k: (t.requires_grad_() if k in names else t) for k, t in v.items()}
+
+    def f(x, h0, w_hh, b_ih, b_hh, *w_ih):
+        out, h_n = torch.ops.irnn_cuda.irnn_forward(
+            x, h0, w_ih[0] if w_ih else None, w_hh, b_ih, b_hh, "tanh", False,
+            True)
+        return out, h_n
+    assert torch.autograd.gradcheck(f, [args[k] for k in names])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("H,B", [(100, 1024), (300, 64)])
+def test_gradients_bitwise_deterministic(cuda, H, B):
+    v = layer_inputs(torch.float32, cuda, 20, B, 1, H, True)
+    g_out = torch.randn(20, B, H, device=cuda)
+    runs = []
+    for _ in range(2):
+        out, _ = torch.ops.irnn_cuda.irnn_forward(
+            v["x"], v["h0"], v["w_ih"], v["w_hh"], v["b_ih"], v["b_hh"],
+            "relu", False, True)
+        runs.append((out,) + tuple(torch.ops.irnn_cuda.irnn_backward(
+            g_out, None, v["x"], v["h0"], v["w_ih"], v["w_hh"], out, "relu",
+            False)))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.cuda
+def test_cuda_graph_training_step(cuda):
+    """Forward, loss, backward and an SGD step captured once and replayed
+    give the same parameters as the same steps run eagerly."""
+    torch.manual_seed(0)
+
+    def make():
+        torch.manual_seed(0)
+        return FusedIRNN(1, 64, device=cuda), torch.nn.Linear(64, 10, device=cuda)
+    T, B = 30, 32
+    xs = [torch.randn(T, B, 1, device=cuda) for _ in range(3)]
+    ys = [torch.randint(0, 10, (B,), device=cuda) for _ in range(3)]
+
+    def step(rnn, head, x, y, lr=0.05):
+        _, h_n = rnn(x)
+        loss = torch.nn.functional.cross_entropy(head(h_n[-1]), y)
+        params = list(rnn.parameters()) + list(head.parameters())
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.sub_(lr * g)
+        return loss.detach()
+
+    rnn, head = make()
+    eager_losses = [step(rnn, head, x, y) for x, y in zip(xs, ys)]
+    eager = [p.detach().clone() for p in list(rnn.parameters()) + list(head.parameters())]
+
+    rnn, head = make()
+    static_x, static_y = xs[0].clone(), ys[0].clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up outside the graph, then undo it
+        saved = [p.detach().clone() for p in list(rnn.parameters()) + list(head.parameters())]
+        step(rnn, head, static_x, static_y)
+        with torch.no_grad():
+            for p, s in zip(list(rnn.parameters()) + list(head.parameters()), saved):
+                p.copy_(s)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = step(rnn, head, static_x, static_y)
+    # Capture does not run the step: replay each batch.
+    graph_losses = []
+    for x, y in zip(xs, ys):
+        static_x.copy_(x)
+        static_y.copy_(y)
+        graph.replay()
+        graph_losses.append(static_loss.clone())
+    torch.cuda.synchronize()
+    for a, b in zip(graph_losses, eager_losses):
+        assert max_rel_err(a, b) <= 1e-5
+    for p, e in zip(list(rnn.parameters()) + list(head.parameters()), eager):
+        assert max_rel_err(p, e) <= 1e-5
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast(cuda, dtype):
+    torch.manual_seed(0)
+    fused = FusedIRNN(1, 100, device=cuda)
+    x = torch.randn(40, 16, 1, device=cuda)
+    ref, _ = fused(x)
+    with torch.autocast("cuda", dtype=dtype):
+        out, h_n = fused(x)
+    assert out.dtype == dtype
+    assert max_rel_err(out, ref) <= TOL[dtype] * 5
+    out.float().sum().backward()
+    assert fused.weight_hh_l0.grad is not None
+    assert fused.weight_hh_l0.grad.isfinite().all()
+
+
+def test_gpu_check_dry_run(tmp_path):
+    """bench/gpu_check.sh --dry-run checks its steps' files and commands."""
+    import shutil
+    import subprocess
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # PYTHON: this interpreter (CI runs pytest from a venv not on PATH).
+    proc = subprocess.run(
+        ["bash", os.path.join(root, "bench", "gpu_check.sh"), "--dry-run",
+         str(tmp_path)], capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHON=sys.executable))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in ("build", "cuda-tests", "sanitizer-memcheck",
+                 "sanitizer-racecheck"):
+        assert f"DRY {name}" in proc.stdout
+    assert (tmp_path / "summary.txt").exists()

@@ -1,0 +1,308 @@
+"""The CUDA kernels' source executed on the CPU (tests/emu/).
+
+csrc/cuda/irnn_kernels.cuh and irnn_launch.cuh are compiled with g++ against
+an emulation of the CUDA built-ins (one OS thread per CUDA thread, a real
+barrier for __syncthreads, shared memory private to each block, blocks one
+after another) and launched with the configuration make_launch_config
+returns for A100 and H100 property tables. Every output and gradient is
+compared with irnn_cuda.reference; a ThreadSanitizer build looks for data
+races. No GPU is needed.
+"""
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import TOL, max_rel_err
+from irnn_cuda.reference import irnn_layer_reference
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "emu"))
+import emu  # noqa: E402
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None,
+                                reason="needs g++ to build the emulation")
+
+PERSISTENT, LARGE_H = 0, 1
+# A device with no shared memory opt-in (48 KB): W_hh of H = 120 in float32
+# does not fit, so the large-H path runs at a small H.
+SMALL_SMEM = dict(sm_count=4, max_threads_per_block=1024,
+                  smem_per_block=48 * 1024, smem_per_block_optin=48 * 1024)
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    out = os.environ.get("IRNN_EMU_BUILD_DIR") or str(
+        tmp_path_factory.mktemp("emu"))
+    os.makedirs(out, exist_ok=True)
+    return emu.Emu(emu.build(out))
+
+
+def ragged_batch(table):
+    """A batch over 2 * SMs rows: 3 rows per block and a partial last block."""
+    return 2 * table["sm_count"] + 5
+
+
+def make_inputs(dtype, T, B, I, H, project, bias, gen):
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale).to(dtype)
+    # x as a batch_first view: time and batch strides, unit inner stride.
+    x = rnd(B, T, I if project else H).transpose(0, 1)
+    return dict(
+        x=x, h0=rnd(B, H, scale=0.5),
+        w_ih=rnd(H, I, scale=0.5) if project else None,
+        w_hh=rnd(H, H, scale=0.9 / H ** 0.5),
+        b_ih=rnd(H, scale=0.1) if bias else None,
+        b_hh=rnd(H, scale=0.1) if bias else None)
+
+
+def run_and_compare(harness, table, dtype, T, B, I, H, nonlinearity="relu",
+                    reverse=False, project=True, bias=True, grads="both",
+                    store_sequence=True, expect_path=None, seed=0):
+    """Forward and backward in the emulation against the reference (float64
+    autograd on the same rounded inputs); returns the configurations."""
+    gen = torch.Generator().manual_seed(seed)
+    v = make_inputs(dtype, T, B, I, H, project, bias, gen)
+    relu = nonlinearity == "relu"
+    out, h_n, fcfg = harness.forward(table, v["x"], v["h0"], v["w_ih"],
+                                     v["w_hh"], v["b_ih"], v["b_hh"], relu,
+                                     reverse, store_sequence)
+    if expect_path is not None:
+        assert fcfg["path"] == expect_path, fcfg
+    ref = {k: (t.double().requires_grad_() if t is not None else None)
+           for k, t in v.items()}
+    r_out, r_hn = irnn_layer_reference(ref["x"], ref["h0"], ref["w_ih"],
+                                       ref["w_hh"], ref["b_ih"], ref["b_hh"],
+                                       nonlinearity, reverse)
+    tol = TOL[dtype]
+    assert max_rel_err(h_n, r_hn) <= tol, ("h_n", max_rel_err(h_n, r_hn), fcfg)
+    if not store_sequence:
+        assert out is None
+        return fcfg, None
+    assert max_rel_err(out, r_out) <= tol, ("output", max_rel_err(out, r_out), fcfg)
+
+    g_out = (torch.randn(B, T, H, generator=gen).to(dtype).transpose(0, 1)
+             if grads in ("seq", "both") else None)
+    g_hn = (torch.randn(B, H, generator=gen).to(dtype)
+            if grads in ("last", "both") else None)
+    dx, dh0, dw_ih, dw_hh, db, bcfg = harness.backward(
+        table, g_out, g_hn, v["x"], v["h0"], v["w_ih"], v["w_hh"], out, relu,
+        reverse)
+    if expect_path is not None:
+        assert bcfg["path"] == expect_path, bcfg
+    loss = 0
+    if g_out is not None:
+        loss = loss + (r_out * g_out.double()).sum()
+    if g_hn is not None:
+        loss = loss + (r_hn * g_hn.double()).sum()
+    wrt = {"dx": ref["x"], "dh0": ref["h0"], "dw_hh": ref["w_hh"]}
+    if project:
+        wrt["dw_ih"] = ref["w_ih"]
+    if bias:
+        wrt["db"] = ref["b_ih"]
+    expected = dict(zip(wrt, torch.autograd.grad(loss, list(wrt.values()),
+                                                 allow_unused=True)))
+    got = dict(dx=dx, dh0=dh0, dw_ih=dw_ih, dw_hh=dw_hh, db=db)
+    for name, e in expected.items():
+        e = torch.zeros_like(got[name], dtype=torch.float64) if e is None else e
+        err = max_rel_err(got[name], e)
+        assert err <= tol, (name, err, bcfg)
+    return fcfg, bcfg
+
+
+def test_launch_config_tables(harness):
+    """The configuration make_launch_config gives A100 and H100 tables."""
+    for table in (emu.A100, emu.H100):
+        optin = table["smem_per_block_optin"]
+        for backward, dtype, B in itertools.product(
+                (False, True), (torch.float32, torch.float64, torch.bfloat16),
+                (1, 16, 128, 1024)):
+            c = harness.config(table, backward, dtype, 784, B, 1, 100)
+            assert c["path"] == PERSISTENT, c
+            assert c["smem"] <= optin and c["threads"] <= 512, c
+            assert c["blocks"] * c["rows_per_block"] >= B, c
+            assert c["blocks"] <= max(B, table["sm_count"]), c
+            assert c["row_groups"] * c["rows_per_thread"] >= c["rows_per_block"]
+            assert c["row_groups"] * 100 <= c["threads"], c
+        # One block per row while rows are fewer than SMs.
+        assert harness.config(table, False, torch.float32, 784, 16, 1, 100)[
+            "blocks"] == 16
+        for H in (257, 1024, 2048):
+            assert harness.config(table, True, torch.float32, 8, 4, 1, H)[
+                "path"] == LARGE_H
+        assert harness.config(table, False, torch.float32, 8, 4, 1, 1024)[
+            "path"] == LARGE_H
+    # H100's larger opt-in keeps W_hh on chip for a larger H than A100.
+    fwd = {name: max(H for H in range(1, 400, 3) if harness.config(
+        table, False, torch.float32, 8, 4, 1, H)["path"] == PERSISTENT)
+        for name, table in (("a100", emu.A100), ("h100", emu.H100))}
+    assert 150 < fwd["a100"] < fwd["h100"], fwd
+
+
+def _persistent_cases():
+    """Every dtype with every H, relu and tanh, I=1, I>1 and a projected
+    input, all three gradient arrivals, both directions and both tables."""
+    cases = []
+    for i, (dtype, H) in enumerate(itertools.product(
+            (torch.float32, torch.float64, torch.bfloat16, torch.float16),
+            (1, 33, 100))):
+        cases.append(dict(
+            table=("A100", "H100")[i % 2], dtype=dtype, H=H,
+            nonlinearity=("relu", "tanh")[(i // 2) % 2],
+            I=(1, 3, None)[i % 3], grads=("both", "seq", "last")[(i // 3) % 3],
+            reverse=i % 4 == 1, bias=i % 5 != 2, T=(3, 4, 1)[i % 3] if i else 3))
+    return cases
+
+
+@pytest.mark.parametrize("case", _persistent_cases(), ids=lambda c: "-".join(
+    f"{k}={str(v).replace('torch.', '')}" for k, v in c.items()))
+def test_persistent_vs_reference(harness, case):
+    table = {"A100": emu.A100, "H100": emu.H100}[case["table"]]
+    B = ragged_batch(table)
+    I = case["I"] or 7
+    fcfg, bcfg = run_and_compare(
+        harness, table, case["dtype"], case["T"], B, I, case["H"],
+        case["nonlinearity"], case["reverse"], project=case["I"] is not None,
+        bias=case["bias"], grads=case["grads"], expect_path=PERSISTENT)
+    for cfg in (fcfg, bcfg):
+        assert cfg["blocks"] >= 3 and B % cfg["rows_per_block"] != 0, cfg
+
+
+# A device with few SMs: a small batch gives many rows per block.
+FOUR_SMS = dict(emu.H100, sm_count=4)
+
+
+@pytest.mark.parametrize("case", [
+    dict(table="A100", dtype=torch.float32, H=100, B=1083, I=1,
+         nonlinearity="relu", reverse=False),
+    dict(table="four_sms", dtype=torch.bfloat16, H=33, B=207, I=2,
+         nonlinearity="tanh", reverse=True),
+    dict(table="four_sms", dtype=torch.float64, H=100, B=78, I=None,
+         nonlinearity="relu", reverse=True),
+], ids=lambda c: "-".join(f"{k}={str(v).replace('torch.', '')}"
+                          for k, v in c.items()))
+def test_several_rows_per_thread(harness, case):
+    """Large batches: a thread computes 2-4 rows per step (as at B = 1024),
+    with unused row slots in the last group and a ragged last block."""
+    table = {"A100": emu.A100, "four_sms": FOUR_SMS}[case["table"]]
+    fcfg, bcfg = run_and_compare(
+        harness, table, case["dtype"], 3, case["B"], case["I"] or 5,
+        case["H"], case["nonlinearity"], case["reverse"],
+        project=case["I"] is not None, expect_path=PERSISTENT)
+    for cfg in (fcfg, bcfg):
+        assert cfg["rows_per_thread"] > 1, cfg
+        assert cfg["blocks"] >= 3 and case["B"] % cfg["rows_per_block"], cfg
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_last_state_only(harness, dtype):
+    """store_sequence=False writes h_n only (persistent and large-H)."""
+    run_and_compare(harness, emu.H100, dtype, 4, ragged_batch(emu.H100), 1,
+                    33, store_sequence=False, expect_path=PERSISTENT)
+    run_and_compare(harness, SMALL_SMEM, dtype, 4, 5, 1, 120,
+                    store_sequence=False, expect_path=LARGE_H)
+
+
+@pytest.mark.parametrize("case", [
+    dict(table="A100", dtype=torch.float32, H=257, I=1, T=3, B=5,
+         nonlinearity="relu", reverse=False, grads="both"),
+    dict(table="H100", dtype=torch.bfloat16, H=257, I=None, T=2, B=3,
+         nonlinearity="tanh", reverse=True, grads="seq"),
+    dict(table="H100", dtype=torch.float64, H=257, I=2, T=2, B=4,
+         nonlinearity="relu", reverse=True, grads="last"),
+    dict(table="A100", dtype=torch.float32, H=1024, I=1, T=2, B=3,
+         nonlinearity="tanh", reverse=False, grads="both"),
+    dict(table="small", dtype=torch.float16, H=120, I=3, T=3, B=70,
+         nonlinearity="relu", reverse=False, grads="both"),
+], ids=lambda c: "-".join(f"{k}={str(v).replace('torch.', '')}"
+                          for k, v in c.items()))
+def test_large_h_vs_reference(harness, case):
+    table = {"A100": emu.A100, "H100": emu.H100, "small": SMALL_SMEM}[
+        case["table"]]
+    run_and_compare(harness, table, case["dtype"], case["T"], case["B"],
+                    case["I"] or 5, case["H"], case["nonlinearity"],
+                    case["reverse"], project=case["I"] is not None,
+                    grads=case["grads"], expect_path=LARGE_H)
+
+
+def test_empty_batch(harness):
+    x = torch.randn(3, 0, 1)
+    w_hh = torch.randn(8, 8)
+    for table in (emu.H100, SMALL_SMEM):
+        out, h_n, _ = harness.forward(table, x, torch.randn(0, 8),
+                                      torch.randn(8, 1), w_hh, None, None,
+                                      True, False, True)
+        assert out.shape == (3, 0, 8) and h_n.shape == (0, 8)
+        dx, dh0, dw_ih, dw_hh, db, _ = harness.backward(
+            table, None, torch.randn(0, 8), x, torch.randn(0, 8),
+            torch.randn(8, 1), w_hh, out, True, False)
+        assert dw_hh.eq(0).all() and dw_ih.eq(0).all() and db.eq(0).all()
+
+
+@pytest.mark.parametrize("table,H", [("H100", 33), ("small", 120)])
+def test_backward_deterministic_across_block_orders(harness, table, H):
+    """dW from blocks run in two different orders is bitwise equal."""
+    table = {"H100": emu.H100, "small": SMALL_SMEM}[table]
+    gen = torch.Generator().manual_seed(1)
+    B, T = ragged_batch(table) if table is emu.H100 else 70, 3
+    v = make_inputs(torch.float32, T, B, 1, H, True, True, gen)
+    out, _, _ = harness.forward(table, v["x"], v["h0"], v["w_ih"], v["w_hh"],
+                                v["b_ih"], v["b_hh"], True, False, True)
+    g_out = torch.randn(T, B, H, generator=gen)
+    runs = [harness.backward(table, g_out, None, v["x"], v["h0"], v["w_ih"],
+                             v["w_hh"], out, True, False, block_order_seed=seed)
+            for seed in (0, 12345)]
+    assert runs[0][5]["blocks"] >= 3 or runs[0][5]["path"] == LARGE_H
+    for a, b in zip(runs[0][:5], runs[1][:5]):
+        assert torch.equal(a, b)
+
+
+def test_nan_propagates(harness):
+    """relu is `a < 0 ? 0 : a`: a NaN input stays NaN (fmax would drop it)."""
+    x = torch.randn(2, 3, 1)
+    x[0, 1, 0] = float("nan")
+    out, h_n, _ = harness.forward(emu.H100, x, torch.zeros(3, 4),
+                                  torch.ones(4, 1), torch.eye(4), None, None,
+                                  True, False, True)
+    assert out[:, 1].isnan().all() and h_n[1].isnan().all()
+    assert not out[:, 0].isnan().any()
+
+
+# ThreadSanitizer: a standalone executable (a TSan .so cannot be loaded into
+# an uninstrumented Python), running the kernels with <= 256 threads per
+# block and a kernel with a planted race that must be reported.
+TSAN_WARNING = "WARNING: ThreadSanitizer: data race"
+
+
+@pytest.fixture(scope="module")
+def tsan_exe(tmp_path_factory):
+    out = os.environ.get("IRNN_EMU_BUILD_DIR") or str(
+        tmp_path_factory.mktemp("tsan"))
+    os.makedirs(out, exist_ok=True)
+    try:
+        return emu.build(out, extra_flags=("-O1", "-g", "-fsanitize=thread"),
+                         output="emu_tsan",
+                         main=os.path.join(emu.HERE, "emu_tsan_main.cpp"))
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"ThreadSanitizer build failed:\n{exc.stderr}")
+
+
+def _run_tsan(exe, what):
+    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=0 report_signal_unsafe=0")
+    proc = subprocess.run([exe, what], capture_output=True, text=True,
+                          timeout=600, env=env)
+    return proc, proc.stdout + proc.stderr
+
+
+def test_tsan_reports_planted_race(tsan_exe):
+    proc, text = _run_tsan(tsan_exe, "race")
+    assert TSAN_WARNING in text, text[-3000:]
+
+
+def test_tsan_kernels_race_free(tsan_exe):
+    proc, text = _run_tsan(tsan_exe, "kernels")
+    assert TSAN_WARNING not in text, text[-6000:]
+    assert proc.returncode == 0 and "kernels: all cases agree" in text, text[-3000:]

@@ -1,0 +1,254 @@
+"""FusedIRNN as a drop-in torch.nn.RNN: API, state_dict, shapes, options,
+initialisation, dtypes, autocast, edge cases and bad input."""
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import irnn_cuda
+from conftest import (NETWORK_OPTIONS, all_pairs, assert_close_rel, case_id,
+                      inputs_for, nn_rnn_for)
+from irnn_cuda import FusedIRNN
+
+CASES = all_pairs(NETWORK_OPTIONS, seed=2)
+
+
+def pair(c, dtype=torch.float64):
+    """An nn.RNN and a FusedIRNN with the same weights."""
+    rnn = nn_rnn_for(c, dtype)
+    return rnn, FusedIRNN.from_rnn(rnn)
+
+
+@pytest.mark.parametrize("c", CASES, ids=case_id)
+def test_drop_in_for_nn_rnn(c):
+    rnn, fused = pair(c)
+    x, hx = inputs_for(c)
+    out, h = fused(x, hx)
+    ref_out, ref_h = rnn(x, hx)
+    assert out.shape == ref_out.shape and h.shape == ref_h.shape
+    assert_close_rel(out, ref_out, 1e-10, "output")
+    assert_close_rel(h, ref_h, 1e-10, "h_n")
+    wrt = [x] + ([hx] if hx is not None else [])
+    go, gh = torch.randn_like(out), torch.randn_like(h)
+    ours = torch.autograd.grad((out * go).sum() + (h * gh).sum(),
+                               wrt + list(fused.parameters()))
+    theirs = torch.autograd.grad((ref_out * go).sum() + (ref_h * gh).sum(),
+                                 wrt + list(rnn.parameters()))
+    for a, b in zip(ours, theirs):
+        assert_close_rel(a, b, 1e-10, "gradient")
+
+
+@pytest.mark.parametrize("c", CASES[:5], ids=case_id)
+def test_last_state_only_matches(c):
+    rnn, fused = pair(c)
+    x, hx = inputs_for(c)
+    out, h = fused(x, hx, return_sequence=False)
+    assert out is None
+    _, ref_h = rnn(x, hx)
+    assert_close_rel(h, ref_h, 1e-10, "h_n")
+    gx, = torch.autograd.grad(h.sum(), x)
+    ref_gx, = torch.autograd.grad(ref_h.sum(), x)
+    assert_close_rel(gx, ref_gx, 1e-10, "grad_input")
+
+
+def test_last_state_only_allocates_no_sequence():
+    """Inference asking for h_n alone never allocates a [T,B,H] output."""
+    T, B, H = 64, 8, 32
+    model = FusedIRNN(1, H)
+    x = torch.randn(T, B, 1)
+    seq_bytes = T * B * H * 4
+
+    def largest_allocation(**kw):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                    profile_memory=True) as prof:
+            with torch.no_grad():
+                model(x, **kw)
+        sizes = [e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0]
+        return max(sizes, default=0)
+
+    assert largest_allocation() >= seq_bytes  # the check can see the sequence
+    assert largest_allocation(return_sequence=False) < seq_bytes
+
+
+def test_state_dict_loads_both_ways():
+    c = dict(I=3, H=4, num_layers=2, nonlinearity="relu", bias=True,
+             batch_first=False, bidirectional=True)
+    rnn = nn.RNN(3, 4, 2, nonlinearity="relu", bidirectional=True)
+    fused = FusedIRNN(3, 4, 2, bidirectional=True)
+    assert list(rnn.state_dict()) == list(fused.state_dict())
+    for (n1, p1), (n2, p2) in zip(rnn.named_parameters(), fused.named_parameters()):
+        assert n1 == n2 and p1.shape == p2.shape
+    fused.load_state_dict(rnn.state_dict())
+    x = torch.randn(5, 2, 3)
+    assert torch.allclose(fused(x)[0], rnn(x)[0], atol=1e-6)
+    rnn2 = nn.RNN(3, 4, 2, nonlinearity="relu", bidirectional=True)
+    rnn2.load_state_dict(fused.state_dict())
+    assert torch.allclose(fused(x)[1], rnn2(x)[1], atol=1e-6)
+    back = fused.to_rnn()
+    assert isinstance(back, nn.RNN) and back.nonlinearity == "relu"
+    assert torch.allclose(back(x)[0], rnn(x)[0], atol=1e-6)
+    fused.flatten_parameters()  # a no-op, as drop-in code calls it
+
+
+def test_irnn_init():
+    m = FusedIRNN(1, 100, num_layers=2, identity_scale=0.5)
+    assert torch.equal(m.weight_hh_l0, 0.5 * torch.eye(100))
+    assert torch.equal(m.weight_hh_l1, 0.5 * torch.eye(100))
+    assert m.bias_ih_l0.abs().sum() == 0 and m.bias_hh_l1.abs().sum() == 0
+    w = torch.cat([m.weight_ih_l0.flatten(), m.weight_ih_l1.flatten()])
+    assert 0.0008 < w.std().item() < 0.0012 and abs(w.mean().item()) < 1e-4
+
+
+def test_torch_init_matches_nn_rnn_for_a_seed():
+    torch.manual_seed(3)
+    rnn = nn.RNN(5, 7, 2, bidirectional=True)
+    torch.manual_seed(3)
+    fused = FusedIRNN(5, 7, 2, nonlinearity="tanh", bidirectional=True, init="torch")
+    for a, b in zip(rnn.parameters(), fused.parameters()):
+        assert torch.equal(a, b)
+    assert all(p.abs().max() <= 1 / math.sqrt(7) for p in fused.parameters())
+
+
+def test_dropout_between_layers_only_in_training():
+    torch.manual_seed(0)
+    fused = FusedIRNN(3, 16, num_layers=2, dropout=0.5, init="torch")
+    x = torch.randn(6, 4, 3)
+    fused.eval()
+    ref = fused.to_rnn().eval()
+    assert torch.allclose(fused(x)[0], ref(x)[0], atol=1e-6)
+    fused.train()
+    a, b = fused(x)[0], fused(x)[0]
+    assert not torch.equal(a, b)  # dropout draws fresh masks
+    no_drop = FusedIRNN.from_rnn(ref).train()
+    no_drop.dropout = 0.0
+    assert not torch.allclose(a, no_drop(x)[0])
+
+
+def test_dtypes_low_precision_on_cpu():
+    """bf16/fp16 compute in float32 and cast back, like nn.RNN's outputs."""
+    for dtype in (torch.bfloat16, torch.float16):
+        fused = FusedIRNN(2, 8, init="torch")
+        rnn = fused.to_rnn()
+        x = torch.randn(5, 3, 2)
+        out, h = fused.to(dtype)(x.to(dtype))
+        assert out.dtype == dtype and h.dtype == dtype
+        ref_out, _ = rnn.double()(x.double())
+        assert_close_rel(out, ref_out, 3e-2, str(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_behaves_as_nn_rnn(dtype):
+    fused = FusedIRNN(2, 8, init="torch")
+    rnn = fused.to_rnn()
+    x = torch.randn(5, 3, 2, requires_grad=True)
+    with torch.autocast("cpu", dtype=dtype):
+        out, h = fused(x)
+        ref_out, ref_h = rnn(x)
+    assert out.dtype == ref_out.dtype == dtype and h.dtype == ref_h.dtype
+    assert_close_rel(out, ref_out, 3e-2)
+    out.float().sum().backward()
+    assert fused.weight_hh_l0.grad.dtype == torch.float32
+
+
+def test_edge_cases_nn_rnn_accepts():
+    rnn = nn.RNN(1, 1, nonlinearity="relu")
+    fused = FusedIRNN.from_rnn(rnn)
+    x = torch.randn(1, 2, 1)  # T = 1, H = 1
+    for a, b in zip(fused(x), rnn(x)):
+        assert torch.allclose(a, b)
+    empty = torch.randn(4, 0, 1)  # an empty batch
+    for a, b in zip(fused(empty), rnn(empty)):
+        assert a.shape == b.shape
+    wide = torch.randn(4, 3, 2)[..., :1]  # non-contiguous input
+    assert not wide.is_contiguous()
+    for a, b in zip(fused(wide), rnn(wide)):
+        assert torch.allclose(a, b)
+
+
+def test_nan_propagates():
+    rnn = nn.RNN(1, 4, nonlinearity="relu")
+    fused = FusedIRNN.from_rnn(rnn)
+    x = torch.randn(5, 2, 1)
+    x[2, 0, 0] = float("nan")
+    out, h = fused(x)
+    ref_out, ref_h = rnn(x)
+    assert torch.equal(out.isnan(), ref_out.isnan()) and out[2:, 0].isnan().all()
+    assert torch.equal(h.isnan(), ref_h.isnan())
+    assert not out[:, 1].isnan().any()
+
+
+def test_packed_sequence_is_rejected_clearly():
+    fused = FusedIRNN(1, 4)
+    packed = nn.utils.rnn.pack_padded_sequence(torch.randn(5, 2, 1), [5, 3])
+    with pytest.raises(NotImplementedError, match="PackedSequence"):
+        fused(packed)
+
+
+def raises_like_nn_rnn(call, *args, match, **kw):
+    """FusedIRNN raises the class nn.RNN raises, naming the argument."""
+    rnn = nn.RNN(5, 4, nonlinearity="relu", **kw)
+    fused = FusedIRNN.from_rnn(rnn)
+    with pytest.raises(Exception) as theirs:
+        call(rnn, *args)
+    with pytest.raises(theirs.type, match=match):
+        call(fused, *args)
+
+
+def test_bad_input_raises_as_nn_rnn():
+    fwd = lambda m, *a: m(*a)
+    raises_like_nn_rnn(fwd, torch.randn(2, 3, 4, 5), match="input.*4D")
+    raises_like_nn_rnn(fwd, torch.randn(5), match="input.*1D")
+    raises_like_nn_rnn(fwd, torch.randn(2, 3, 6), match="input_size. Expected 5, got 6")
+    raises_like_nn_rnn(fwd, torch.randn(2, 3, 5), torch.randn(1, 2, 4),
+                       match=r"hidden size \(1, 3, 4\), got \[1, 2, 4\].*hx")
+    raises_like_nn_rnn(fwd, torch.randn(2, 5), torch.randn(1, 3, 4),
+                       match="unbatched 2-D input, hx")
+    raises_like_nn_rnn(fwd, torch.randn(2, 3, 5), torch.randn(3, 4),
+                       match="batched 3-D input, hx")
+    raises_like_nn_rnn(fwd, torch.randn(2, 3, 5, dtype=torch.float64),
+                       match=r"input dtype \(torch.float64\) does not match weight dtype \(torch.float32\)")
+    raises_like_nn_rnn(fwd, torch.ones(2, 3, 5, dtype=torch.int64),
+                       match=r"input dtype \(torch.int64\)")
+    raises_like_nn_rnn(fwd, torch.randn(2, 3, 5),
+                       torch.randn(1, 3, 4, dtype=torch.float64),
+                       match=r"hx dtype \(torch.float64\) does not match input")
+    raises_like_nn_rnn(fwd, torch.randn(2, 3, 5), torch.randn(1, 3, 4, device="meta"),
+                       match="hidden tensor at meta")
+    raises_like_nn_rnn(fwd, torch.randn(0, 3, 5), match="sequence length")
+    with pytest.raises(ValueError, match="nonlinearity 'gelu'"):
+        FusedIRNN(5, 4, nonlinearity="gelu")
+    with pytest.raises(ValueError, match="dropout"):
+        FusedIRNN(5, 4, dropout=1.5)
+    with pytest.raises(ValueError, match="init 'xavier'"):
+        FusedIRNN(5, 4, init="xavier")
+
+
+def test_fallback_warns_once_when_extension_missing(tmp_path):
+    """Without the compiled library the reference runs, with one warning."""
+    code = (
+        "import sys, warnings, torch\n"
+        "sys.modules['irnn_cuda._C'] = None  # as if it were never built\n"
+        "import irnn_cuda\n"
+        "assert not irnn_cuda.extension_loaded()\n"
+        "m = irnn_cuda.FusedIRNN(1, 4)\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    m(torch.randn(3, 2, 1)); m(torch.randn(3, 2, 1))\n"
+        "msgs = [str(x.message) for x in w if 'falling back' in str(x.message)]\n"
+        "assert len(msgs) == 1, msgs\n"
+        "print(msgs[0])\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "reference" in res.stdout and "pip install" in res.stdout
+
+
+def test_extension_loaded_when_expected():
+    import os
+    if os.environ.get("IRNN_EXPECT_EXT") != "1":
+        pytest.skip("IRNN_EXPECT_EXT is not set")
+    assert irnn_cuda.extension_loaded()
+    assert irnn_cuda.has_kernels("cpu")
