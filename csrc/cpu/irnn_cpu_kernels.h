@@ -8,7 +8,8 @@
 // AVX2 build of a template never replaces the portable one at link time) and
 // a vector policy V (see irnn_cpu_avx2.cpp and irnn_cpu_generic.cpp):
 //   V::S scalar, V::R register, V::kL lanes; zero, set1, load, load_n (the
-//   first n lanes, the rest 0), store, store_n, add, mul, fma(a, b, c) = a*b+c,
+//   first n lanes, the rest 0), store, store_n, add, sub, mul,
+//   fma(a, b, c) = a*b+c,
 //   relu, relu_grad, tanh, hsum.
 //
 // Shapes (T steps, B batch, I input, H hidden, Hp = H rounded up to kL):
