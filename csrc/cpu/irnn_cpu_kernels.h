@@ -9,8 +9,7 @@
 // a vector policy V (see irnn_cpu_avx2.cpp and irnn_cpu_generic.cpp):
 //   V::S scalar, V::R register, V::kL lanes; zero, set1, load, load_n (the
 //   first n lanes, the rest 0), store, store_n, add, sub, mul,
-//   fma(a, b, c) = a*b+c,
-//   relu, relu_grad, tanh, hsum.
+//   fma(a, b, c) = a*b+c, relu, relu_grad, tanh, hsum.
 //
 // Shapes (T steps, B batch, I input, H hidden, Hp = H rounded up to kL):
 //   packed weights are row-major with rows padded to Hp by zeros, so a column
