@@ -54,10 +54,12 @@ PRESETS = {
     # is never passed to the optimiser, so no clipping.
     "keras-example": {"batch_size": 32, "epochs": 200, "clip_norm": None},
 }
-# Settings that belong to one invocation and may change on --resume; all
-# others are fixed by the checkpoint.
-PER_RUN = {"epochs", "max_steps", "eval_batch_size", "device", "data_dir",
-           "out", "resume", "eval_only", "on_nonfinite", "progress"}
+# On --resume the checkpoint's settings apply. These may be changed there by
+# an explicit flag; the others are fixed by the checkpoint.
+MAY_CHANGE = {"epochs", "eval_batch_size", "device", "data_dir",
+              "on_nonfinite", "progress"}
+# These belong to one invocation and are not saved.
+PER_RUN = {"max_steps", "out", "resume", "eval_only"}
 
 
 def build_parser():
@@ -152,7 +154,8 @@ def resolve_config(explicit, saved=None):
             if key in DEFAULTS and key not in PER_RUN:
                 config[key] = value
         for key, value in explicit.items():
-            if key not in PER_RUN and value != saved.get(key, value):
+            if (key not in PER_RUN | MAY_CHANGE
+                    and value != saved.get(key, value)):
                 raise ConfigError(
                     f"--{key.replace('_', '-')} {value} conflicts with the "
                     f"checkpoint, which was trained with "
@@ -237,12 +240,13 @@ class SeqMNISTModel(nn.Module):
                 nn.init.orthogonal_(rnn.weight_hh_l0)
                 rnn.bias_ih_l0.zero_()
                 rnn.bias_hh_l0.zero_()
-        self.rnn = rnn if impl == "fused" else rnn.to_rnn()
         # Keras' Dense defaults, as in the example: glorot-uniform, zero bias.
         self.fc = nn.Linear(hidden, mnist_data.NUM_CLASSES)
         with torch.no_grad():
             _glorot_uniform_(self.fc.weight)
             self.fc.bias.zero_()
+        # Converted last: nn.RNN's constructor draws from the global RNG.
+        self.rnn = rnn if impl == "fused" else rnn.to_rnn()
 
     def forward(self, pixels):
         """pixels: [B, 784] in [0, 1] -> logits [B, 10]."""
@@ -478,10 +482,6 @@ def train(config, d):
     out = config["out"] or config["resume"] or os.path.join(
         "runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     config["out"] = out
-    if config["batch_size"] % d.world:
-        raise ConfigError(f"--batch-size {config['batch_size']} does not "
-                          f"divide by the {d.world} processes: the global "
-                          "batch must split evenly across ranks")
 
     torch.manual_seed(config["seed"])
     random.seed(config["seed"])
@@ -674,6 +674,12 @@ def main(argv=None):
     if explicit.get("resume"):
         saved = load_checkpoint(explicit["resume"])[0]["config"]
     config = resolve_config(explicit, saved)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if not config["eval_only"] and config["batch_size"] % world:
+        raise ConfigError(f"--batch-size {config['batch_size']} does not "
+                          f"divide by the {world} processes: the global "
+                          "batch must split evenly across ranks (choose a "
+                          f"multiple of {world})")
     d = Dist(config["device"])
     try:
         if config["eval_only"]:
