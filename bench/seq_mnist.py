@@ -29,6 +29,11 @@ from torch import nn
 
 import irnn_cuda
 
+try:
+    from tqdm import tqdm
+except ImportError:  # the progress bar is optional
+    tqdm = None
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mnist_data  # noqa: E402  (bench/ is not a package)
 
@@ -217,10 +222,6 @@ class Dist:
 
 # -------------------------------------------------------------------- model
 
-def _glorot_uniform_(weight):
-    return nn.init.xavier_uniform_(weight)
-
-
 class SeqMNISTModel(nn.Module):
     """Recurrent layer -> last hidden state -> Linear(hidden, 10).
 
@@ -236,14 +237,14 @@ class SeqMNISTModel(nn.Module):
                                   init="irnn" if init == "irnn" else "torch")
         if init == "keras-default":
             with torch.no_grad():
-                _glorot_uniform_(rnn.weight_ih_l0)
+                nn.init.xavier_uniform_(rnn.weight_ih_l0)
                 nn.init.orthogonal_(rnn.weight_hh_l0)
                 rnn.bias_ih_l0.zero_()
                 rnn.bias_hh_l0.zero_()
         # Keras' Dense defaults, as in the example: glorot-uniform, zero bias.
         self.fc = nn.Linear(hidden, mnist_data.NUM_CLASSES)
         with torch.no_grad():
-            _glorot_uniform_(self.fc.weight)
+            nn.init.xavier_uniform_(self.fc.weight)
             self.fc.bias.zero_()
         # Converted last: nn.RNN's constructor draws from the global RNG.
         self.rnn = rnn if impl == "fused" else rnn.to_rnn()
@@ -414,9 +415,20 @@ def environment(d):
         "device": str(dev),
         "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda"
                         else platform.processor() or platform.machine()),
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "cpu_threads": torch.get_num_threads(), "world_size": d.world,
         "command": sys.argv,
     }
+
+
+_warned = set()
+
+
+def _warn_once(message):
+    if message not in _warned:
+        _warned.add(message)
+        print(f"seq_mnist: warning: {message}", file=sys.stderr)
 
 
 def write_metrics(out, rows):
@@ -433,7 +445,12 @@ def write_metrics(out, rows):
 
 
 def plot_curves(out, rows):
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        _warn_once("matplotlib is not installed: no curves.png "
+                   "(pip install matplotlib)")
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     epochs = [r["epoch"] for r in rows]
@@ -553,8 +570,7 @@ def train(config, d):
         totals = list(partial) if (partial and first) else [0.0, 0, 0, 0, 0.0]
         t0 = time.perf_counter() - totals[4]
         bar = None
-        if d.main and config["progress"]:
-            from tqdm import tqdm
+        if d.main and config["progress"] and tqdm is not None:
             bar = tqdm(total=len(batches), initial=first,
                        desc=f"epoch {epoch}/{config['epochs']}",
                        unit="batch", leave=False, dynamic_ncols=True)

@@ -37,6 +37,15 @@ needs_data = pytest.mark.skipif(
     f"folder with the four IDX files ({FALLBACK_DIR} is absent too)")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small runs on a shared machine: one thread is faster and steadier."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run(tmp_path, name, *args):
     """seq_mnist.main in this process; returns (final row, run dir)."""
     out = str(tmp_path / name)
