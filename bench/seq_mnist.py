@@ -400,6 +400,17 @@ def load_model_state(model, ckpt, path):
 
 # ------------------------------------------------------------------ outputs
 
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(d):
     try:
         import torchvision
@@ -414,7 +425,7 @@ def environment(d):
         "cuda": torch.version.cuda, "platform": platform.platform(),
         "device": str(dev),
         "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda"
-                        else platform.processor() or platform.machine()),
+                        else _cpu_name()),
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
         "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "cpu_threads": torch.get_num_threads(), "world_size": d.world,
