@@ -93,11 +93,22 @@ def test_ops_vs_reference(cuda, dtype, H, B, project, nonlinearity, reverse):
     grads = torch.ops.irnn_cuda.irnn_backward(
         g_out, g_hn, v["x"], v["h0"], v["w_ih"], v["w_hh"], out, nonlinearity,
         reverse)
-    wrt = [ref["x"], ref["h0"], ref["w_ih"], ref["w_hh"], ref["b_ih"]]
-    loss = (r_out * g_out.cpu().double()).sum() + (r_hn * g_hn.cpu().double()).sum()
-    expected = torch.autograd.grad(loss, [w for w in wrt if w is not None])
-    if not project:
-        expected = expected[:2] + (torch.empty(0),) + expected[2:]
+    if dtype in (torch.float32, torch.float64):
+        wrt = [ref["x"], ref["h0"], ref["w_ih"], ref["w_hh"], ref["b_ih"]]
+        loss = ((r_out * g_out.cpu().double()).sum()
+                + (r_hn * g_hn.cpu().double()).sum())
+        expected = torch.autograd.grad(loss, [w for w in wrt if w is not None])
+        if not project:
+            expected = expected[:2] + (torch.empty(0),) + expected[2:]
+    else:
+        # h_t is rounded to 16 bits every step, so a relu gate near 0 can
+        # differ from the unrounded reference's trajectory (the forward is
+        # checked against it above). The backward is checked on the states
+        # it was given: the float64 CPU op run on the same stored sequence.
+        d = lambda t: None if t is None else t.detach().cpu().double()
+        expected = torch.ops.irnn_cuda.irnn_backward(
+            d(g_out), d(g_hn), d(v["x"]), d(v["h0"]), d(v["w_ih"]),
+            d(v["w_hh"]), d(out), nonlinearity, reverse)
     for name, got, exp in zip(("dx", "dh0", "dw_ih", "dw_hh", "db"), grads,
                               expected):
         assert max_rel_err(got, exp) <= tol, name
