@@ -31,8 +31,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from irnn_cuda import FusedIRNN, has_kernels  # noqa: E402
+from irnn_cuda import FusedIRNN, has_kernels
 
 MODES = ("fwd", "fwd+bwd", "last")
 
