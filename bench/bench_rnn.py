@@ -23,7 +23,6 @@ time / floor.
 """
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
