@@ -261,7 +261,8 @@ def test_backward_deterministic_across_block_orders(harness, table, H):
 
 
 def test_nan_propagates(harness):
-    """relu is `a < 0 ? 0 : a`: a NaN input stays NaN (fmax would drop it)."""
+    """relu is `a < 0 ? 0 : a`: a NaN input stays NaN (fmax would drop it),
+    and the backward treats the NaN state as PyTorch does."""
     x = torch.randn(2, 3, 1)
     x[0, 1, 0] = float("nan")
     out, h_n, _ = harness.forward(emu.H100, x, torch.zeros(3, 4),
@@ -269,6 +270,14 @@ def test_nan_propagates(harness):
                                   True, False, True)
     assert out[:, 1].isnan().all() and h_n[1].isnan().all()
     assert not out[:, 0].isnan().any()
+    # relu' on a NaN state passes the gradient (PyTorch's threshold_backward):
+    # every gradient, NaN included, is the CPU op's (checked against autograd).
+    g_out = torch.randn(2, 3, 4)
+    args = (x, torch.zeros(3, 4), torch.ones(4, 1), torch.eye(4), out)
+    ours = harness.backward(emu.H100, g_out, None, *args, True, False)[:5]
+    cpu = torch.ops.irnn_cuda.irnn_backward(g_out, None, *args, "relu", False)
+    for name, a, e in zip(("dx", "dh0", "dw_ih", "dw_hh", "db"), ours, cpu):
+        torch.testing.assert_close(a, e, equal_nan=True, msg=name)
 
 
 # ThreadSanitizer: a standalone executable (a TSan .so cannot be loaded into

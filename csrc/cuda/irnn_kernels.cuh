@@ -32,11 +32,11 @@ IRNN_DEVICE A activate(A a, bool relu) {
   return relu ? (a < A(0) ? A(0) : a) : irnn_tanh(a);
 }
 
-// d phi / d a from the stored output h = phi(a); relu' is 0 at 0 as in
-// PyTorch.
+// d phi / d a from the stored output h = phi(a): `h <= 0 ? 0 : g`, as
+// PyTorch's threshold_backward (0 at 0; a NaN state passes g through).
 template <typename A>
 IRNN_DEVICE A activate_grad(A g, A h, bool relu) {
-  return relu ? (h > A(0) ? g : A(0)) : g * (A(1) - h * h);
+  return relu ? (h <= A(0) ? A(0) : g) : g * (A(1) - h * h);
 }
 
 // acc[i] += sum_k w[k * H + unit] * v[off[i] + k] for the thread's rows
