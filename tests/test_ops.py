@@ -6,11 +6,10 @@ import os
 
 import pytest
 import torch
-from torch import nn
 
 import irnn_cuda
 from conftest import (all_pairs, assert_close_rel, case_id, cuda_or_skip,
-                      max_rel_err)
+                      max_rel_err, nn_rnn_for)
 from irnn_cuda import irnn_reference, rnn_forward
 
 pytestmark = pytest.mark.skipif(
@@ -46,11 +45,9 @@ def op_layer(project):
     return layer
 
 
-def network(c, device, dtype):
-    """nn.RNN weights, input and hx for a case, on `device` in `dtype`."""
-    rnn = nn.RNN(c["I"], c["H"], c["num_layers"], nonlinearity=c["nonlinearity"],
-                 bias=c["bias"], bidirectional=c["bidirectional"],
-                 batch_first=c["batch_first"], dtype=torch.float64)
+def network(c):
+    """A float64 nn.RNN for case `c`, with a fresh CPU input and hx."""
+    rnn = nn_rnn_for(c)
     dirs = 2 if c["bidirectional"] else 1
     shape = (c["B"], c["T"], c["I"]) if c["batch_first"] else (c["T"], c["B"], c["I"])
     x = torch.randn(shape, dtype=torch.float64)
@@ -91,7 +88,7 @@ NAMES = ["output", "h_n", "grad_input", "grad_hx"]
 @pytest.mark.parametrize("c", CASES, ids=case_id)
 def test_ops_float64_match_reference(c, device):
     device_or_skip(device)
-    rnn, x, hx = network(c, device, torch.float64)
+    rnn, x, hx = network(c)
     w = [p.detach() for p in rnn._flat_weights]
     expected = run(c, via_reference(c), w, x, hx)
     to = lambda ts: [t.to(device) for t in ts]
@@ -106,7 +103,7 @@ def test_ops_float64_match_reference(c, device):
 def test_ops_float32_error_within_4x_nn_rnn(c, device):
     """float32 error against the float64 reference is at most 4x nn.RNN's."""
     device_or_skip(device)
-    rnn, x, hx = network(c, device, torch.float64)
+    rnn, x, hx = network(c)
     w64 = [p.detach() for p in rnn._flat_weights]
     expected = run(c, via_reference(c), w64, x, hx)
     f32 = lambda ts: [t.to(device, torch.float32) for t in ts]
