@@ -5,6 +5,8 @@
   large-H backward leaves its buffer (in reverse, the last step walked has
   no step s + 1), the per-step GEMMs at B = 16, H = 256 spread over the
   SMs, and T, B >= 2^31 are refused.
+- The large-H path with an empty batch finishes in the emulation: its
+  weight-gradient GEMMs have K = T * B = 0 and a (t, b) split by B = 0.
 - The built extension's device property query reports a failed
   cudaDeviceGetAttribute instead of returning zeros (which would silently
   pick the large-H path). On a machine without a GPU every query fails.
@@ -12,6 +14,8 @@
 import ctypes
 import shutil
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -34,6 +38,38 @@ def test_launch_orchestration(tmp_path):
                          timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "0 failed" in run.stdout
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+def test_large_h_empty_batch(tmp_path):
+    """Run in a subprocess: a kernel that never ends must fail the test,
+    not hang the suite."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{str(HERE)!r}, {str(HERE / "emu")!r}]
+        import torch
+        import emu
+        harness = emu.Emu(emu.build({str(tmp_path)!r}))
+        # 48 KB and no opt-in: H = 300 takes the large-H path.
+        table = dict(sm_count=4, max_threads_per_block=1024,
+                     smem_per_block=48 * 1024, smem_per_block_optin=0)
+        H = 300
+        x, w_hh = torch.randn(3, 0, 1), torch.randn(H, H)
+        out, h_n, cfg = harness.forward(table, x, torch.randn(0, H),
+                                        torch.randn(H, 1), w_hh, None, None,
+                                        True, False, True)
+        assert cfg["path"] == 1, cfg
+        dx, dh0, dw_ih, dw_hh, db, cfg = harness.backward(
+            table, None, torch.randn(0, H), x, torch.randn(0, H),
+            torch.randn(H, 1), w_hh, out, True, False)
+        assert cfg["path"] == 1, cfg
+        assert dw_hh.eq(0).all() and dw_ih.eq(0).all() and db.eq(0).all()
+        print("done")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0 and "done" in proc.stdout, \
+        proc.stdout + proc.stderr[-3000:]
 
 
 class DeviceProps(ctypes.Structure):  # csrc/cuda/irnn_cuda_api.h

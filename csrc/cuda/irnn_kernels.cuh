@@ -443,7 +443,8 @@ irnn_gemm_kernel(GemmParams<S> p) {
   const int64_t m0 = (int64_t)blockIdx.x * TM;
   const int64_t n0 = (int64_t)blockIdx.y * TN;
   const bool a_is_s = p.a_s.ptr != nullptr;
-  const bool walks = tid < kGemmTileK;
+  // With K = 0 there is nothing to walk (and kdiv may be B = 0).
+  const bool walks = tid < kGemmTileK && p.K > 0;
   GemmKWalker walk_a = a_is_s ? GemmKWalker::of(p.a_s) : GemmKWalker::of(p.a_acc);
   GemmKWalker walk_b = GemmKWalker::of(p.b);
   if (walks) {
