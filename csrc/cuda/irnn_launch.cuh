@@ -16,14 +16,14 @@ constexpr int64_t kNoSplit = int64_t(1) << 62;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// One GEMM with TM x TN tiles of RM x RN outputs per thread.
 template <typename S, int TM, int TN, int RM, int RN>
 irnn_error launch_gemm(const GemmParams<S>& p, irnn_stream stream) {
   const dim3 grid(static_cast<unsigned>(ceil_div(p.M, TM)),
                   static_cast<unsigned>(ceil_div(p.N, TN)));
-  IRNN_LAUNCH((irnn_gemm_kernel<S, TM, TN, RM, RN>), grid,
-              (TM / RM) * (TN / RN),
-              static_cast<size_t>(gemm_smem_bytes(sizeof(typename AccOf<S>::type), TM, TN)), stream,
-              p);
+  const int64_t smem = gemm_smem_bytes(sizeof(typename AccOf<S>::type), TM, TN);
+  IRNN_LAUNCH((irnn_gemm_kernel<S, TM, TN, RM, RN>), grid, (TM / RM) * (TN / RN),
+              static_cast<size_t>(smem), stream, p);
   return kIrnnSuccess;
 }
 

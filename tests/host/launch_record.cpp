@@ -11,8 +11,9 @@
 
 #undef IRNN_LAUNCH
 #undef IRNN_SET_MAX_SMEM
-#define IRNN_LAUNCH(kernel, blocks, threads, smem, stream, params) \
-  record_launch(dim3(blocks), (params))
+#define IRNN_LAUNCH(kernel, blocks, threads, smem, stream, params)    \
+  record_launch(dim3(blocks), static_cast<int>(threads),             \
+                static_cast<int64_t>(smem), (params))
 #define IRNN_SET_MAX_SMEM(kernel, bytes) \
   do {                                   \
   } while (0)
@@ -24,6 +25,8 @@ struct GemmParams;
 
 struct GemmLaunch {
   dim3 grid;
+  int threads;
+  int64_t smem;
   const void* a;  // operand a's pointer (a_s or a_acc), null when unset
   const void* b;
   int64_t M, N, K;
@@ -31,14 +34,15 @@ struct GemmLaunch {
 std::vector<GemmLaunch> g_gemms;
 
 template <typename S>
-void record_launch(dim3 grid, const irnn_cuda::GemmParams<S>& p) {
+void record_launch(dim3 grid, int threads, int64_t smem,
+                   const irnn_cuda::GemmParams<S>& p) {
   g_gemms.push_back(GemmLaunch{
-      grid, p.a_s.ptr ? static_cast<const void*>(p.a_s.ptr)
+      grid, threads, smem, p.a_s.ptr ? static_cast<const void*>(p.a_s.ptr)
                       : static_cast<const void*>(p.a_acc.ptr),
       p.b.ptr, p.M, p.N, p.K});
 }
 template <typename P>
-void record_launch(dim3, const P&) {}
+void record_launch(dim3, int, int64_t, const P&) {}
 
 #include "../../csrc/cuda/irnn_launch.cuh"
 
@@ -124,6 +128,9 @@ void small_batch_grid_covers_sms() {
                 g.grid.x, g.grid.y, static_cast<long long>(blocks));
     check(blocks == (B * H) / (irnn_cuda::kGemmSmallM * irnn_cuda::kGemmSmallN),
           "B = 16, H = 256: one block per 32 outputs (128 blocks)");
+    check(g.threads == 32, "small tiles: one warp");
+    check(g.smem == irnn_cuda::gemm_smem_bytes(sizeof(float), 4, 8),
+          "small tiles: their shared memory");
   }
   // At B = 4096 the large tiles give 64 x 4 = 256 blocks, more than the
   // SMs: they are kept.
@@ -138,6 +145,8 @@ void small_batch_grid_covers_sms() {
   irnn_cuda::run_forward<float>(b, big, ws.data(), nullptr);
   check(g_gemms.size() == 1 && g_gemms[0].grid.x == 64 && g_gemms[0].grid.y == 4,
         "B = 4096, H = 256: 64 x 64 tiles (64 x 4 blocks)");
+  check(g_gemms.size() == 1 && g_gemms[0].threads == irnn_cuda::kGemmThreads,
+        "large tiles: 256 threads");
 }
 
 void steps_and_batch_limit() {
