@@ -83,6 +83,10 @@ def find_tool(name):
 INSN = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(?:(@!?U?P[T0-9]+)\s+)?"
                   r"([A-Z][A-Z0-9_.]*)\s*(.*?)\s*;")
 LABEL = re.compile(r"^([.$\w]+):$")
+# nvdisasm -hex: the second 64-bit word of an instruction, alone on the
+# next line; its bits 41-44 are the stall count the scheduler waits after
+# issuing the instruction (the control bits of Volta and later).
+CONTROL_WORD = re.compile(r"^\s*/\* (0x[0-9a-f]{16}) \*/\s*$")
 TARGET = re.compile(r"`\(([^)]+)\)")
 RES = re.compile(r"^\s*Function (\S+):\s*$")
 RES_FIELDS = re.compile(r"(\w+(?:\[\d+\])?):(\d+)")
@@ -97,6 +101,7 @@ class Insn:
     op: str
     args: str
     target: str  # branch or call target label, or ""
+    stall: int = 0  # cycles before the next instruction issues
 
 
 @dataclasses.dataclass
@@ -117,6 +122,10 @@ def parse_sass(text):
             pending = []
             continue
         if cur is None:
+            continue
+        m = CONTROL_WORD.match(line)
+        if m and cur[0]:
+            cur[0][-1].stall = (int(m.group(1), 16) >> 41) & 0xF
             continue
         m = INSN.match(line)
         if m:
@@ -164,7 +173,7 @@ def disassemble(so_path, workdir):
     subprocess.run([cuobjdump, "-xelf", cubins[0], so_path], cwd=workdir,
                    capture_output=True, check=True)
     cubin = str(Path(workdir) / cubins[0])
-    sass = subprocess.run([nvdisasm, "-c", cubin], capture_output=True,
+    sass = subprocess.run([nvdisasm, "-c", "-hex", cubin], capture_output=True,
                           text=True, check=True).stdout
     res = parse_resources(subprocess.run(
         [cuobjdump, "-res-usage", cubin], capture_output=True, text=True,
@@ -403,10 +412,30 @@ def test_guard_rejects_todays_kernels(kernels, name):
     assert len(loop.insns) > 5 * budget.instructions_per_row_step
 
 
+def row_dots_path_at_one_row(k, header):
+    """The instructions one row_dots iteration issues at rows_per_thread =
+    1: the branch after each `ISETP ... 0x2/0x3/0x4` (row slot 1, 2, 3
+    in use?) is taken, every other conditional branch falls through, and
+    the walk ends at the branch back to the header."""
+    path, i = [], header
+    while True:
+        ins = k.insns[i]
+        path.append(ins)
+        if _is_branch(ins.op):
+            if k.labels.get(ins.target) == header:
+                return path
+            prev = k.insns[i - 1]
+            if prev.op.startswith("ISETP") and \
+                    re.search(r", 0x[234], PT$", prev.args):
+                i = k.labels[ins.target]
+                continue
+        i += 1
+
+
 def test_todays_forward_step_loop(kernels):
     """The figures docs/cuda.md's latency model starts from: the float
     forward's step loop and its row_dots loop (26 instructions per two
-    k at one row per thread: 2 FFMA, 4 LDS)."""
+    k at one row per thread: 2 FFMA, 4 LDS, 129 cycles of stall counts)."""
     k = kernels["irnn_cuda::irnn_fwd_persistent_kernel<float>"]
     loop = step_loop(k)
     assert 1000 < len(loop.insns) < 1600, len(loop.insns)
@@ -420,7 +449,14 @@ def test_todays_forward_step_loop(kernels):
                                                      blocks[b][1] + 1))]
     assert len(dots) == 1, "row_dots: 4 row slots x 2 accumulators"
     size = sum(blocks[b][1] - blocks[b][0] + 1 for b in dots[0])
-    assert size == 47, size  # 26 of them run at rows_per_thread = 1
+    assert size == 47, size
+    header = blocks[min(dots[0])][0]
+    path = row_dots_path_at_one_row(k, header)
+    ops = [i.op for i in path]
+    assert len(path) == 26, [hex(i.addr) for i in path]
+    assert sum(op.startswith("FFMA") for op in ops) == 2
+    assert sum(op.startswith("LDS") for op in ops) == 4
+    assert sum(i.stall for i in path) == 129
 
 
 def test_gemm_has_no_division_routine(kernels):
