@@ -128,21 +128,23 @@ case ran; ranks the cases by forward+backward time per step.
   python sweep.py --json sweep.json            # all cases
   python sweep.py --case 100,16 --repeats 1    # one case (the ncu target)
   python sweep.py --ncu-targets sweep.json     # what ncu profiles
+  python sweep.py --device cpu --case 8,2 --steps 3   # the dry run's smoke
 """
 import argparse
 import json
 import re
 import statistics
+import time
 
 import torch
 
 CASES = [(100, 16), (100, 128), (100, 1024), (256, 16), (256, 128)]
 
 
-def run_case(H, B, T, repeats):
+def run_case(H, B, T, repeats, dev):
     import irnn_cuda  # noqa: F401  (registers the ops)
     ops = torch.ops.irnn_cuda
-    dev = torch.device("cuda")
+    cuda = dev.type == "cuda"
     x = torch.randn(T, B, 1, device=dev)
     h0 = torch.zeros(B, H, device=dev)
     w_ih = torch.randn(H, 1, device=dev)
@@ -156,37 +158,50 @@ def run_case(H, B, T, repeats):
         return ops.irnn_backward(out, h_n, x, h0, w_ih, w_hh, out, "relu",
                                  False)
 
-    def timed(f):
+    def timed(f):  # us per step
         samples = []
         for _ in range(repeats):
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            f()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) * 1e3 / T)  # us per step
+            if cuda:
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                f()
+                end.record()
+                end.synchronize()
+                samples.append(start.elapsed_time(end) * 1e3 / T)
+            else:
+                t0 = time.perf_counter()
+                f()
+                samples.append((time.perf_counter() - t0) * 1e6 / T)
         return statistics.median(samples)
 
     out, h_n = fwd()
     bwd(out, h_n)  # warm-up
     fwd_us = timed(fwd)
     bwd_us = timed(lambda: bwd(out, h_n))
+    return {"H": H, "B": B, "T": T, "fwd_us_per_step": fwd_us,
+            "bwd_us_per_step": bwd_us,
+            "kernels": kernels_of(lambda: bwd(*fwd()), T) if cuda else []}
+
+
+def kernels_of(step, T):
+    """The irnn kernels one call of step launches, with their time per step
+    (torch.profiler; where CUPTI refuses, one entry saying so)."""
     kernels = []
     try:
         from torch.profiler import ProfilerActivity, profile
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            bwd(*fwd())
+            step()
             torch.cuda.synchronize()
         for e in prof.key_averages():
             if e.device_type.name == "CUDA" and "irnn" in e.key:
-                kernels.append({"name": e.key.split("(")[0],
+                kernels.append({"name": e.key.split("(")[0]
+                                .removeprefix("void "),
                                 "calls": e.count,
                                 "us_per_step": e.device_time_total / T})
     except Exception as err:  # CUPTI refused: times without names
         kernels.append({"name": f"n/a ({type(err).__name__})"})
-    return {"H": H, "B": B, "T": T, "fwd_us_per_step": fwd_us,
-            "bwd_us_per_step": bwd_us, "kernels": kernels}
+    return kernels
 
 
 def ncu_targets(sweep_json):
@@ -215,6 +230,7 @@ def main():
     ap.add_argument("--ncu-targets", metavar="SWEEP_JSON",
                     help="print the kernels ncu profiles, and exit")
     ap.add_argument("--case", help="H,B: run only this case")
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--steps", type=int, default=784)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json")
@@ -224,7 +240,8 @@ def main():
         return
     cases = [tuple(int(v) for v in args.case.split(","))] if args.case \
         else CASES
-    rows = [run_case(H, B, args.steps, args.repeats) for H, B in cases]
+    dev = torch.device(args.device)
+    rows = [run_case(H, B, args.steps, args.repeats, dev) for H, B in cases]
     rows.sort(key=lambda r: r["fwd_us_per_step"] + r["bwd_us_per_step"])
     print(f"{'H':>4} {'B':>5} {'fwd us/step':>12} {'bwd us/step':>12}  kernels")
     for r in rows:
@@ -286,6 +303,10 @@ if [ "$DRY" = 1 ]; then
 EOF
   "$PY" "$OUT/sweep.py" --ncu-targets "$OUT/sweep_example.json" > "$OUT/ncu_targets.txt" \
     || { echo "sweep.py --ncu-targets failed" >&2; exit 2; }
+  # The sweep itself, on the CPU ops at a tiny size.
+  "$PY" "$OUT/sweep.py" --device cpu --case 8,2 --steps 3 --repeats 1 \
+    --json "$OUT/sweep_cpu.json" > "$OUT/sweep_cpu.log" 2>&1 \
+    || { echo "sweep.py fails on the CPU (see $OUT/sweep_cpu.log)" >&2; exit 2; }
   "$PY" -m pytest -q --collect-only -p no:cacheprovider tests/test_cuda.py \
     > "$OUT/test_cuda_collect.log" 2>&1 \
     || { echo "tests/test_cuda.py does not collect" >&2; exit 2; }

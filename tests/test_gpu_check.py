@@ -1,6 +1,7 @@
 """bench/gpu_check.sh --dry-run: every stage's files, flags and scripts are
 in place, the stages come in priority order, and their timeouts add up to
 5 minutes at most (two runs fit a 15-minute GPU window)."""
+import json
 import os
 import re
 import shutil
@@ -39,3 +40,7 @@ def test_gpu_check_dry_run(tmp_path):
     assert "irnn_fwd_persistent_kernel<float>" in targets[0]
     assert not any("reduce_partials" in t for t in targets)
     assert targets[2].endswith("irnn_gemm_kernel<float, 4, 8, 1, 1>")
+    # The sweep ran on the CPU ops: one timed case.
+    rows = json.loads((tmp_path / "sweep_cpu.json").read_text())
+    assert [(r["H"], r["B"]) for r in rows] == [(8, 2)]
+    assert rows[0]["fwd_us_per_step"] > 0 and rows[0]["bwd_us_per_step"] > 0
