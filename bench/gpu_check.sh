@@ -1,25 +1,44 @@
 #!/usr/bin/env bash
 # The GPU check, for a machine with a CUDA GPU (a lent H100/H200: its own
-# Python and torch, no network, no pip). Run from anywhere:
+# Python and torch, no network, no pip). One run fits 5 minutes, so two fit
+# a 15-minute window with the machine's start. Run from anywhere:
 #
-#   bash bench/gpu_check.sh OUTDIR [MNIST_DIR]          # on the GPU machine
+#   bash bench/gpu_check.sh OUTDIR [MNIST_DIR]           # on the GPU machine
 #   bash bench/gpu_check.sh --dry-run OUTDIR [MNIST_DIR] # anywhere, no GPU
 #
-# Steps, each under `timeout` and all within one 8-minute budget:
-#   1. build the extension in place against the torch found, for the
-#      visible GPU's architecture only (TORCH_CUDA_ARCH_LIST);
-#   2. the CUDA tests (tests/test_cuda.py) with IRNN_REQUIRE_GPU=1, so they
-#      fail rather than skip;
-#   3. compute-sanitizer memcheck and racecheck on a small forward+backward
-#      (persistent and large-H paths);
-#   4. bench/bench_rnn.py against cuDNN (T=784, H=100, I=1,
-#      B in {16, 128, 1024}) with TF32 off, then on;
-#   5. with MNIST_DIR: one epoch of bench/seq_mnist.py, fused and torch, at
-#      batch 32 and 1024.
-# Every step writes its log (and JSON where it has one) into OUTDIR as it
-# goes; a summary table is printed last and saved as OUTDIR/summary.txt.
-# --dry-run checks each step's files and command lines without a GPU.
+# Stages in priority order, each under its own timeout (seconds, the sum is
+# the budget, STAGE_CAPS below, 300 s in all):
+#   1. build       the extension for sm_90 only (TORCH_CUDA_ARCH_LIST=9.0);
+#   2. cuda-tests  tests/test_cuda.py with IRNN_REQUIRE_GPU=1 (fail, not skip);
+#   3. bench       bench/bench_rnn.py --device cuda --tf32 off: FusedIRNN and
+#                  nn.RNN (cuDNN) in one process. The targets of the GPU work
+#                  are read from this stage;
+#   4. sweep       every instantiated kernel ranked: each (H, B) case times
+#                  forward and backward per step and names the kernels it ran;
+#   5. ncu         Nsight Compute (--clock-control none, WarpStateStats and
+#                  InstructionStats, one launch each) on the sweep's fastest
+#                  kernel, its slowest, and today's forward at H=100, B=16;
+#   6. sanitizer   compute-sanitizer racecheck and synccheck on a small
+#                  forward+backward of both paths;
+#   7. mnist       given MNIST_DIR, a short training run (40 steps at batch
+#                  1024) per implementation, fused and torch.
+# A tool that refuses the device (under gVisor, compute-sanitizer and ncu
+# answer "Device not supported" or ERR_NVGPUCTRPERM) is reported as n/a.
+# Every log and JSON goes into OUTDIR as the stage runs; the compact table
+# is printed last and saved as OUTDIR/summary.txt. The exit status is
+# non-zero when a stage failed or ran out of time.
+# --dry-run checks each stage's files, flags and scripts without a GPU and
+# prints each stage's cap ("CAP stage seconds").
 set -u
+
+# Each stage's timeout in seconds; their sum is the run's budget.
+STAGES=(build cuda-tests bench sweep ncu sanitizer mnist)
+# From the H200 run of 2026-11-28 (docs/gpu/2026-11-28-h200/summary.txt):
+# build 49 s for three architectures, CUDA tests 26 s, the benchmark 13 s
+# per TF32 setting, racecheck 18 s, a one-epoch MNIST run 11-12 s; ncu
+# starts Python and CUDA three times under its own overhead.
+declare -A STAGE_CAPS=([build]=75 [cuda-tests]=45 [bench]=25 [sweep]=25
+                       [ncu]=60 [sanitizer]=45 [mnist]=25)
 
 DRY=0
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
@@ -32,93 +51,213 @@ mkdir -p "$1"
 OUT="$(cd "$1" && pwd)"
 MNIST="${2:-}"
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
-BUDGET_S=${GPU_CHECK_BUDGET_S:-470}   # 8 minutes less a margin
+BUDGET_S=0
+for s in "${STAGES[@]}"; do BUDGET_S=$(( BUDGET_S + STAGE_CAPS[$s] )); done
 START=$(date +%s)
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY.rows"
 FAILED=0
 cd "$ROOT" || exit 2
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+REFUSED="Device not supported|ERR_NVGPUCTRPERM|not supported on this platform"
 
-remaining() { echo $(( BUDGET_S - ($(date +%s) - START) )); }
+row() {  # row STAGE STATUS SECONDS RESULT
+  printf '%-11s %-8s %5s  %s\n' "$1" "$2" "$3" "$4" >> "$SUMMARY.rows"
+}
 
-# step NAME CAP_S LOG CMD...: runs CMD under timeout min(CAP_S, time left),
-# output to OUTDIR/LOG, and records a summary row. In dry runs, prints it.
-step() {
-  local name=$1 cap=$2 log=$3; shift 3
-  if [ "$DRY" = 1 ]; then
-    printf 'DRY %-20s %s\n' "$name" "$*"
-    printf '%-20s %-8s %6s  %s\n' "$name" "dry" "-" "$log" >> "$SUMMARY.rows"
-    return 0
-  fi
-  local left; left=$(remaining)
+# run STAGE LOG CAP CMD...: CMD under `timeout` CAP (or what is left of the
+# budget), output to OUTDIR/LOG. Sets RC and DT; prints the log's tail.
+run() {
+  local stage=$1 log=$2 cap=$3; shift 3
+  local left=$(( BUDGET_S - ($(date +%s) - START) ))
   local limit=$(( cap < left ? cap : left ))
-  if [ "$limit" -lt 10 ]; then
-    printf '%-20s %-8s %6s  %s\n' "$name" "no-time" "-" "$log" >> "$SUMMARY.rows"
-    echo "== $name: skipped, the 8-minute budget is spent"
-    return 1
+  if [ "$limit" -lt 5 ]; then
+    echo "== $stage: no time left in the ${BUDGET_S}s budget"
+    RC=124; DT=0; return
   fi
-  echo "== $name (limit ${limit}s): $*"
+  echo "== $stage (limit ${limit}s): $*"
   local t0; t0=$(date +%s)
-  timeout --kill-after=10 "$limit" "$@" > "$OUT/$log" 2>&1
-  local rc=$?
-  local dt=$(( $(date +%s) - t0 ))
-  local status=ok
-  if [ $rc = 124 ] || [ $rc = 137 ]; then status=timeout; elif [ $rc != 0 ]; then status="FAIL($rc)"; fi
-  # A tool that refuses this machine (TOLERATE: a pattern of its log) is
-  # reported as n/a rather than as a failure of the kernels.
-  if [ "$status" != ok ] && [ -n "${TOLERATE:-}" ] && grep -q -- "$TOLERATE" "$OUT/$log"; then
-    status=n/a
-  fi
-  case "$status" in ok|n/a) ;; *) FAILED=1 ;; esac
-  printf '%-20s %-8s %5ss  %s\n' "$name" "$status" "$dt" "$log" >> "$SUMMARY.rows"
-  tail -n 5 "$OUT/$log"
-  [ "$status" = ok ]
+  timeout --kill-after=5 "$limit" "$@" > "$OUT/$log" 2>&1
+  RC=$?
+  DT=$(( $(date +%s) - t0 ))
+  tail -n 4 "$OUT/$log"
 }
 
-skip() {  # skip NAME WHY
-  printf '%-20s %-8s %6s  %s\n' "$1" "SKIP" "-" "$2" >> "$SUMMARY.rows"
-  echo "SKIP $1: $2"
+# status LOG: ok, n/a (a tool refused the device), timeout or FAIL(rc).
+status() {
+  if [ "$RC" = 0 ]; then echo ok
+  elif grep -Eq -- "$REFUSED" "$OUT/$1" 2>/dev/null; then echo n/a
+  elif [ "$RC" = 124 ] || [ "$RC" = 137 ]; then echo timeout
+  else echo "FAIL($RC)"; fi
 }
 
-# Files every step needs.
-need_files=(setup.py tests/test_cuda.py csrc/cuda/irnn_kernels.cuh)
-for f in "${need_files[@]}"; do
-  if [ ! -f "$f" ]; then echo "missing $f" >&2; exit 2; fi
-done
+# finish STAGE LOG SECONDS RESULT: records the stage's row.
+finish() {
+  local st; st=$(status "$2")
+  case "$st" in ok|n/a) ;; *) FAILED=1 ;; esac
+  row "$1" "$st" "${3}s" "$4"
+}
+
+need() {  # need FILE...: the dry run and the real run stop on a missing file
+  for f in "$@"; do
+    [ -f "$f" ] || { echo "missing $f" >&2; exit 2; }
+  done
+}
+need_flags() {  # need_flags SCRIPT FLAG...
+  local help; help=$("$PY" "$1" --help 2>&1)
+  shift
+  for flag in "$@"; do
+    grep -q -- "$flag" <<< "$help" || { echo "$1 lacks $flag" >&2; exit 2; }
+  done
+}
+
 [ -n "$PY" ] || { echo "no python found" >&2; exit 2; }
+need setup.py tests/test_cuda.py csrc/cuda/irnn_kernels.cuh \
+  bench/bench_rnn.py bench/seq_mnist.py
 
-# 0. What machine this is.
 {
   date -u
   nvidia-smi 2>&1 | head -n 15
   "$PY" -c "import sys, torch; print('python', sys.version.split()[0]); print('torch', torch.__version__, 'cuda', torch.version.cuda); print('gpu', torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)"
 } > "$OUT/env.txt" 2>&1
 
-# 1. Build for the visible GPU only (fast), requiring the CUDA kernels.
-if [ "$DRY" = 1 ]; then
-  ARCH="9.0"
-else
-  ARCH=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null || echo "")
-  [ -n "$ARCH" ] || { echo "no CUDA GPU visible to torch" >&2; FAILED=1; ARCH="9.0"; }
-fi
-step build 200 build.log env TORCH_CUDA_ARCH_LIST="$ARCH" IRNN_BUILD_CUDA=1 \
-  MAX_JOBS="$(nproc)" "$PY" setup.py build_ext --inplace
-if [ "$DRY" = 0 ]; then
-  grep -E "ptxas info +: (Used|Compiling entry)|spill" "$OUT/build.log" > "$OUT/ptxas.txt" || true
-fi
+# The sweep (stage 4) and the ncu target (stage 5): one program.
+cat > "$OUT/sweep.py" <<'EOF'
+"""Times the CUDA ops per (H, B) case at T steps and names the kernels each
+case ran; ranks the cases by forward+backward time per step.
+  python sweep.py --json sweep.json            # all cases
+  python sweep.py --case 100,16 --repeats 1    # one case (the ncu target)
+  python sweep.py --ncu-targets sweep.json     # what ncu profiles
+  python sweep.py --device cpu --case 8,2 --steps 3   # the dry run's smoke
+"""
+import argparse
+import json
+import re
+import statistics
+import time
 
-# 2. The CUDA tests, failing instead of skipping.
-if [ "$DRY" = 1 ]; then
-  "$PY" -m pytest -q --collect-only -p no:cacheprovider tests/test_cuda.py \
-    > "$OUT/test_cuda_collect.log" 2>&1 \
-    || { echo "tests/test_cuda.py does not collect (see $OUT/test_cuda_collect.log)" >&2; exit 2; }
-fi
-step cuda-tests 150 test_cuda.log env IRNN_REQUIRE_GPU=1 IRNN_EXPECT_CUDA=1 \
-  "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py \
-  --junitxml="$OUT/test_cuda.xml"
+import torch
 
-# 3. compute-sanitizer on a small forward+backward of both paths.
+CASES = [(100, 16), (100, 128), (100, 1024), (256, 16), (256, 128)]
+
+
+def run_case(H, B, T, repeats, dev):
+    import irnn_cuda  # noqa: F401  (registers the ops)
+    ops = torch.ops.irnn_cuda
+    cuda = dev.type == "cuda"
+    x = torch.randn(T, B, 1, device=dev)
+    h0 = torch.zeros(B, H, device=dev)
+    w_ih = torch.randn(H, 1, device=dev)
+    w_hh = torch.eye(H, device=dev) + torch.randn(H, H, device=dev) / H
+    b = torch.zeros(H, device=dev)
+
+    def fwd():
+        return ops.irnn_forward(x, h0, w_ih, w_hh, b, b, "relu", False, True)
+
+    def bwd(out, h_n):
+        return ops.irnn_backward(out, h_n, x, h0, w_ih, w_hh, out, "relu",
+                                 False)
+
+    def timed(f):  # us per step
+        samples = []
+        for _ in range(repeats):
+            if cuda:
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                f()
+                end.record()
+                end.synchronize()
+                samples.append(start.elapsed_time(end) * 1e3 / T)
+            else:
+                t0 = time.perf_counter()
+                f()
+                samples.append((time.perf_counter() - t0) * 1e6 / T)
+        return statistics.median(samples)
+
+    out, h_n = fwd()
+    bwd(out, h_n)  # warm-up
+    fwd_us = timed(fwd)
+    bwd_us = timed(lambda: bwd(out, h_n))
+    return {"H": H, "B": B, "T": T, "fwd_us_per_step": fwd_us,
+            "bwd_us_per_step": bwd_us,
+            "kernels": kernels_of(lambda: bwd(*fwd()), T) if cuda else []}
+
+
+def kernels_of(step, T):
+    """The irnn kernels one call of step launches, with their time per step
+    (torch.profiler; where CUPTI refuses, one entry saying so)."""
+    kernels = []
+    try:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize()
+        for e in prof.key_averages():
+            if e.device_type.name == "CUDA" and "irnn" in e.key:
+                kernels.append({"name": e.key.split("(")[0]
+                                .removeprefix("void "),
+                                "calls": e.count,
+                                "us_per_step": e.device_time_total / T})
+    except Exception as err:  # CUPTI refused: times without names
+        kernels.append({"name": f"n/a ({type(err).__name__})"})
+    return kernels
+
+
+def ncu_targets(sweep_json):
+    """Lines "tag H,B regex": today's forward at H=100, B=16, and the step
+    kernels (not the reductions) with the least and the most time per step
+    in the sweep (none when the sweep wrote nothing)."""
+    try:
+        with open(sweep_json) as f:
+            rows = json.load(f)
+    except (OSError, ValueError):
+        rows = []
+    named = [(r, k) for r in rows for k in r["kernels"] if "calls" in k and
+             re.search(r"persistent_kernel|gemm_kernel", k["name"])]
+    named.sort(key=lambda rk: rk[1]["us_per_step"])
+    picks = [("today", 100, 16, "irnn_fwd_persistent_kernel<float>")]
+    if named:
+        for tag, (r, k) in (("fastest", named[0]), ("slowest", named[-1])):
+            picks.append((tag, r["H"], r["B"], k["name"].split("::")[-1]))
+    # Escape only the regex operators (ncu's regex need not know "\ ").
+    return [f"{tag} {H},{B} regex:" + re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", name)
+            for tag, H, B, name in picks]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ncu-targets", metavar="SWEEP_JSON",
+                    help="print the kernels ncu profiles, and exit")
+    ap.add_argument("--case", help="H,B: run only this case")
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    ap.add_argument("--steps", type=int, default=784)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    if args.ncu_targets:
+        print("\n".join(ncu_targets(args.ncu_targets)))
+        return
+    cases = [tuple(int(v) for v in args.case.split(","))] if args.case \
+        else CASES
+    dev = torch.device(args.device)
+    rows = [run_case(H, B, args.steps, args.repeats, dev) for H, B in cases]
+    rows.sort(key=lambda r: r["fwd_us_per_step"] + r["bwd_us_per_step"])
+    print(f"{'H':>4} {'B':>5} {'fwd us/step':>12} {'bwd us/step':>12}  kernels")
+    for r in rows:
+        names = ", ".join(k["name"].replace("irnn_cuda::", "")
+                          for k in r["kernels"])
+        print(f"{r['H']:>4} {r['B']:>5} {r['fwd_us_per_step']:>12.2f} "
+              f"{r['bwd_us_per_step']:>12.2f}  {names}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
+EOF
+
 cat > "$OUT/sanitize_case.py" <<'EOF'
 import torch
 import irnn_cuda  # noqa: F401  (registers the ops)
@@ -136,84 +275,139 @@ for H, B, I in ((33, 20, 1), (100, 7, 0), (257, 5, 1)):
 torch.cuda.synchronize()
 print("sanitize case done")
 EOF
-SAN="$(command -v compute-sanitizer || true)"
-if [ -z "$SAN" ]; then
-  for d in "${CUDA_HOME:-}" /usr/local/cuda /usr/local/cuda-*; do
-    if [ -n "$d" ] && [ -x "$d/bin/compute-sanitizer" ]; then SAN="$d/bin/compute-sanitizer"; break; fi
-  done
-fi
-if [ -n "$SAN" ] || [ "$DRY" = 1 ]; then
-  [ -n "$SAN" ] || echo "note: compute-sanitizer not found here (needed on the GPU machine)"
-  # Under gVisor compute-sanitizer answers "Device not supported".
-  for tool in memcheck racecheck; do
-    TOLERATE="Device not supported" step "sanitizer-$tool" 75 \
-      "sanitizer_$tool.log" "${SAN:-compute-sanitizer}" --tool "$tool" \
-      --error-exitcode 3 "$PY" "$OUT/sanitize_case.py"
-  done
-else
-  skip sanitizer "compute-sanitizer not found"; FAILED=1
-fi
-"$PY" -c "import ast, sys; ast.parse(open(sys.argv[1]).read())" "$OUT/sanitize_case.py" \
-  || { echo "sanitize_case.py does not parse" >&2; exit 2; }
 
-# 4. Kernel benchmark against cuDNN, TF32 off then on.
-if [ -f bench/bench_rnn.py ]; then
-  if [ "$DRY" = 1 ]; then
-    help=$("$PY" bench/bench_rnn.py --help 2>&1)
-    for flag in --device --batches --tf32 --json; do
-      grep -q -- "$flag" <<< "$help" || { echo "bench_rnn.py lacks $flag" >&2; exit 2; }
+find_tool() {  # find_tool NAME: on PATH or in the CUDA toolkit
+  local t; t=$(command -v "$1" || true)
+  if [ -z "$t" ]; then
+    for d in "${CUDA_HOME:-}" /usr/local/cuda /usr/local/cuda-*; do
+      if [ -n "$d" ] && [ -x "$d/bin/$1" ]; then t="$d/bin/$1"; break; fi
     done
   fi
-  for tf32 in off on; do
-    step "bench-tf32-$tf32" 75 "bench_tf32_$tf32.log" "$PY" bench/bench_rnn.py \
-      --device cuda --batches 16,128,1024 --tf32 "$tf32" \
-      --json "$OUT/bench_tf32_$tf32.json"
-  done
-else
-  skip bench "bench/bench_rnn.py not present (not merged yet)"
-fi
+  echo "$t"
+}
+SAN=$(find_tool compute-sanitizer)
+NCU=$(find_tool ncu)
 
-# 5. One epoch of sequential MNIST per implementation and batch size.
-if [ -n "$MNIST" ]; then
-  if [ ! -f bench/seq_mnist.py ]; then
-    skip seq-mnist "bench/seq_mnist.py not present (not merged yet)"
-  elif [ ! -d "$MNIST" ]; then
+if [ "$DRY" = 1 ]; then
+  for s in "${STAGES[@]}"; do echo "CAP $s ${STAGE_CAPS[$s]}"; done
+  echo "BUDGET ${BUDGET_S}"
+  "$PY" -c "import ast, sys; ast.parse(open(sys.argv[1]).read())" \
+    "$OUT/sanitize_case.py" || { echo "sanitize_case.py does not parse" >&2; exit 2; }
+  # The ncu stage's choice, from a sweep result shaped like a real one.
+  cat > "$OUT/sweep_example.json" <<'EOF'
+[{"H": 100, "B": 16, "T": 784, "fwd_us_per_step": 5.4, "bwd_us_per_step": 12.3,
+  "kernels": [{"name": "irnn_cuda::irnn_fwd_persistent_kernel<float>", "calls": 1, "us_per_step": 5.4},
+              {"name": "irnn_cuda::irnn_reduce_partials_kernel<float>", "calls": 1, "us_per_step": 0.01}]},
+ {"H": 256, "B": 16, "T": 784, "fwd_us_per_step": 72.0, "bwd_us_per_step": 80.0,
+  "kernels": [{"name": "irnn_cuda::irnn_gemm_kernel<float, 4, 8, 1, 1>", "calls": 1572, "us_per_step": 150.0}]}]
+EOF
+  "$PY" "$OUT/sweep.py" --ncu-targets "$OUT/sweep_example.json" > "$OUT/ncu_targets.txt" \
+    || { echo "sweep.py --ncu-targets failed" >&2; exit 2; }
+  # The sweep itself, on the CPU ops at a tiny size.
+  "$PY" "$OUT/sweep.py" --device cpu --case 8,2 --steps 3 --repeats 1 \
+    --json "$OUT/sweep_cpu.json" > "$OUT/sweep_cpu.log" 2>&1 \
+    || { echo "sweep.py fails on the CPU (see $OUT/sweep_cpu.log)" >&2; exit 2; }
+  "$PY" -m pytest -q --collect-only -p no:cacheprovider tests/test_cuda.py \
+    > "$OUT/test_cuda_collect.log" 2>&1 \
+    || { echo "tests/test_cuda.py does not collect" >&2; exit 2; }
+  need_flags bench/bench_rnn.py --device --tf32 --json
+  need_flags bench/seq_mnist.py --data-dir --impl --batch-size --epochs \
+    --max-steps --limit-test --device --out --no-progress
+  if [ -n "$MNIST" ] && [ ! -d "$MNIST" ]; then
     echo "MNIST_DIR $MNIST is not a directory" >&2; exit 2
-  else
-    if [ "$DRY" = 1 ]; then
-      help=$("$PY" bench/seq_mnist.py --help 2>&1)
-      for flag in --data-dir --impl --batch-size --epochs --device --out; do
-        grep -q -- "$flag" <<< "$help" || { echo "seq_mnist.py lacks $flag" >&2; exit 2; }
-      done
-    fi
-    for bs in 1024 32; do
-      for impl in fused torch; do
-        step "mnist-$impl-$bs" 60 "mnist_${impl}_$bs.log" "$PY" bench/seq_mnist.py \
-          --data-dir "$MNIST" --impl "$impl" --batch-size "$bs" --epochs 1 \
-          --device cuda --out "$OUT/mnist_${impl}_$bs"
-      done
-    done
   fi
+  [ -n "$SAN" ] || echo "note: compute-sanitizer not found here (needed on the GPU machine)"
+  [ -n "$NCU" ] || echo "note: ncu not found here (needed on the GPU machine)"
+  for s in "${STAGES[@]}"; do echo "DRY $s"; row "$s" dry - "-"; done
 else
-  skip seq-mnist "no MNIST_DIR given"
+  # 1. build, sm_90 only.
+  run build build.log "${STAGE_CAPS[build]}" env TORCH_CUDA_ARCH_LIST=9.0 \
+    IRNN_BUILD_CUDA=1 MAX_JOBS="$(nproc)" "$PY" setup.py build_ext --inplace
+  grep -E "ptxas info +: (Used|Compiling entry)|spill" "$OUT/build.log" > "$OUT/ptxas.txt"
+  finish build build.log "$DT" "sm_90, $(grep -c 'Compiling entry' "$OUT/ptxas.txt") kernels"
+
+  # 2. CUDA tests, failing instead of skipping.
+  run cuda-tests test_cuda.log "${STAGE_CAPS[cuda-tests]}" env IRNN_REQUIRE_GPU=1 \
+    IRNN_EXPECT_CUDA=1 "$PY" -m pytest -q -rs -p no:cacheprovider \
+    tests/test_cuda.py --junitxml="$OUT/test_cuda.xml"
+  finish cuda-tests test_cuda.log "$DT" "$(grep -E 'passed|failed|error' "$OUT/test_cuda.log" | tail -n 1)"
+
+  # 3. Against cuDNN, TF32 off: the targets are read from here.
+  run bench bench.log "${STAGE_CAPS[bench]}" "$PY" bench/bench_rnn.py \
+    --device cuda --tf32 off --json "$OUT/bench.json"
+  finish bench bench.log "$DT" "$(grep -E '^ *784 +(16|1024) +1 +100 +fwd\+bwd' "$OUT/bench.log" \
+    | awk '{printf "B=%s %s/%s ms ", $2, $6, $7}')"
+
+  # 4. The kernels ranked.
+  run sweep sweep.log "${STAGE_CAPS[sweep]}" "$PY" "$OUT/sweep.py" \
+    --json "$OUT/sweep.json"
+  finish sweep sweep.log "$DT" "$(sed -n '2p' "$OUT/sweep.log" | cut -c1-60)"
+
+  # 5. ncu on the fastest and slowest kernel of the sweep and on today's
+  # forward at H=100, B=16, one launch each.
+  if [ -z "$NCU" ]; then
+    row ncu SKIP - "ncu not found"
+  else
+    ncu_t0=$(date +%s); ncu_st=ok
+    targets=$("$PY" "$OUT/sweep.py" --ncu-targets "$OUT/sweep.json")
+    while read -r tag case regex; do
+      [ -n "$tag" ] || continue
+      run "ncu-$tag" "ncu_$tag.log" $(( STAGE_CAPS[ncu] / 3 )) "$NCU" --clock-control none \
+        --section WarpStateStats --section InstructionStats \
+        --kernel-name-base demangled -k "$regex" --launch-count 1 \
+        "$PY" "$OUT/sweep.py" --case "$case" --steps 64 --repeats 1
+      st=$(status "ncu_$tag.log")
+      [ "$st" = ok ] || ncu_st=$st
+    done <<< "$targets"
+    case "$ncu_st" in ok|n/a) ;; *) FAILED=1 ;; esac
+    row ncu "$ncu_st" "$(( $(date +%s) - ncu_t0 ))s" "ncu_{today,fastest,slowest}.log"
+  fi
+
+  # 6. compute-sanitizer racecheck and synccheck.
+  if [ -z "$SAN" ]; then
+    row sanitizer SKIP - "compute-sanitizer not found"; FAILED=1
+  else
+    san_t0=$(date +%s); san_st=ok
+    for tool in racecheck synccheck; do
+      run "sanitizer-$tool" "sanitizer_$tool.log" $(( STAGE_CAPS[sanitizer] / 2 )) "$SAN" --tool "$tool" \
+        --error-exitcode 3 "$PY" "$OUT/sanitize_case.py"
+      st=$(status "sanitizer_$tool.log")
+      [ "$st" = ok ] || san_st=$st
+    done
+    case "$san_st" in ok|n/a) ;; *) FAILED=1 ;; esac
+    san_result=""
+    for tool in racecheck synccheck; do
+      san_result+="$tool: $(grep -oE 'ERROR SUMMARY: [0-9]+ errors?' \
+        "$OUT/sanitizer_$tool.log" | tail -n 1 | sed 's/ERROR SUMMARY: //') "
+    done
+    row sanitizer "$san_st" "$(( $(date +%s) - san_t0 ))s" "$san_result"
+  fi
+
+  # 7. A short training run per implementation.
+  if [ -z "$MNIST" ]; then
+    row mnist SKIP - "no MNIST_DIR given"
+  else
+    mn_t0=$(date +%s); mn_st=ok
+    for impl in fused torch; do
+      run "mnist-$impl" "mnist_$impl.log" $(( STAGE_CAPS[mnist] / 2 )) "$PY" bench/seq_mnist.py \
+        --data-dir "$MNIST" --impl "$impl" --batch-size 1024 --epochs 1 \
+        --max-steps 40 --limit-test 1024 --device cuda --no-progress \
+        --out "$OUT/mnist_$impl"
+      st=$(status "mnist_$impl.log")
+      [ "$st" = ok ] || mn_st=$st
+    done
+    case "$mn_st" in ok|n/a) ;; *) FAILED=1 ;; esac
+    row mnist "$mn_st" "$(( $(date +%s) - mn_t0 ))s" "mnist_{fused,torch}.log"
+  fi
 fi
 
 {
-  echo "gpu_check $( [ "$DRY" = 1 ] && echo '(dry run) ')$(date -u) in $(( $(date +%s) - START ))s"
+  echo "gpu_check $( [ "$DRY" = 1 ] && echo '(dry run) ')$(date -u) in $(( $(date +%s) - START ))s of ${BUDGET_S}s"
   sed -n 's/^gpu /GPU: /p; s/^torch /torch: /p' "$OUT/env.txt"
-  printf '%-20s %-8s %6s  %s\n' step status time log
+  printf '%-11s %-8s %5s  %s\n' stage status time result
   cat "$SUMMARY.rows"
 } > "$SUMMARY"
 rm -f "$SUMMARY.rows"
-if [ "$DRY" = 0 ]; then
-  for tf32 in off on; do
-    if [ -f "$OUT/bench_tf32_$tf32.log" ]; then
-      echo "--- bench_rnn.py, TF32 $tf32 (tail)" >> "$SUMMARY"
-      tail -n 12 "$OUT/bench_tf32_$tf32.log" >> "$SUMMARY"
-    fi
-  done
-  grep -E "passed|failed|error" "$OUT/test_cuda.log" 2>/dev/null | tail -n 1 >> "$SUMMARY"
-fi
 echo
 cat "$SUMMARY"
 exit $FAILED

@@ -34,30 +34,49 @@ int irnn_backward_cuda_launch(const BwdArgs& a, const LaunchConfig& c,
   return cudaErrorInvalidValue;
 }
 
-DeviceProps irnn_cuda_device_props(int device) {
+int irnn_cuda_device_props(int device, DeviceProps* props,
+                           const char** failed_attribute) {
   // Queried once per device: attributes do not change, and the query is not
-  // a stream operation (safe during CUDA graph capture).
+  // a stream operation (safe during CUDA graph capture). A failed query is
+  // reported, not cached: zeros would silently pick the large-H path.
   constexpr int kMaxDevices = 64;
   static std::mutex mutex;
   static DeviceProps cache[kMaxDevices];
   static bool known[kMaxDevices];
   const std::lock_guard<std::mutex> lock(mutex);
-  if (device >= 0 && device < kMaxDevices && known[device]) return cache[device];
+  if (device >= 0 && device < kMaxDevices && known[device]) {
+    *props = cache[device];
+    return cudaSuccess;
+  }
+  struct Query {
+    cudaDeviceAttr attr;
+    const char* name;
+    int value;
+  } queries[] = {
+      {cudaDevAttrMultiProcessorCount, "cudaDevAttrMultiProcessorCount", 0},
+      {cudaDevAttrMaxThreadsPerBlock, "cudaDevAttrMaxThreadsPerBlock", 0},
+      {cudaDevAttrMaxSharedMemoryPerBlock, "cudaDevAttrMaxSharedMemoryPerBlock", 0},
+      {cudaDevAttrMaxSharedMemoryPerBlockOptin,
+       "cudaDevAttrMaxSharedMemoryPerBlockOptin", 0},
+  };
+  for (Query& q : queries) {
+    const cudaError_t err = cudaDeviceGetAttribute(&q.value, q.attr, device);
+    if (err != cudaSuccess) {
+      *failed_attribute = q.name;
+      return err;
+    }
+  }
   DeviceProps p{};
-  int v = 0;
-  cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device);
-  p.sm_count = v;
-  cudaDeviceGetAttribute(&v, cudaDevAttrMaxThreadsPerBlock, device);
-  p.max_threads_per_block = v;
-  cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlock, device);
-  p.smem_per_block = v;
-  cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  p.smem_per_block_optin = v;
+  p.sm_count = queries[0].value;
+  p.max_threads_per_block = queries[1].value;
+  p.smem_per_block = queries[2].value;
+  p.smem_per_block_optin = queries[3].value;
   if (device >= 0 && device < kMaxDevices) {
     cache[device] = p;
     known[device] = true;
   }
-  return p;
+  *props = p;
+  return cudaSuccess;
 }
 
 const char* irnn_cuda_error_string(int error) {

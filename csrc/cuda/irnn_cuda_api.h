@@ -39,9 +39,31 @@ constexpr int kMaxRowsPerThread = 4;
 // register budget at 128 per thread, which the kernels fit without spills.
 // A thread takes more rows only when the block would exceed it.
 constexpr int kPersistentMaxThreads = 512;
-// Tiles of the GEMM kernels of the large-H path.
-constexpr int kGemmTileM = 64, kGemmTileN = 64, kGemmTileK = 32;
-constexpr int kGemmThreads = 256;
+// Tiles of the GEMM kernels of the large-H path. Large: 64 x 64 outputs,
+// 256 threads of 4 x 4. Small, when large tiles would leave SMs idle (a
+// step's GEMM at small B is B x H: at B = 16, H = 256, 4 large tiles for
+// 132 SMs): 4 x 8 outputs, one warp of one output per thread (128 blocks).
+constexpr int kGemmTileK = 32;
+constexpr int kGemmLargeM = 64, kGemmLargeN = 64, kGemmLargePerThread = 4;
+constexpr int kGemmSmallM = 4, kGemmSmallN = 8;
+// Threads of a block with large tiles.
+constexpr int kGemmThreads = (kGemmLargeM / kGemmLargePerThread) *
+                             (kGemmLargeN / kGemmLargePerThread);
+
+// Dynamic shared memory of irnn_gemm_kernel with TM x TN tiles: the a tile
+// [kGemmTileK][TM], the b tile [kGemmTileK][TN] (accumulator elements of
+// acc_size bytes), and the two operands' k offsets [kGemmTileK] (int64).
+inline int64_t gemm_smem_bytes(int64_t acc_size, int tm, int tn) {
+  return acc_size * kGemmTileK * (tm + tn) +
+         2 * kGemmTileK * static_cast<int64_t>(sizeof(int64_t));
+}
+
+// The kernels index steps and batch rows with int (loop bounds, grid
+// sizes): T and B must each stay below 2^31.
+constexpr int64_t kMaxStepsOrBatch = (int64_t(1) << 31) - 1;
+inline bool steps_and_batch_fit(int64_t T, int64_t B) {
+  return T <= kMaxStepsOrBatch && B <= kMaxStepsOrBatch;
+}
 
 enum class Path : int { kPersistent = 0, kLargeH = 1 };
 
@@ -51,7 +73,9 @@ struct LaunchConfig {
   int row_groups;       // thread groups of H threads, each owning rows
   int rows_per_thread;  // rows one thread computes per step (<= kMaxRows...)
   int threads;          // threads per block
-  int blocks;           // persistent blocks (ceil(B / rows_per_block))
+  int blocks;           // persistent blocks (ceil(B / rows_per_block)); on
+                        // the large-H path the SM count, the fewest blocks
+                        // a GEMM launches before it takes smaller tiles
   int64_t smem;         // dynamic shared memory bytes of the persistent kernel
   int64_t workspace;    // bytes of global workspace the launcher needs
   bool smem_optin;      // smem exceeds the default per-block limit
@@ -104,6 +128,7 @@ inline LaunchConfig make_launch_config(const DeviceProps& p, bool backward,
   if (rows_smem < 1) {
     c.path = Path::kLargeH;
     c.threads = kGemmThreads;
+    c.blocks = p.sm_count > 0 ? p.sm_count : 1;
     if (backward)  // da for every step, plus the first part of dW_hh
       c.workspace = (T * B * H + H * H) * acc;
     else  // a ping-pong h when the sequence is not stored
@@ -180,7 +205,12 @@ int irnn_forward_cuda_launch(const FwdArgs& a, const LaunchConfig& c,
                              void* workspace, void* stream);
 int irnn_backward_cuda_launch(const BwdArgs& a, const LaunchConfig& c,
                               void* workspace, void* stream);
-DeviceProps irnn_cuda_device_props(int device);
+// Fills *props for a device (cached per device once a query succeeds);
+// returns the cudaError_t of the first cudaDeviceGetAttribute that failed
+// (*props is then untouched), and stores that attribute's name in
+// *failed_attribute.
+int irnn_cuda_device_props(int device, DeviceProps* props,
+                           const char** failed_attribute);
 const char* irnn_cuda_error_string(int error);
 
 }  // namespace irnn_cuda

@@ -350,8 +350,9 @@ IRNN_GLOBAL void irnn_reduce_partials_kernel(ReduceParams<S> p) {
 }
 
 // An operand of the GEMM: element (i, k) of a matrix whose reduction index
-// k may be a flattened (t, b) pair, at
-//   ptr[i * s_i + (k / kdiv) * s_k1 + (k % kdiv) * s_k2].
+// k may be a flattened (t, b) pair, k = t * kdiv + b, at
+//   ptr[i * s_i + t * s_k1 + b * s_k2].
+// An unsplit operand has kdiv = kNoSplit (t is always 0).
 template <typename T>
 struct GemmOperand {
   const T* ptr;
@@ -399,65 +400,107 @@ struct GemmParams {
   S* dx;  // [T,B,H] (!project) or null
 };
 
-template <typename T>
-IRNN_DEVICE T gemm_load(const GemmOperand<T>& o, int64_t i, int64_t k) {
-  return o.ptr[i * o.s_i + (k / o.kdiv) * o.s_k1 + (k % o.kdiv) * o.s_k2];
-}
+// Walks the reduction index of one operand through the k tiles of a GEMM
+// without dividing: thread kk of a block holds k = k0 + kk as (t, b) with
+// k = t * kdiv + b, advances it by kGemmTileK per tile, and publishes the
+// element offset t * s_k1 + b * s_k2 for the tile's loaders.
+struct GemmKWalker {
+  int64_t kdiv, s_k1, s_k2;
+  int64_t t, b;
+  template <typename T>
+  IRNN_DEVICE static GemmKWalker of(const GemmOperand<T>& o) {
+    return GemmKWalker{o.kdiv, o.s_k1, o.s_k2, 0, 0};
+  }
+  IRNN_DEVICE int64_t advance(int64_t by) {
+    b += by;
+    while (b >= kdiv) {  // kdiv is B (at least 1) or kNoSplit
+      b -= kdiv;
+      ++t;
+    }
+    return t * s_k1 + b * s_k2;
+  }
+};
 
-// C = a b with 64x64 output tiles, 256 threads of 4x4 outputs each, and a
-// fused epilogue per output element. Every output is summed over k in order
-// by one thread, so results are deterministic. Dynamic shared memory:
-// (kGemmTileK * (kGemmTileM + kGemmTileN)) accumulator elements.
-template <typename S>
-IRNN_GLOBAL void IRNN_LAUNCH_BOUNDS(kGemmThreads) irnn_gemm_kernel(GemmParams<S> p) {
+// C = a b with TM x TN output tiles computed by (TM/RM) x (TN/RN) threads
+// of RM x RN outputs each, and a fused epilogue per output element. Every
+// output is summed over k in order by one thread, so results are
+// deterministic and do not depend on the tile shape. Element offsets along
+// k come from GemmKWalker: no 64-bit division per element. Dynamic shared
+// memory: gemm_smem_bytes(sizeof(A), TM, TN).
+template <typename S, int TM, int TN, int RM, int RN>
+IRNN_GLOBAL void IRNN_LAUNCH_BOUNDS((TM / RM) * (TN / RN))
+irnn_gemm_kernel(GemmParams<S> p) {
   using A = typename AccOf<S>::type;
-  A* as = irnn_dyn_smem<A>();            // [kGemmTileK][kGemmTileM]
-  A* bs = as + kGemmTileK * kGemmTileM;  // [kGemmTileK][kGemmTileN]
+  constexpr int TY = TM / RM, TX = TN / RN, NT = TY * TX;
+  static_assert(NT >= kGemmTileK, "one thread per k of a tile walks k");
+  A* as = irnn_dyn_smem<A>();    // [kGemmTileK][TM]
+  A* bs = as + kGemmTileK * TM;  // [kGemmTileK][TN]
+  int64_t* koff_a = reinterpret_cast<int64_t*>(bs + kGemmTileK * TN);
+  int64_t* koff_b = koff_a + kGemmTileK;  // [kGemmTileK] each
   const int tid = threadIdx.x;
-  const int tx = tid % 16, ty = tid / 16;
+  const int tx = tid % TX, ty = tid / TX;
   // M (up to T*B rows) tiles on grid.x, whose limit is 2^31-1; N <= H.
-  const int64_t m0 = (int64_t)blockIdx.x * kGemmTileM;
-  const int64_t n0 = (int64_t)blockIdx.y * kGemmTileN;
-  A acc[4][4];
+  const int64_t m0 = (int64_t)blockIdx.x * TM;
+  const int64_t n0 = (int64_t)blockIdx.y * TN;
+  const bool a_is_s = p.a_s.ptr != nullptr;
+  // With K = 0 there is nothing to walk (and kdiv may be B = 0).
+  const bool walks = tid < kGemmTileK && p.K > 0;
+  GemmKWalker walk_a = a_is_s ? GemmKWalker::of(p.a_s) : GemmKWalker::of(p.a_acc);
+  GemmKWalker walk_b = GemmKWalker::of(p.b);
+  if (walks) {
+    koff_a[tid] = walk_a.advance(tid);
+    koff_b[tid] = walk_b.advance(tid);
+  }
+  __syncthreads();
+  A acc[RM][RN];
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < RM; ++i)
 #pragma unroll
-    for (int jj = 0; jj < 4; ++jj) acc[i][jj] = A(0);
+    for (int jj = 0; jj < RN; ++jj) acc[i][jj] = A(0);
 
   for (int64_t k0 = 0; k0 < p.K; k0 += kGemmTileK) {
-    for (int e = tid; e < kGemmTileK * kGemmTileM; e += kGemmThreads) {
-      const int kk = e / kGemmTileM, mm = e % kGemmTileM;
-      const int64_t m = m0 + mm, k = k0 + kk;
+    for (int e = tid; e < kGemmTileK * TM; e += NT) {
+      const int kk = e / TM, mm = e % TM;
+      const int64_t m = m0 + mm;
       A v = A(0);
-      if (m < p.M && k < p.K)
-        v = p.a_s.ptr ? to_acc(gemm_load(p.a_s, m, k)) : gemm_load(p.a_acc, m, k);
+      if (m < p.M && k0 + kk < p.K)
+        v = a_is_s ? to_acc(p.a_s.ptr[m * p.a_s.s_i + koff_a[kk]])
+                   : p.a_acc.ptr[m * p.a_acc.s_i + koff_a[kk]];
       as[e] = v;
     }
-    for (int e = tid; e < kGemmTileK * kGemmTileN; e += kGemmThreads) {
-      const int kk = e / kGemmTileN, nn = e % kGemmTileN;
-      const int64_t n = n0 + nn, k = k0 + kk;
-      bs[e] = (n < p.N && k < p.K) ? to_acc(gemm_load(p.b, n, k)) : A(0);
+    for (int e = tid; e < kGemmTileK * TN; e += NT) {
+      const int kk = e / TN, nn = e % TN;
+      const int64_t n = n0 + nn;
+      bs[e] = (n < p.N && k0 + kk < p.K)
+                  ? to_acc(p.b.ptr[n * p.b.s_i + koff_b[kk]])
+                  : A(0);
     }
     __syncthreads();
+    // The loads of this tile are done: the walkers publish the next tile's
+    // offsets, read after the barrier that ends this tile.
+    if (walks) {
+      koff_a[tid] = walk_a.advance(kGemmTileK);
+      koff_b[tid] = walk_b.advance(kGemmTileK);
+    }
     for (int kk = 0; kk < kGemmTileK; ++kk) {
-      A av[4], bv[4];
+      A av[RM], bv[RN];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) av[i] = as[kk * kGemmTileM + ty + 16 * i];
+      for (int i = 0; i < RM; ++i) av[i] = as[kk * TM + ty + TY * i];
 #pragma unroll
-      for (int jj = 0; jj < 4; ++jj) bv[jj] = bs[kk * kGemmTileN + tx + 16 * jj];
+      for (int jj = 0; jj < RN; ++jj) bv[jj] = bs[kk * TN + tx + TX * jj];
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
+      for (int i = 0; i < RM; ++i)
 #pragma unroll
-        for (int jj = 0; jj < 4; ++jj) acc[i][jj] += av[i] * bv[jj];
+        for (int jj = 0; jj < RN; ++jj) acc[i][jj] += av[i] * bv[jj];
     }
     __syncthreads();
   }
 
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < RM; ++i) {
 #pragma unroll
-    for (int jj = 0; jj < 4; ++jj) {
-      const int64_t m = m0 + ty + 16 * i, n = n0 + tx + 16 * jj;
+    for (int jj = 0; jj < RN; ++jj) {
+      const int64_t m = m0 + ty + TY * i, n = n0 + tx + TX * jj;
       if (m >= p.M || n >= p.N) continue;
       A v = acc[i][jj];
       if (p.epilogue == Epilogue::kStore) {

@@ -16,15 +16,29 @@ constexpr int64_t kNoSplit = int64_t(1) << 62;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-template <typename S>
-irnn_error run_gemm(const GemmParams<S>& p, irnn_stream stream) {
-  if (p.M == 0 || p.N == 0) return kIrnnSuccess;
-  using A = typename AccOf<S>::type;
-  const dim3 grid(static_cast<unsigned>(ceil_div(p.M, kGemmTileM)),
-                  static_cast<unsigned>(ceil_div(p.N, kGemmTileN)));
-  const size_t smem = sizeof(A) * kGemmTileK * (kGemmTileM + kGemmTileN);
-  IRNN_LAUNCH(irnn_gemm_kernel<S>, grid, kGemmThreads, smem, stream, p);
+// One GEMM with TM x TN tiles of RM x RN outputs per thread.
+template <typename S, int TM, int TN, int RM, int RN>
+irnn_error launch_gemm(const GemmParams<S>& p, irnn_stream stream) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.M, TM)),
+                  static_cast<unsigned>(ceil_div(p.N, TN)));
+  const int64_t smem = gemm_smem_bytes(sizeof(typename AccOf<S>::type), TM, TN);
+  IRNN_LAUNCH((irnn_gemm_kernel<S, TM, TN, RM, RN>), grid, (TM / RM) * (TN / RN),
+              static_cast<size_t>(smem), stream, p);
   return kIrnnSuccess;
+}
+
+// One GEMM with large tiles, or with small ones when large tiles would give
+// fewer blocks than `sms` (the device's SM count): the per-step GEMMs of
+// small batches are latency-bound, so spreading them over the SMs matters
+// more than the large tiles' reuse. No result depends on the tile shape
+// (each output is summed in k order by one thread either way).
+template <typename S>
+irnn_error run_gemm(const GemmParams<S>& p, int64_t sms, irnn_stream stream) {
+  if (p.M == 0 || p.N == 0) return kIrnnSuccess;
+  if (ceil_div(p.M, kGemmLargeM) * ceil_div(p.N, kGemmLargeN) >= sms)
+    return launch_gemm<S, kGemmLargeM, kGemmLargeN, kGemmLargePerThread,
+                       kGemmLargePerThread>(p, stream);
+  return launch_gemm<S, kGemmSmallM, kGemmSmallN, 1, 1>(p, stream);
 }
 
 template <typename S>
@@ -87,7 +101,7 @@ irnn_error run_forward(const FwdArgs& a, const LaunchConfig& c, void* ws,
     p.b_ih = static_cast<const S*>(a.b_ih);
     p.b_hh = static_cast<const S*>(a.b_hh);
     p.h_n = s == T - 1 ? h_n : nullptr;
-    const irnn_error err = run_gemm(p, stream);
+    const irnn_error err = run_gemm(p, c.blocks, stream);
     if (err != kIrnnSuccess) return err;
     prev = p.dst;
     prev_sb = p.d_sm;
@@ -155,7 +169,10 @@ irnn_error run_backward(const BwdArgs& a, const LaunchConfig& c, void* ws,
     const int64_t t_next = a.reverse ? t - 1 : t + 1;  // step s + 1
     GemmParams<S> p{};
     p.M = B; p.N = H; p.K = s == T - 1 ? 0 : H;
-    p.a_acc = GemmOperand<A>{da_all + t_next * B * H, H, 0, 1, kNoSplit};
+    // The last step walked has no step s + 1 (t_next is -1 or T): no
+    // operand, and no pointer formed outside da_all.
+    p.a_acc = GemmOperand<A>{p.K > 0 ? da_all + t_next * B * H : nullptr, H, 0,
+                             1, kNoSplit};
     p.b = operand(w_hh, int64_t(1), H);  // W_hh(j, k): i = k, reduction j
     p.epilogue = Epilogue::kBwdStep;
     p.relu = a.relu;
@@ -165,7 +182,7 @@ irnn_error run_backward(const BwdArgs& a, const LaunchConfig& c, void* ws,
     p.g_hn = s == T - 1 ? g_hn : nullptr;
     p.out = out; p.o_st = a.o_st; p.o_sb = a.o_sb;
     p.dx = a.project ? nullptr : dx;
-    if ((err = run_gemm(p, stream)) != kIrnnSuccess) return err;
+    if ((err = run_gemm(p, c.blocks, stream)) != kIrnnSuccess) return err;
   }
   const int64_t t_first = a.reverse ? T - 1 : 0;  // the step walked first
   {  // dh0 = da_{t_first} W_hh
@@ -175,7 +192,7 @@ irnn_error run_backward(const BwdArgs& a, const LaunchConfig& c, void* ws,
     p.b = operand(w_hh, int64_t(1), H);
     p.epilogue = Epilogue::kStore;
     p.dst = dh0; p.d_sm = H; p.d_sn = 1;
-    if ((err = run_gemm(p, stream)) != kIrnnSuccess) return err;
+    if ((err = run_gemm(p, c.blocks, stream)) != kIrnnSuccess) return err;
   }
   {  // dW_hh = sum over steps with a stored h_prev, then the h0 step
     const int64_t da0 = a.reverse ? 0 : 1;  // first t whose h_prev is stored
@@ -186,7 +203,7 @@ irnn_error run_backward(const BwdArgs& a, const LaunchConfig& c, void* ws,
     p.b = GemmOperand<S>{out + hp0 * a.o_st, 1, a.o_st, a.o_sb, B};
     p.epilogue = Epilogue::kStoreAcc;
     p.dst_acc = dw_first;
-    if ((err = run_gemm(p, stream)) != kIrnnSuccess) return err;
+    if ((err = run_gemm(p, c.blocks, stream)) != kIrnnSuccess) return err;
     GemmParams<S> q{};
     q.M = H; q.N = H; q.K = B;
     q.a_acc = GemmOperand<A>{da_all + t_first * B * H, 1, 0, H, kNoSplit};
@@ -194,7 +211,7 @@ irnn_error run_backward(const BwdArgs& a, const LaunchConfig& c, void* ws,
     q.epilogue = Epilogue::kStore;
     q.addend = dw_first;
     q.dst = dw_hh; q.d_sm = H; q.d_sn = 1;
-    if ((err = run_gemm(q, stream)) != kIrnnSuccess) return err;
+    if ((err = run_gemm(q, c.blocks, stream)) != kIrnnSuccess) return err;
   }
   if (a.project) {
     GemmParams<S> p{};  // dW_ih = sum_{t,b} da^T x
@@ -203,14 +220,14 @@ irnn_error run_backward(const BwdArgs& a, const LaunchConfig& c, void* ws,
     p.b = GemmOperand<S>{x, 1, a.x_st, a.x_sb, B};
     p.epilogue = Epilogue::kStore;
     p.dst = dw_ih; p.d_sm = I; p.d_sn = 1;
-    if ((err = run_gemm(p, stream)) != kIrnnSuccess) return err;
+    if ((err = run_gemm(p, c.blocks, stream)) != kIrnnSuccess) return err;
     GemmParams<S> q{};  // dx = da W_ih
     q.M = T * B; q.N = I; q.K = H;
     q.a_acc = GemmOperand<A>{da_all, H, 0, 1, kNoSplit};
     q.b = operand(w_ih, int64_t(1), I);
     q.epilogue = Epilogue::kStore;
     q.dst = dx; q.d_sm = I; q.d_sn = 1;
-    if ((err = run_gemm(q, stream)) != kIrnnSuccess) return err;
+    if ((err = run_gemm(q, c.blocks, stream)) != kIrnnSuccess) return err;
   }
   ColumnSumParams<S> cs{da_all, T * B, H, db};
   IRNN_LAUNCH(irnn_column_sum_kernel<S>,

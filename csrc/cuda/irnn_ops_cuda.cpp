@@ -49,6 +49,25 @@ at::Tensor workspace(const LaunchConfig& c, const at::Tensor& like) {
                    like.options().dtype(at::kByte));
 }
 
+// The device's properties for make_launch_config; a failed query raises.
+DeviceProps device_props(const at::Tensor& t, const char* op) {
+  DeviceProps props{};
+  const char* attribute = "";
+  const int err = irnn_cuda_device_props(t.get_device(), &props, &attribute);
+  TORCH_CHECK(err == 0, "irnn_cuda::", op, " (CUDA): cudaDeviceGetAttribute(",
+              attribute, ") failed on device ", t.get_device(), ": ",
+              irnn_cuda_error_string(err));
+  return props;
+}
+
+// The kernels index steps and batch rows with int.
+void check_steps_and_batch(const IrnnSizes& s, const char* op) {
+  TORCH_CHECK(steps_and_batch_fit(s.T, s.B), "irnn_cuda::", op,
+              " (CUDA): the sequence length T = ", s.T, " and the batch B = ",
+              s.B, " must each be below 2^31 = ", kMaxStepsOrBatch + 1,
+              " on CUDA; split the sequence or the batch into several calls");
+}
+
 void check_launch(int err, const char* op) {
   TORCH_CHECK(err == 0, "irnn_cuda::", op, " (CUDA): kernel launch failed: ",
               irnn_cuda_error_string(err));
@@ -63,6 +82,7 @@ std::tuple<at::Tensor, at::Tensor> irnn_forward_cuda(
   const IrnnSizes s =
       check_forward_args(input, h0, weight_ih, weight_hh, bias_ih, bias_hh,
                          std::string(nonlinearity));
+  check_steps_and_batch(s, "irnn_forward");
   const c10::cuda::CUDAGuard guard(input.device());
   const DType dt = dtype_of(input);
   const at::Tensor x = unit_inner_stride(input), h0c = h0.contiguous(),
@@ -73,7 +93,7 @@ std::tuple<at::Tensor, at::Tensor> irnn_forward_cuda(
   at::Tensor h_n = at::empty({s.B, s.H}, opts);
   if (s.B == 0) return {out, h_n};
   const LaunchConfig cfg = make_launch_config(
-      irnn_cuda_device_props(input.get_device()), false, dt, s.T, s.B, s.I,
+      device_props(input, "irnn_forward"), false, dt, s.T, s.B, s.I,
       s.H, s.project, store_sequence);
   at::Tensor ws = workspace(cfg, input);
   FwdArgs a{};
@@ -103,6 +123,7 @@ irnn_backward_cuda(const c10::optional<at::Tensor>& grad_output,
   const IrnnSizes s =
       check_backward_args(grad_output, grad_h_n, input, h0, weight_ih,
                           weight_hh, output, std::string(nonlinearity));
+  check_steps_and_batch(s, "irnn_backward");
   const c10::cuda::CUDAGuard guard(input.device());
   const DType dt = dtype_of(input);
   const at::Tensor g_out = has(grad_output) ? unit_inner_stride(*grad_output)
@@ -119,7 +140,7 @@ irnn_backward_cuda(const c10::optional<at::Tensor>& grad_output,
   at::Tensor dw_hh = at::empty({s.H, s.H}, opts);
   at::Tensor db = at::empty({s.H}, opts);
   const LaunchConfig cfg = make_launch_config(
-      irnn_cuda_device_props(input.get_device()), true, dt, s.T, s.B, s.I,
+      device_props(input, "irnn_backward"), true, dt, s.T, s.B, s.I,
       s.H, s.project, true);
   at::Tensor ws = workspace(cfg, input);
   BwdArgs a{};

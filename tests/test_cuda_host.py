@@ -1,0 +1,115 @@
+"""The CUDA host code, checked without a GPU.
+
+- tests/host/launch_record.cpp compiles csrc/cuda/irnn_launch.cuh with g++
+  and records every launch instead of running it: no operand pointer of the
+  large-H backward leaves its buffer (in reverse, the last step walked has
+  no step s + 1), the per-step GEMMs at B = 16, H = 256 spread over the
+  SMs, and T, B >= 2^31 are refused.
+- The large-H path with an empty batch finishes in the emulation: its
+  weight-gradient GEMMs have K = T * B = 0 and a (t, b) split by B = 0.
+- The built extension's device property query reports a failed
+  cudaDeviceGetAttribute instead of returning zeros (which would silently
+  pick the large-H path). On a machine without a GPU every query fails.
+"""
+import ctypes
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import irnn_cuda
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+def test_launch_orchestration(tmp_path):
+    exe = tmp_path / "launch_record"
+    build = subprocess.run(
+        ["g++", "-std=c++20", "-pthread", "-O0", "-Wall", "-Werror",
+         "-Wno-unknown-pragmas", str(HERE / "host" / "launch_record.cpp"),
+         "-o", str(exe)], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-3000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "0 failed" in run.stdout
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+def test_large_h_empty_batch(tmp_path):
+    """Run in a subprocess: a kernel that never ends must fail the test,
+    not hang the suite."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{str(HERE)!r}, {str(HERE / "emu")!r}]
+        import torch
+        import emu
+        harness = emu.Emu(emu.build({str(tmp_path)!r}))
+        # 48 KB and no opt-in: H = 300 takes the large-H path.
+        table = dict(sm_count=4, max_threads_per_block=1024,
+                     smem_per_block=48 * 1024, smem_per_block_optin=0)
+        H = 300
+        x, w_hh = torch.randn(3, 0, 1), torch.randn(H, H)
+        out, h_n, cfg = harness.forward(table, x, torch.randn(0, H),
+                                        torch.randn(H, 1), w_hh, None, None,
+                                        True, False, True)
+        assert cfg["path"] == 1, cfg
+        dx, dh0, dw_ih, dw_hh, db, cfg = harness.backward(
+            table, None, torch.randn(0, H), x, torch.randn(0, H),
+            torch.randn(H, 1), w_hh, out, True, False)
+        assert cfg["path"] == 1, cfg
+        assert dw_hh.eq(0).all() and dw_ih.eq(0).all() and db.eq(0).all()
+        print("done")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0 and "done" in proc.stdout, \
+        proc.stdout + proc.stderr[-3000:]
+
+
+class DeviceProps(ctypes.Structure):  # csrc/cuda/irnn_cuda_api.h
+    _fields_ = [("sm_count", ctypes.c_int),
+                ("max_threads_per_block", ctypes.c_int),
+                ("smem_per_block", ctypes.c_int64),
+                ("smem_per_block_optin", ctypes.c_int64)]
+
+
+def _cuda_symbols():
+    import irnn_cuda._C as ext
+    lib = ctypes.CDLL(ext.__file__)
+    # irnn_cuda::irnn_cuda_device_props(int, DeviceProps*, const char**)
+    props = lib._ZN9irnn_cuda22irnn_cuda_device_propsEiPNS_11DevicePropsEPPKc
+    props.restype = ctypes.c_int
+    props.argtypes = [ctypes.c_int, ctypes.POINTER(DeviceProps),
+                      ctypes.POINTER(ctypes.c_char_p)]
+    # irnn_cuda::irnn_cuda_error_string(int)
+    text = lib._ZN9irnn_cuda22irnn_cuda_error_stringEi
+    text.restype = ctypes.c_char_p
+    text.argtypes = [ctypes.c_int]
+    return props, text
+
+
+def test_device_props_report_failed_queries():
+    if not irnn_cuda.extension_loaded() or not \
+            torch._C._dispatch_has_kernel_for_dispatch_key(
+                "irnn_cuda::irnn_forward", "CUDA"):
+        pytest.skip("irnn_cuda._C was built without CUDA kernels")
+    query, error_string = _cuda_symbols()
+    sentinel = DeviceProps(-1, -1, -1, -1)
+    props, failed = DeviceProps(-1, -1, -1, -1), ctypes.c_char_p()
+    device = torch.cuda.device_count()  # one past the last device: invalid
+    err = query(device, ctypes.byref(props), ctypes.byref(failed))
+    assert err != 0, "a query of a device that does not exist succeeded"
+    assert failed.value == b"cudaDevAttrMultiProcessorCount"
+    assert error_string(err)
+    assert bytes(props) == bytes(sentinel), "props changed by a failed query"
+    if torch.cuda.is_available():
+        err = query(0, ctypes.byref(props), ctypes.byref(failed))
+        assert err == 0, error_string(err)
+        assert props.sm_count > 0 and props.max_threads_per_block > 0
+        assert props.smem_per_block > 0 and props.smem_per_block_optin > 0

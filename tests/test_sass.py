@@ -1,0 +1,533 @@
+"""A performance guard that runs on the CPU: the sm_90 SASS of the built
+irnn_cuda._C, read with cuobjdump and nvdisasm (the PyPI wheels
+nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm, pinned in
+requirements-test.txt).
+
+For a kernel with a per-step loop, the step loop is the innermost natural
+loop (a backward branch and every block that reaches it without passing its
+header) that holds a block barrier. The guard's verdict on it:
+- no local memory: STACK and LOCAL of `cuobjdump -res-usage` are 0 and
+  there is no LDL/STL anywhere in the kernel (a spill shows as both);
+- no CALL in the step loop (a division or math routine);
+- no plain global load (LDG) in the step loop: its latency lands on the
+  critical path of every step; asynchronous copies (LDGSTS) are allowed;
+- exactly one block barrier in the step loop (or one cluster barrier);
+- no loop inside the step loop: its trip count is decided at run time, so
+  the instructions per step are not bounded by the code;
+- the instructions of the step loop per row a warp computes within the
+  variant's budget, and FFMA/DFMA at least the budget's share of them.
+
+The budgets (docs/cuda.md, "The SASS guard", derives them):
+- forward, register-resident W_hh, HP = H rounded up to 4:
+  HP FFMA + HP/4 LDS.128 broadcasts of h_{t-1} + 40 = 1.25 HP + 40 per row
+  and step (165 at HP = 100, 170 at HP = 104), FMA share >= 0.6;
+- backward, K split in two: HP FFMA (HP/2 of the da chain, HP/2 of dW_hh) +
+  ceil(HP/8) LDS.128 + 40 (153 at HP = 100), FMA share >= 0.6.
+
+Today's persistent kernels are the fallback for sizes the new kernels do not
+instantiate. The guard rejects them (test_guard_rejects_todays_kernels),
+which keeps proving that it can fail. Every kernel of the build must be
+classified here (test_every_kernel_is_classified), so a new kernel cannot
+escape the guard. irnn_gemm_kernel calls no 64-bit division routine.
+
+With IRNN_EXPECT_CUDA=1 a missing extension, cubin or disassembler fails
+the tests; otherwise they skip.
+"""
+import dataclasses
+import math
+import os
+import re
+import shutil
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+ARCH = "sm_90"
+
+
+def _expect_cuda():
+    return os.environ.get("IRNN_EXPECT_CUDA") == "1"
+
+
+def _unavailable(why):
+    if _expect_cuda():
+        pytest.fail(f"IRNN_EXPECT_CUDA=1 but {why}")
+    pytest.skip(why)
+
+
+def find_tool(name):
+    """cuobjdump/nvdisasm: on PATH, in the nvidia wheels, or in CUDA_HOME."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = []
+    try:
+        import nvidia
+        candidates += [Path(p) / sub / "bin" / name
+                       for p in nvidia.__path__ for sub in ("cu13", "cu12")]
+    except ImportError:
+        pass
+    for home in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if home:
+            candidates.append(Path(home) / "bin" / name)
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return str(c)
+    return None
+
+
+# --- disassembly -------------------------------------------------------
+
+INSN = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(?:(@!?U?P[T0-9]+)\s+)?"
+                  r"([A-Z][A-Z0-9_.]*)\s*(.*?)\s*;")
+LABEL = re.compile(r"^([.$\w]+):$")
+# nvdisasm -hex: the second 64-bit word of an instruction, alone on the
+# next line; its bits 41-44 are the stall count the scheduler waits after
+# issuing the instruction (the control bits of Volta and later).
+CONTROL_WORD = re.compile(r"^\s*/\* (0x[0-9a-f]{16}) \*/\s*$")
+TARGET = re.compile(r"`\(([^)]+)\)")
+RES = re.compile(r"^\s*Function (\S+):\s*$")
+RES_FIELDS = re.compile(r"(\w+(?:\[\d+\])?):(\d+)")
+# The integer division and remainder routines nvcc emits for 64-bit / and %.
+DIV64 = re.compile(r"__cuda_sm\d+_(div|rem)_[su]64")
+
+
+@dataclasses.dataclass
+class Insn:
+    addr: int
+    pred: str
+    op: str
+    args: str
+    target: str  # branch or call target label, or ""
+    stall: int = 0  # cycles before the next instruction issues
+
+
+@dataclasses.dataclass
+class Kernel:
+    mangled: str
+    name: str  # demangled, without the parameter list
+    insns: list
+    labels: dict  # label -> index of the instruction it precedes
+    resources: dict  # cuobjdump -res-usage fields (REG, STACK, LOCAL, ...)
+
+
+def parse_sass(text):
+    """nvdisasm -c output -> {mangled name: (insns, labels)}."""
+    funcs, cur, pending = {}, None, []
+    for line in text.splitlines():
+        if line.startswith(".text.") and line.endswith(":"):
+            cur = funcs.setdefault(line[len(".text."):-1], ([], {}))
+            pending = []
+            continue
+        if cur is None:
+            continue
+        m = CONTROL_WORD.match(line)
+        if m and cur[0]:
+            cur[0][-1].stall = (int(m.group(1), 16) >> 41) & 0xF
+            continue
+        m = INSN.match(line)
+        if m:
+            for label in pending:
+                cur[1][label] = len(cur[0])
+            pending = []
+            t = TARGET.search(m.group(4))
+            cur[0].append(Insn(int(m.group(1), 16), m.group(2) or "",
+                               m.group(3), m.group(4), t.group(1) if t else ""))
+            continue
+        m = LABEL.match(line.strip())
+        if m:
+            pending.append(m.group(1))
+    return funcs
+
+
+def parse_resources(text):
+    res, cur = {}, None
+    for line in text.splitlines():
+        m = RES.match(line)
+        if m:
+            cur = m.group(1)
+        elif cur and "REG:" in line:
+            res[cur] = {k: int(v) for k, v in RES_FIELDS.findall(line)}
+    return res
+
+
+def demangle(names):
+    out = subprocess.run(["c++filt"], input="\n".join(names),
+                         capture_output=True, text=True, check=True).stdout
+    return [re.sub(r"^void ", "", n.split("(")[0].strip())
+            for n in out.splitlines()]
+
+
+@lru_cache(maxsize=None)
+def disassemble(so_path, workdir):
+    """The ARCH kernels of a built extension: {demangled name: Kernel}."""
+    cuobjdump, nvdisasm = find_tool("cuobjdump"), find_tool("nvdisasm")
+    listing = subprocess.run([cuobjdump, "-lelf", so_path], capture_output=True,
+                             text=True, check=True).stdout
+    cubins = re.findall(r"ELF file\s+\d+:\s+(\S+\.%s\.cubin)" % ARCH, listing)
+    if not cubins:
+        _unavailable(f"{so_path} holds no {ARCH} cubin (built for another "
+                     "TORCH_CUDA_ARCH_LIST?)")
+    subprocess.run([cuobjdump, "-xelf", cubins[0], so_path], cwd=workdir,
+                   capture_output=True, check=True)
+    cubin = str(Path(workdir) / cubins[0])
+    sass = subprocess.run([nvdisasm, "-c", "-hex", cubin], capture_output=True,
+                          text=True, check=True).stdout
+    res = parse_resources(subprocess.run(
+        [cuobjdump, "-res-usage", cubin], capture_output=True, text=True,
+        check=True).stdout)
+    funcs = parse_sass(sass)
+    mangled = sorted(funcs)
+    kernels = {}
+    for m, name in zip(mangled, demangle(mangled)):
+        insns, labels = funcs[m]
+        kernels[name] = Kernel(m, name, insns, labels, res.get(m, {}))
+    return kernels
+
+
+# --- control flow ------------------------------------------------------
+
+def _is_branch(op):
+    return op.startswith("BRA")
+
+
+def _ends_flow(op):
+    return op.startswith(("EXIT", "RET", "BPT.TRAP", "BRX", "JMX"))
+
+
+def basic_blocks(k):
+    """[(first, last)] instruction index ranges, and successor lists."""
+    n = len(k.insns)
+    leaders = {0} | {i for i in k.labels.values() if i < n}
+    for i, ins in enumerate(k.insns):
+        if (_is_branch(ins.op) or _ends_flow(ins.op)) and i + 1 < n:
+            leaders.add(i + 1)
+    starts = sorted(leaders)
+    blocks = [(s, (starts[j + 1] if j + 1 < len(starts) else n) - 1)
+              for j, s in enumerate(starts)]
+    index = {s: j for j, (s, _) in enumerate(blocks)}
+    succ = []
+    for j, (s, e) in enumerate(blocks):
+        ins, out = k.insns[e], []
+        if _is_branch(ins.op) and ins.target in k.labels:
+            out.append(index[k.labels[ins.target]])
+        conditional = ins.pred not in ("", "@PT")
+        falls = not (_is_branch(ins.op) or _ends_flow(ins.op)) or conditional
+        if falls and j + 1 < len(blocks):
+            out.append(j + 1)
+        succ.append(out)
+    return blocks, succ
+
+
+def natural_loops(k):
+    """{header block: set of blocks} for every backward branch."""
+    blocks, succ = basic_blocks(k)
+    pred = [[] for _ in blocks]
+    for u, outs in enumerate(succ):
+        for v in outs:
+            pred[v].append(u)
+    loops = {}
+    for u, outs in enumerate(succ):
+        for h in outs:
+            if blocks[h][0] > blocks[u][1]:
+                continue  # a forward edge
+            body, stack = {h, u}, [u]
+            while stack:
+                x = stack.pop()
+                if x == h:
+                    continue
+                for p in pred[x]:
+                    if p not in body:
+                        body.add(p)
+                        stack.append(p)
+            loops.setdefault(h, set()).update(body)
+    return blocks, loops
+
+
+def is_block_barrier(op):
+    return op.startswith("BAR.SYNC") or op.startswith("BAR.RED") or \
+        op.startswith("UCGABAR_WAIT")
+
+
+@dataclasses.dataclass
+class StepLoop:
+    insns: list  # the step loop's instructions, inner loops counted once
+    inner_loops: int
+
+
+def step_loop(k):
+    """The innermost loop holding a block barrier, or None."""
+    blocks, loops = natural_loops(k)
+
+    def insns_of(body):
+        return [k.insns[i] for b in sorted(body)
+                for i in range(blocks[b][0], blocks[b][1] + 1)]
+
+    with_barrier = [body for body in loops.values()
+                    if any(is_block_barrier(i.op) for i in insns_of(body))]
+    if not with_barrier:
+        return None
+    body = min(with_barrier, key=len)
+    inner = sum(1 for other in loops.values() if other < body)
+    return StepLoop(insns_of(body), inner)
+
+
+# --- budgets and the verdict --------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    what: str
+    instructions_per_row_step: int
+    min_fma_share: float
+    rows_per_warp: int
+
+
+def forward_budget(H, rows_per_warp=1):
+    hp = 4 * math.ceil(H / 4)
+    return Budget(f"register-resident forward, HP = {hp}",
+                  hp + hp // 4 + 40, 0.6, rows_per_warp)
+
+
+def backward_budget(H, rows_per_warp=1):
+    hp = 4 * math.ceil(H / 4)
+    return Budget(f"register-resident backward, HP = {hp}",
+                  hp + math.ceil(hp / 8) + 40, 0.6, rows_per_warp)
+
+
+def local_memory_problems(k):
+    problems = [f"{field} = {k.resources[field]} bytes of local memory"
+                for field in ("STACK", "LOCAL") if k.resources.get(field)]
+    ldl_stl = [i for i in k.insns if i.op.startswith(("LDL", "STL"))]
+    if ldl_stl:
+        problems.append(f"{len(ldl_stl)} LDL/STL (spills), first at "
+                        f"{ldl_stl[0].addr:#06x}")
+    return problems
+
+
+def verdict(k, budget):
+    """The reasons k misses budget; an empty list is a pass."""
+    problems = local_memory_problems(k)
+    loop = step_loop(k)
+    if loop is None:
+        return problems + ["no step loop (no loop holds a block barrier)"]
+    ops = [i.op for i in loop.insns]
+    calls = [i.target for i in loop.insns if i.op.startswith("CALL")]
+    if calls:
+        problems.append(f"{len(calls)} CALL in the step loop ({calls[0]})")
+    ldg = sum(op.startswith("LDG") and not op.startswith("LDGSTS")
+              for op in ops)
+    if ldg:
+        problems.append(f"{ldg} LDG in the step loop")
+    barriers = sum(is_block_barrier(op) for op in ops)
+    if barriers != 1:
+        problems.append(f"{barriers} block barriers in the step loop")
+    if loop.inner_loops:
+        problems.append(f"{loop.inner_loops} loops inside the step loop "
+                        "(run-time trip counts)")
+    per_row = len(ops) / budget.rows_per_warp
+    if per_row > budget.instructions_per_row_step:
+        problems.append(f"{per_row:.0f} instructions per row-step > "
+                        f"{budget.instructions_per_row_step}")
+    fma = sum(op.startswith(("FFMA", "DFMA", "HFMA2")) for op in ops)
+    if fma < budget.min_fma_share * len(ops):
+        problems.append(f"FMA share {fma / len(ops):.2f} < "
+                        f"{budget.min_fma_share}")
+    return problems
+
+
+# --- the kernels of this build ------------------------------------------
+
+DTYPES = ("float", "double", "__half", "__nv_bfloat16")
+# Today's persistent kernels: the fallback, which the guard must reject.
+FALLBACK = {f"irnn_cuda::irnn_{d}_persistent_kernel<{t}>": d
+            for d in ("fwd", "bwd") for t in DTYPES}
+GEMM = re.compile(r"irnn_cuda::irnn_gemm_kernel<")
+# Kernels without a step loop: only the local-memory check applies.
+PLAIN = re.compile(r"irnn_cuda::irnn_(reduce_partials|column_sum)_kernel<")
+
+
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory):
+    try:
+        import irnn_cuda._C as ext
+    except ImportError as e:
+        _unavailable(f"irnn_cuda._C does not import ({e})")
+    for tool in ("cuobjdump", "nvdisasm", "c++filt"):
+        if find_tool(tool) is None:
+            _unavailable(f"{tool} not found (pip install -r "
+                         "requirements-test.txt)")
+    listing = subprocess.run([find_tool("cuobjdump"), "-lelf", ext.__file__],
+                             capture_output=True, text=True).stdout
+    if ".cubin" not in listing:
+        _unavailable("irnn_cuda._C holds no CUDA code (built without CUDA)")
+    return disassemble(ext.__file__, str(tmp_path_factory.mktemp("sass")))
+
+
+def test_missing_tools_fail_under_expect_cuda(monkeypatch):
+    """With IRNN_EXPECT_CUDA=1 the guard fails where it would skip."""
+    monkeypatch.setenv("IRNN_EXPECT_CUDA", "1")
+    with pytest.raises(pytest.fail.Exception):
+        _unavailable("nvdisasm not found")
+    monkeypatch.delenv("IRNN_EXPECT_CUDA")
+    with pytest.raises(pytest.skip.Exception):
+        _unavailable("nvdisasm not found")
+
+
+def test_every_kernel_is_classified(kernels):
+    unknown = [n for n in kernels if n not in FALLBACK and
+               not GEMM.match(n) and not PLAIN.match(n)]
+    assert not unknown, (
+        "kernels the SASS guard does not know; give each its budget in "
+        f"tests/test_sass.py and docs/cuda.md: {unknown}")
+    assert set(FALLBACK) <= set(kernels), set(FALLBACK) - set(kernels)
+    assert any(GEMM.match(n) for n in kernels)
+
+
+def test_no_local_memory(kernels):
+    problems = {n: p for n, k in kernels.items()
+                if (p := local_memory_problems(k))}
+    assert not problems, problems
+
+
+@pytest.mark.parametrize("name", sorted(FALLBACK))
+def test_guard_rejects_todays_kernels(kernels, name):
+    """The guard's verdict on today's kernels is "fail", for the reasons the
+    design study reads in their SASS (docs/cuda.md, latency model)."""
+    k = kernels[name]
+    budget = (forward_budget if FALLBACK[name] == "fwd" else
+              backward_budget)(100)
+    problems = verdict(k, budget)
+    text = "; ".join(problems)
+    assert problems, f"the guard passes {name}: it can no longer fail"
+    # The reasons: loops inside the step (run-time H and rows per thread),
+    # global loads on the critical path, far above the budget.
+    assert "loops inside the step loop" in text, text
+    assert "LDG in the step loop" in text, text
+    assert "instructions per row-step" in text, text
+    assert "FMA share" in text, text
+    loop = step_loop(k)
+    assert sum(is_block_barrier(i.op) for i in loop.insns) == 1
+    assert len(loop.insns) > 5 * budget.instructions_per_row_step
+
+
+def row_dots_path_at_one_row(k, header):
+    """The instructions one row_dots iteration issues at rows_per_thread =
+    1: the branch after each `ISETP ... 0x2/0x3/0x4` (row slot 1, 2, 3
+    in use?) is taken, every other conditional branch falls through, and
+    the walk ends at the branch back to the header."""
+    path, i = [], header
+    while True:
+        ins = k.insns[i]
+        path.append(ins)
+        if _is_branch(ins.op):
+            if k.labels.get(ins.target) == header:
+                return path
+            prev = k.insns[i - 1]
+            if prev.op.startswith("ISETP") and \
+                    re.search(r", 0x[234], PT$", prev.args):
+                i = k.labels[ins.target]
+                continue
+        i += 1
+
+
+def test_todays_forward_step_loop(kernels):
+    """The figures docs/cuda.md's latency model starts from: the float
+    forward's step loop and its row_dots loop (26 instructions per two
+    k at one row per thread: 2 FFMA, 4 LDS, 129 cycles of stall counts)."""
+    k = kernels["irnn_cuda::irnn_fwd_persistent_kernel<float>"]
+    loop = step_loop(k)
+    assert 1000 < len(loop.insns) < 1600, len(loop.insns)
+    blocks, loops = natural_loops(k)
+    dots = [body for body in loops.values()
+            if sum(k.insns[i].op.startswith("FFMA")
+                   for b in body for i in range(blocks[b][0],
+                                                blocks[b][1] + 1)) == 8
+            and not any(k.insns[i].op.startswith("LDG")
+                        for b in body for i in range(blocks[b][0],
+                                                     blocks[b][1] + 1))]
+    assert len(dots) == 1, "row_dots: 4 row slots x 2 accumulators"
+    size = sum(blocks[b][1] - blocks[b][0] + 1 for b in dots[0])
+    assert size == 47, size
+    header = blocks[min(dots[0])][0]
+    path = row_dots_path_at_one_row(k, header)
+    ops = [i.op for i in path]
+    assert len(path) == 26, [hex(i.addr) for i in path]
+    assert sum(op.startswith("FFMA") for op in ops) == 2
+    assert sum(op.startswith("LDS") for op in ops) == 4
+    assert sum(i.stall for i in path) == 129
+
+
+def test_gemm_has_no_division_routine(kernels):
+    gemm = {n: k for n, k in kernels.items() if GEMM.match(n)}
+    for name, k in gemm.items():
+        called = [i.target for i in k.insns if i.op.startswith("CALL")]
+        routines = [c for c in called if DIV64.search(c)] + \
+            [label for label in k.labels if DIV64.search(label)]
+        assert not routines, f"{name} calls {sorted(set(routines))}"
+
+
+def test_guard_sees_a_division_routine():
+    """The division check recognises the routine nvcc emits (as in the
+    GEMM kernel's SASS before its offsets were precomputed)."""
+    sass = """.text._Z1kv:
+        /*0000*/                   CALL.REL.NOINC `($__internal_7_$__cuda_sm20_div_s64) ;
+        /*0010*/                   EXIT ;
+$__internal_7_$__cuda_sm20_div_s64:
+        /*0020*/                   RET.REL.NODEC R20 `(_Z1kv) ;
+"""
+    insns, labels = parse_sass(sass)["_Z1kv"]
+    assert DIV64.search(insns[0].target)
+    assert any(DIV64.search(label) for label in labels)
+
+
+def _synthetic(body_ops, budget):
+    """A kernel of one step loop with body_ops, for the verdict's tests."""
+    lines = [".text._Z1kv:", "        /*0000*/ MOV R1, RZ ;", ".L_x_0:"]
+    addr = 0x10
+    for op in body_ops + ["BAR.SYNC.DEFER_BLOCKING 0x0",
+                          "ISETP.NE.AND P0, PT, R1, RZ, PT"]:
+        lines.append(f"        /*{addr:04x}*/ {op} ;")
+        addr += 0x10
+    lines.append(f"        /*{addr:04x}*/ @P0 BRA `(.L_x_0) ;")
+    lines.append(f"        /*{addr + 0x10:04x}*/ EXIT ;")
+    insns, labels = parse_sass("\n".join(lines))["_Z1kv"]
+    k = Kernel("_Z1kv", "k", insns, labels, {"STACK": 0, "LOCAL": 0})
+    return verdict(k, budget)
+
+
+def test_verdict_passes_a_kernel_within_budget():
+    """The guard is not a rejection of everything: a step loop shaped like
+    the budget's design passes, and each violation is caught alone."""
+    budget = forward_budget(100)
+    design = ["LDS.128 R4, [R2]"] * 25 + ["FFMA R8, R4, R5, R8"] * 100 + \
+        ["FADD R8, R8, R9"] * 3 + ["STS [R3], R8", "STG.E desc[UR4][R6.64], R8"]
+    assert _synthetic(design, budget) == []
+    assert "LDG" in " ".join(_synthetic(design + ["LDG.E R9, desc[UR4][R6.64]"],
+                                        budget))
+    assert _synthetic(design + ["LDGSTS [R3], desc[UR4][R6.64]"], budget) == []
+    assert "CALL" in " ".join(_synthetic(
+        design + ["CALL.REL.NOINC `($__internal_0_$__cuda_sm3x_div_rn)"],
+        budget))
+    assert "2 block barriers" in " ".join(_synthetic(
+        design + ["BAR.SYNC.DEFER_BLOCKING 0x0"], budget))
+    assert "instructions per row-step" in " ".join(_synthetic(
+        design + ["IADD3 R1, R1, 0x1, RZ"] * 40, budget))
+    assert "FMA share" in " ".join(_synthetic(
+        design[:25] + ["FFMA R8, R4, R5, R8"] * 60 + ["FADD R8, R8, R9"] * 60,
+        dataclasses.replace(budget, instructions_per_row_step=1000)))
+    assert "LDL/STL" in " ".join(_synthetic(
+        design + ["LDL R9, [R1]"], budget))
+
+
+def test_budgets_match_the_docs():
+    """The exact numbers docs/cuda.md derives."""
+    assert forward_budget(100).instructions_per_row_step == 165
+    assert forward_budget(104).instructions_per_row_step == 170
+    assert backward_budget(100).instructions_per_row_step == 153
+    assert backward_budget(104).instructions_per_row_step == 157
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "cuda.md"
+           ).read_text()
+    for n in ("165", "170", "153", "157"):
+        assert f"**{n}**" in doc, f"docs/cuda.md does not state the budget {n}"
