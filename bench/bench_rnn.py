@@ -9,6 +9,7 @@ gives a floor for every row: the time its matrix products alone would take.
     python bench/bench_rnn.py --device cpu --threads 2 --json bench_cpu.json
     python bench/bench_rnn.py --device cuda --tf32 off --json bench_cuda.json
     python bench/bench_rnn.py --smoke --json /tmp/smoke.json   # CI
+    python bench/bench_rnn.py --shapes 784x16x1x100,28x128x28x100
 
 Rows (relu, single layer):
   fwd       forward under no_grad, full output sequence;
@@ -20,6 +21,13 @@ GEMM; forward+backward adds the same again (dh and dx through the weights)
 plus dW = sum_t da_t^T [x_t, h_{t-1}] as one GEMM over all T*B rows at that
 GEMM's rate. Rates are each GEMM's best sample in this run. `x_floor` =
 time / floor.
+
+The JSON holds what each figure comes from: per GEMM (info.gemm, keyed
+'step:MxKxN' or 'dw:MxKxN') its shape, best time and rate; per row the FLOPs
+counted at each GEMM's rate (floor_flop), so floor_ms = sum of FLOPs / rate;
+and max_err, the largest difference between FusedIRNN's and nn.RNN's
+results (output; h_n for 'last'; output and every weight gradient for
+'fwd+bwd'), relative to the largest nn.RNN value of that result.
 """
 import argparse
 import json
@@ -56,43 +64,55 @@ class Timer:
         return (time.perf_counter() - t0) * 1e3
 
 
-def gemm_gflops(timer, m, k, n, dtype, device, repeats, flop_per_sample):
-    """Best rate of an [m,k] x [k,n] product (a: transposed view when m < k,
-    as for dW = da^T h). The best sample, not the median: a floor is what
-    the hardware can do, and on a shared machine the median of a GEMM
-    measures its neighbours."""
+def gemm_rate(timer, m, k, n, dtype, device, repeats, flop_per_sample):
+    """Best time and rate of an [m,k] x [k,n] product (a: transposed view
+    when m < k, as for dW = da^T h), as {m, k, n, best_ms, gflops}. The best
+    sample, not the median: a floor is what the hardware can do, and on a
+    shared machine the median of a GEMM measures its neighbours."""
     a = torch.randn(k, m, dtype=dtype, device=device).t() if m < k else \
         torch.randn(m, k, dtype=dtype, device=device)
     b = torch.randn(k, n, dtype=dtype, device=device)
     inner = max(1, int(flop_per_sample // (2 * m * k * n)))
     run = lambda: [torch.mm(a, b) for _ in range(inner)]  # noqa: E731
     run()
-    times = [timer.time_ms(run) / inner for _ in range(repeats)]
-    return 2 * m * k * n / (min(times) * 1e-3) / 1e9
+    best_ms = min(timer.time_ms(run) / inner for _ in range(repeats))
+    return {"m": m, "k": k, "n": n, "best_ms": best_ms,
+            "gflops": 2 * m * k * n / (best_ms * 1e-3) / 1e9}
+
+
+def largest_rel_err(ours, theirs):
+    """Largest over the pairs of max |a - b| / max |b|, in float64."""
+    err = 0.0
+    for a, b in zip(ours, theirs, strict=True):
+        a, b = a.detach().double(), b.detach().double()
+        scale = b.abs().max().item()
+        err = max(err, (a - b).abs().max().item() / (scale if scale > 0 else 1.0))
+    return err
 
 
 def make_step(model, mode, x, grad):
-    """The timed closure for one module and mode."""
+    """The timed closure for one module and mode; it returns the results
+    the two modules must agree on."""
     fused = isinstance(model, FusedIRNN)
     params = list(model.parameters())
 
     if mode == "fwd":
         def step():
             with torch.no_grad():
-                model(x)
+                return [model(x)[0]]
     elif mode == "last":
         def step():
             with torch.no_grad():
                 if fused:
-                    model(x, return_sequence=False)
-                else:
-                    model(x)
+                    return [model(x, return_sequence=False)[1]]
+                return [model(x)[1]]
     else:
         def step():
             for p in params:
                 p.grad = None
             out, _ = model(x)
             out.backward(grad)
+            return [out.detach()] + [p.grad for p in params]
     return step
 
 
@@ -102,22 +122,26 @@ def bench_shape(timer, device, dtype, T, B, I, H, repeats, rates, flop_per_sampl
     fused = FusedIRNN.from_rnn(rnn)
     x = torch.randn(T, B, I, device=device, dtype=dtype)
     grad = torch.randn(T, B, H, device=device, dtype=dtype)
-    flop_fwd = T * 2.0 * B * H * (I + H)
-    step_rate = rates.setdefault(("step", H), gemm_gflops(
-        timer, 1024, H, H, dtype, device, max(3, repeats), flop_per_sample))
+    flop_fwd = T * 2 * B * H * (I + H)
+    step_key = f"step:1024x{H}x{H}"
+    if step_key not in rates:
+        rates[step_key] = gemm_rate(timer, 1024, H, H, dtype, device,
+                                    max(3, repeats), flop_per_sample)
     rows = []
     for mode in MODES:
-        floor_ms = flop_fwd / (step_rate * 1e9) * 1e3
+        floor_flop = {step_key: flop_fwd}
         if mode == "fwd+bwd":
-            key = ("dw", T * B, H + I, H)
-            if key not in rates:
-                rates[key] = gemm_gflops(timer, H, T * B, H + I, dtype, device,
-                                         3, flop_per_sample)
-            floor_ms = 2 * floor_ms + flop_fwd / (rates[key] * 1e9) * 1e3
+            floor_flop[step_key] = 2 * flop_fwd
+            dw_key = f"dw:{H}x{T * B}x{H + I}"  # [H, T*B] x [T*B, H+I]
+            if dw_key not in rates:
+                rates[dw_key] = gemm_rate(timer, H, T * B, H + I, dtype,
+                                          device, 3, flop_per_sample)
+            floor_flop[dw_key] = flop_fwd
+        floor_ms = sum(flop / (rates[key]["gflops"] * 1e9) * 1e3
+                       for key, flop in floor_flop.items())
         ours = make_step(fused, mode, x, grad)
         theirs = make_step(rnn, mode, x, grad)
-        ours()
-        theirs()
+        max_err = largest_rel_err(ours(), theirs())
         t_ours, t_theirs = [], []
         for rep in range(repeats):
             pair = [(ours, t_ours), (theirs, t_theirs)]
@@ -129,7 +153,8 @@ def bench_shape(timer, device, dtype, T, B, I, H, repeats, rates, flop_per_sampl
         fused_min, torch_min = min(t_ours), min(t_theirs)
         rows.append({"T": T, "B": B, "I": I, "H": H, "mode": mode,
                      "fused_ms": fused_ms, "torch_ms": torch_ms,
-                     "speedup": torch_ms / fused_ms, "floor_ms": floor_ms,
+                     "speedup": torch_ms / fused_ms, "max_err": max_err,
+                     "floor_flop": floor_flop, "floor_ms": floor_ms,
                      "x_floor": fused_ms / floor_ms,
                      "torch_x_floor": torch_ms / floor_ms,
                      "fused_min_ms": fused_min, "torch_min_ms": torch_min,
@@ -138,9 +163,21 @@ def bench_shape(timer, device, dtype, T, B, I, H, repeats, rates, flop_per_sampl
         print(f"{T:>5} {B:>5} {I:>3} {H:>4} {mode:>8} {fused_ms:>10.2f} "
               f"{torch_ms:>10.2f} {torch_ms / fused_ms:>8.2f}x "
               f"{floor_ms:>9.2f} {fused_ms / floor_ms:>7.2f} "
-              f"{torch_min / fused_min:>8.2f}x {fused_min / floor_ms:>7.2f}",
-              flush=True)
+              f"{torch_min / fused_min:>8.2f}x {fused_min / floor_ms:>7.2f} "
+              f"{max_err:>8.1e}", flush=True)
     return rows
+
+
+def parse_shape(ap, text):
+    """'TxBxIxH' -> (T, B, I, H), each a positive int."""
+    try:
+        shape = tuple(int(v) for v in text.strip().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        ap.error(f"--shapes: {text!r} is not TxBxIxH with positive integers, "
+                 "e.g. 784x16x1x100")
+    return shape
 
 
 def main(argv=None):
@@ -152,6 +189,9 @@ def main(argv=None):
                          "H=100 rows (default 1,16,128,1024)")
     ap.add_argument("--tf32", choices=("off", "on"), default="off",
                     help="CUDA: pins cudnn and matmul allow_tf32 (default off)")
+    ap.add_argument("--shapes", default=None,
+                    help="comma-separated TxBxIxH sizes to run instead of the "
+                         "default set (and of --batches), e.g. 784x16x1x100")
     ap.add_argument("--json", help="write the results to this file")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny sizes and few repeats (CI)")
@@ -174,7 +214,9 @@ def main(argv=None):
     repeats = args.repeats or (2 if args.smoke else 7)
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
 
-    if args.smoke:
+    if args.shapes:
+        shapes = [parse_shape(ap, s) for s in args.shapes.split(",") if s.strip()]
+    elif args.smoke:
         shapes = [(20, b, 1, 16) for b in (1, 5)] + [(6, 3, 28, 8)]
     else:
         shapes = [(784, b, 1, 100) for b in batches]
@@ -200,13 +242,13 @@ def main(argv=None):
     rates = {}
     print(f"{'T':>5} {'B':>5} {'I':>3} {'H':>4} {'mode':>8} {'fused_ms':>10} "
           f"{'torch_ms':>10} {'speedup':>9} {'floor_ms':>9} {'x_floor':>7} "
-          f"{'best:spd':>9} {'x_floor':>7}")
+          f"{'best:spd':>9} {'x_floor':>7} {'max_err':>8}")
     rows = []
     for T, B, I, H in shapes:
         rows += bench_shape(timer, device, dtype, T, B, I, H, repeats, rates,
                             2e6 if args.smoke else 2e8)
-    info["gemm_gflops"] = {f"{k[0]}:{'x'.join(map(str, k[1:]))}": v
-                           for k, v in rates.items()}
+    info["gemm"] = rates
+    info["gemm_gflops"] = {k: v["gflops"] for k, v in rates.items()}
     print("GEMM rates (GFLOP/s): " + ", ".join(
         f"{k}={v:.1f}" for k, v in info["gemm_gflops"].items()))
     if args.json:

@@ -9,8 +9,11 @@ import torch
 from torch import nn
 
 import irnn_cuda
-from conftest import (NETWORK_OPTIONS, all_pairs, assert_close_rel, case_id,
-                      inputs_for, nn_rnn_for)
+from conftest import (NETWORK_OPTIONS, all_pairs, assert_close_rel,
+                      assert_error_within_4x,
+                      assert_module_error_within_4x_nn_rnn, case_id,
+                      inputs_for, max_rel_err, nn_rnn_for,
+                      rnn_clear_of_relu_kink)
 from irnn_cuda import FusedIRNN
 
 CASES = all_pairs(NETWORK_OPTIONS, seed=2)
@@ -127,30 +130,98 @@ def test_dropout_between_layers_only_in_training():
     assert not torch.allclose(a, no_drop(x)[0])
 
 
-def test_dtypes_low_precision_on_cpu():
-    """bf16/fp16 compute in float32 and cast back, like nn.RNN's outputs."""
-    for dtype in (torch.bfloat16, torch.float16):
-        fused = FusedIRNN(2, 8, init="torch")
-        rnn = fused.to_rnn()
-        x = torch.randn(5, 3, 2)
-        out, h = fused.to(dtype)(x.to(dtype))
-        assert out.dtype == dtype and h.dtype == dtype
-        ref_out, _ = rnn.double()(x.double())
-        assert_close_rel(out, ref_out, 3e-2, str(dtype))
+def test_max_rel_err_is_relative_on_small_data():
+    """An all-zero output against outputs of 0.01: error 1, where the former
+    max(1, max |expected|) denominator gave 0.01, inside a 0.05 bound."""
+    expected = torch.full((4, 3), 0.01)
+    assert max_rel_err(torch.zeros(4, 3), expected) == pytest.approx(1.0)
+    assert max_rel_err(expected * 1.5, expected) == pytest.approx(0.5)
+    assert max_rel_err(torch.full((2,), 1e-3), torch.zeros(2)) == pytest.approx(1e-3)
+
+
+def test_4x_rule_floor_is_one_eps():
+    """Where nn.RNN's error is 0, a result rounded once to the dtype still
+    passes, and one 10 eps off does not."""
+    truth = [torch.randn(50, dtype=torch.float64) + 3]
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        eps = torch.finfo(dtype).eps
+        assert_error_within_4x([truth[0].to(dtype)], truth, truth, dtype, ["x"])
+        with pytest.raises(AssertionError, match="^x: error"):
+            assert_error_within_4x([truth[0] * (1 + 10 * eps)], truth, truth,
+                                   dtype, ["x"])
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_autocast_behaves_as_nn_rnn(dtype):
-    fused = FusedIRNN(2, 8, init="torch")
-    rnn = fused.to_rnn()
-    x = torch.randn(5, 3, 2, requires_grad=True)
-    with torch.autocast("cpu", dtype=dtype):
-        out, h = fused(x)
-        ref_out, ref_h = rnn(x)
-    assert out.dtype == ref_out.dtype == dtype and h.dtype == ref_h.dtype
-    assert_close_rel(out, ref_out, 3e-2)
-    out.float().sum().backward()
-    assert fused.weight_hh_l0.grad.dtype == torch.float32
+@pytest.mark.parametrize("nonlinearity", ["relu", "tanh"])
+@pytest.mark.parametrize("H", [8, 100, 257, 1024])
+def test_16bit_error_within_4x_nn_rnn(dtype, nonlinearity, H):
+    """bf16/fp16 modules compute in float32 and cast back: outputs and every
+    gradient within 4x nn.RNN's error in the same dtype, against float64 on
+    the same 16-bit inputs. test_cuda.py runs this check on a GPU with the
+    same values (H = 100, 257, 1024)."""
+    rnn, x, hx = rnn_clear_of_relu_kink(8, H, 30, 16, nonlinearity)
+    rnn = rnn.to(dtype)
+    assert_module_error_within_4x_nn_rnn(FusedIRNN.from_rnn(rnn), rnn,
+                                         x.to(dtype), hx.to(dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_error_within_4x_nn_rnn(dtype):
+    """Under CPU autocast FusedIRNN computes in the autocast dtype as nn.RNN
+    does; outputs and every gradient within 4x nn.RNN's error. The values
+    test_cuda.py::test_autocast uses on a GPU."""
+    rnn, x, hx = rnn_clear_of_relu_kink(1, 100, 40, 16)
+    assert_module_error_within_4x_nn_rnn(FusedIRNN.from_rnn(rnn), rnn, x, hx,
+                                         dtype, autocast=True)
+
+
+class ZeroOutput(nn.Module):
+    """A broken stand-in: the model's output and h_n times 0."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, hx):
+        out, h_n = self.model(x, hx)
+        return out * 0, h_n * 0
+
+
+class _DoubleGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t):
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return 2 * grad
+
+
+class DoubledGradient(ZeroOutput):
+    """A broken stand-in: the model's exact outputs, every gradient 2x."""
+
+    def forward(self, x, hx):
+        out, h_n = self.model(x, hx)
+        return _DoubleGradient.apply(out), _DoubleGradient.apply(h_n)
+
+
+@pytest.mark.parametrize("broken,first_failure", [(ZeroOutput, "output"),
+                                                  (DoubledGradient, "grad_")])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_4x_check_rejects_a_broken_module(broken, first_failure, dtype):
+    """The checks above (and test_cuda.py's on a GPU) reject an all-zero
+    output, which the former autocast bound (0.2 x max(1, max |expected|)
+    in bfloat16, on outputs of ~0.06) accepted, and a doubled gradient,
+    which its finiteness check accepted."""
+    rnn, x, hx = rnn_clear_of_relu_kink(1, 100, 40, 16)
+    with pytest.raises(AssertionError, match=f"^{first_failure}"):
+        assert_module_error_within_4x_nn_rnn(broken(FusedIRNN.from_rnn(rnn)),
+                                             rnn, x, hx, dtype, autocast=True)
+    rnn = rnn.to(dtype)
+    with pytest.raises(AssertionError, match=f"^{first_failure}"):
+        assert_module_error_within_4x_nn_rnn(broken(FusedIRNN.from_rnn(rnn)),
+                                             rnn, x.to(dtype), hx.to(dtype),
+                                             dtype)
 
 
 def test_edge_cases_nn_rnn_accepts():
