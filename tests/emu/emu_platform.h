@@ -309,27 +309,21 @@ inline void launch(dim3 grid, dim3 block, size_t smem,
   if (state.failed.load()) throw std::runtime_error("emu: " + state.error);
 }
 
-template <typename T>
-inline uint64_t to_slot(T v) {
+// One lane's shuffle: it reads lane source(lane)'s `var`, or its own when
+// that is -1.
+template <typename T, typename Source>
+inline T shuffle(const char* op, unsigned mask, T var, int width,
+                 Source source) {
   static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>,
                 "warp shuffles move at most 8 bytes");
-  uint64_t u = 0;
-  std::memcpy(&u, &v, sizeof(T));
-  return u;
-}
-
-template <typename T>
-inline T from_slot(uint64_t u) {
-  T v;
-  std::memcpy(&v, &u, sizeof(T));
-  return v;
-}
-
-inline unsigned lane_id() { return threadIdx.x % 32; }
-
-inline void check_width(int width) {
   if (width < 1 || width > 32 || (width & (width - 1)))
-    fail("shuffle width " + std::to_string(width) + " is not a power of 2 <= 32");
+    fail(std::string(op) + ": width " + std::to_string(width) +
+         " is not a power of 2 <= 32");
+  uint64_t slot = 0;
+  std::memcpy(&slot, &var, sizeof(T));
+  slot = warp_collective(op, mask, slot, source(static_cast<int>(threadIdx.x % 32)));
+  std::memcpy(&var, &slot, sizeof(T));
+  return var;
 }
 
 }  // namespace emu
@@ -348,44 +342,36 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
 
 template <typename T>
 inline T __shfl_sync(unsigned mask, T var, int src_lane, int width = warpSize) {
-  emu::check_width(width);
-  const int lane = emu::lane_id();
-  const int src = (lane & ~(width - 1)) + (src_lane & (width - 1));
-  return emu::from_slot<T>(
-      emu::warp_collective("__shfl_sync", mask, emu::to_slot(var), src));
+  return emu::shuffle("__shfl_sync", mask, var, width, [&](int lane) {
+    return (lane & ~(width - 1)) + (src_lane & (width - 1));
+  });
 }
 
 template <typename T>
 inline T __shfl_up_sync(unsigned mask, T var, unsigned delta,
                         int width = warpSize) {
-  emu::check_width(width);
-  const int lane = emu::lane_id();
-  const int src = (lane % width) >= static_cast<int>(delta)
-                      ? lane - static_cast<int>(delta) : -1;
-  return emu::from_slot<T>(
-      emu::warp_collective("__shfl_up_sync", mask, emu::to_slot(var), src));
+  return emu::shuffle("__shfl_up_sync", mask, var, width, [&](int lane) {
+    return lane % width >= static_cast<int>(delta)
+               ? lane - static_cast<int>(delta) : -1;
+  });
 }
 
 template <typename T>
 inline T __shfl_down_sync(unsigned mask, T var, unsigned delta,
                           int width = warpSize) {
-  emu::check_width(width);
-  const int lane = emu::lane_id();
-  const int src = (lane % width) + static_cast<int>(delta) < width
-                      ? lane + static_cast<int>(delta) : -1;
-  return emu::from_slot<T>(
-      emu::warp_collective("__shfl_down_sync", mask, emu::to_slot(var), src));
+  return emu::shuffle("__shfl_down_sync", mask, var, width, [&](int lane) {
+    return lane % width + static_cast<int>(delta) < width
+               ? lane + static_cast<int>(delta) : -1;
+  });
 }
 
 template <typename T>
 inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask,
                          int width = warpSize) {
-  emu::check_width(width);
-  const int lane = emu::lane_id();
-  const int j = lane ^ lane_mask;
-  const int src = j < (lane & ~(width - 1)) + width ? j : -1;
-  return emu::from_slot<T>(
-      emu::warp_collective("__shfl_xor_sync", mask, emu::to_slot(var), src));
+  return emu::shuffle("__shfl_xor_sync", mask, var, width, [&](int lane) {
+    const int j = lane ^ lane_mask;
+    return j < (lane & ~(width - 1)) + width ? j : -1;
+  });
 }
 
 #define IRNN_LAUNCH(kernel, blocks, threads, smem, stream, params) \
