@@ -131,15 +131,16 @@ inline uint64_t warp_collective(const char* op, unsigned mask, uint64_t value,
   const unsigned tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const unsigned live_lanes = std::min(32u, blockDim.x - warp * 32);
   const unsigned live = live_lanes == 32 ? ~0u : (1u << live_lanes) - 1;
-  const std::string where = "warp " + std::to_string(warp) + " lane " +
-                            std::to_string(lane) + " " + op + "(mask " +
-                            hex(mask) + ")";
-  if (!(mask >> lane & 1u)) fail(where + ": the calling lane is not in the mask");
+  auto where = [&] {  // built only for an error message
+    return "warp " + std::to_string(warp) + " lane " + std::to_string(lane) +
+           " " + op + "(mask " + hex(mask) + ")";
+  };
+  if (!(mask >> lane & 1u)) fail(where() + ": the calling lane is not in the mask");
   if (mask & ~live)
-    fail(where + ": the mask names lanes " + lane_list(mask & ~live) +
+    fail(where() + ": the mask names lanes " + lane_list(mask & ~live) +
          " that the block does not have");
   if (src >= 0 && !(mask >> src & 1u))
-    fail(where + ": source lane " + std::to_string(src) + " is not in the mask");
+    fail(where() + ": source lane " + std::to_string(src) + " is not in the mask");
   WarpExchange& W = t_launch->warps[warp];
   std::unique_lock<std::mutex> lock(W.m);
   const auto deadline = std::chrono::steady_clock::now() +
@@ -154,7 +155,7 @@ inline uint64_t warp_collective(const char* op, unsigned mask, uint64_t value,
           missing = ": lanes " + lane_list(c.mask & ~c.arrived) +
                     " never arrived at " + c.op + "(mask " + hex(c.mask) + ")";
       lock.unlock();
-      fail(where + ": timed out after " + std::to_string(g_warp_timeout_ms) +
+      fail(where() + ": timed out after " + std::to_string(g_warp_timeout_ms) +
            " ms waiting for " + waiting_for + missing);
     }
     if (t_launch->failed.load()) throw Aborted{};
@@ -175,7 +176,7 @@ inline uint64_t warp_collective(const char* op, unsigned mask, uint64_t value,
                                 hex(overlap->mask) + ") of lanes " +
                                 lane_list(overlap->arrived);
       lock.unlock();
-      fail(where + ": mask or operation mismatch: lane " +
+      fail(where() + ": mask or operation mismatch: lane " +
            std::to_string(lane) + " is expected in " + other);
     } else {
       wait_step("an earlier collective to finish");
