@@ -11,23 +11,33 @@
 // - Blocks run one after another, in index order or in a permuted order
 //   (emu::g_block_order_seed); the same OS threads serve every block and a
 //   barrier separates blocks.
-// - The kernels use no warp shuffles, votes or atomics, so none are mapped.
+// - Warp shuffles and __syncwarp are a per-warp exchange (see "Warp
+//   collectives" below); asynchronous copies go through a shadow buffer
+//   published only at irnn_cp_async_wait (see "Asynchronous copies").
+// - A kernel error (a mask mismatch, a lane that never arrives, a copy never
+//   waited for) stops the launch, which throws with the first error's text.
+// - No votes or atomics are mapped.
 #pragma once
 
 #include <pthread.h>
 
 #include <algorithm>
+#include <atomic>
 #include <barrier>
+#include <chrono>
+#include <condition_variable>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <mutex>
 #include <numeric>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #define IRNN_DEVICE inline
@@ -40,11 +50,170 @@ struct dim3 {
 };
 
 inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
+constexpr int warpSize = 32;
 
 namespace emu {
 
+// Thrown by a thread to leave a launch that already has an error.
+struct Aborted {};
+
+// One warp collective in flight: the lanes named by `mask` write their slot,
+// and once all have arrived each reads its source lane's slot.
+struct WarpCollective {
+  const char* op;
+  unsigned mask, arrived = 0, left = 0;
+  bool complete = false;
+  uint64_t slot[32] = {};
+};
+
+struct WarpExchange {
+  std::mutex m;
+  std::condition_variable cv;
+  std::vector<WarpCollective> open;
+};
+
+// What the threads of one launch share besides the block barrier.
+struct LaunchState {
+  std::atomic<bool> failed{false};
+  std::mutex m;
+  std::string error;
+  std::vector<WarpExchange> warps;  // one per warp of the block
+};
+
 inline thread_local std::barrier<>* t_barrier = nullptr;
 inline thread_local unsigned char* t_smem = nullptr;
+inline thread_local size_t t_smem_bytes = 0;
+inline thread_local LaunchState* t_launch = nullptr;
+
+// How long a lane waits in a warp collective for the others before the
+// launch fails naming the lanes that never arrived.
+inline int g_warp_timeout_ms = 30000;
+
+// Records the launch's first error and makes every thread leave.
+[[noreturn]] inline void fail(const std::string& what) {
+  LaunchState& L = *t_launch;
+  {
+    std::lock_guard<std::mutex> lock(L.m);
+    if (L.error.empty())
+      L.error = "block " + std::to_string(blockIdx.x) + ": " + what;
+  }
+  L.failed.store(true);
+  throw Aborted{};
+}
+
+inline void check_not_failed() {
+  if (t_launch->failed.load(std::memory_order_relaxed)) throw Aborted{};
+}
+
+inline std::string lane_list(unsigned bits) {
+  std::string s;
+  for (int i = 0; i < 32; ++i)
+    if (bits >> i & 1u) s += (s.empty() ? "" : ",") + std::to_string(i);
+  return "{" + s + "}";
+}
+
+inline std::string hex(unsigned v) {
+  char b[16];
+  std::snprintf(b, sizeof(b), "0x%08x", v);
+  return b;
+}
+
+// One lane's part in a warp collective `op` over `mask`: publishes `value`
+// and returns lane `src`'s value (its own when src < 0). Masks must match
+// among the lanes, the caller and the source must be in the mask, and every
+// lane of the mask must arrive within g_warp_timeout_ms. A lane that starts
+// a collective while another collective naming it is open is a mismatch
+// (stricter than CUDA, which allows overlapping partial masks in some
+// orders; the kernels use one mask per collective).
+inline uint64_t warp_collective(const char* op, unsigned mask, uint64_t value,
+                                int src) {
+  check_not_failed();
+  const unsigned tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const unsigned live_lanes = std::min(32u, blockDim.x - warp * 32);
+  const unsigned live = live_lanes == 32 ? ~0u : (1u << live_lanes) - 1;
+  auto where = [&] {  // built only for an error message
+    return "warp " + std::to_string(warp) + " lane " + std::to_string(lane) +
+           " " + op + "(mask " + hex(mask) + ")";
+  };
+  if (!(mask >> lane & 1u)) fail(where() + ": the calling lane is not in the mask");
+  if (mask & ~live)
+    fail(where() + ": the mask names lanes " + lane_list(mask & ~live) +
+         " that the block does not have");
+  if (src >= 0 && !(mask >> src & 1u))
+    fail(where() + ": source lane " + std::to_string(src) + " is not in the mask");
+  WarpExchange& W = t_launch->warps[warp];
+  std::unique_lock<std::mutex> lock(W.m);
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::milliseconds(g_warp_timeout_ms);
+  auto wait_step = [&](const char* waiting_for) {
+    if (W.cv.wait_for(lock, std::chrono::milliseconds(20)) ==
+            std::cv_status::timeout &&
+        std::chrono::steady_clock::now() > deadline) {
+      std::string missing;
+      for (const auto& c : W.open)
+        if (c.mask & ~c.arrived & mask)
+          missing = ": lanes " + lane_list(c.mask & ~c.arrived) +
+                    " never arrived at " + c.op + "(mask " + hex(c.mask) + ")";
+      lock.unlock();
+      fail(where() + ": timed out after " + std::to_string(g_warp_timeout_ms) +
+           " ms waiting for " + waiting_for + missing);
+    }
+    if (t_launch->failed.load()) throw Aborted{};
+  };
+  WarpCollective* mine = nullptr;
+  while (!mine) {
+    WarpCollective* overlap = nullptr;
+    for (auto& c : W.open)
+      if (c.mask & mask) overlap = &c;
+    if (!overlap) {
+      W.open.push_back(WarpCollective{op, mask});
+      mine = &W.open.back();
+    } else if (!overlap->complete && overlap->mask == mask &&
+               std::strcmp(overlap->op, op) == 0) {
+      mine = overlap;
+    } else if (!overlap->complete && (overlap->mask >> lane & 1u)) {
+      const std::string other = std::string(overlap->op) + "(mask " +
+                                hex(overlap->mask) + ") of lanes " +
+                                lane_list(overlap->arrived);
+      lock.unlock();
+      fail(where() + ": mask or operation mismatch: lane " +
+           std::to_string(lane) + " is expected in " + other);
+    } else {
+      wait_step("an earlier collective to finish");
+    }
+  }
+  mine->slot[lane] = value;
+  mine->arrived |= 1u << lane;
+  if (mine->arrived == mine->mask) {
+    mine->complete = true;
+    W.cv.notify_all();
+  }
+  // Other collectives may be appended while waiting, so `mine` is found
+  // again after each wait.
+  while (!mine->complete) {
+    wait_step("the other lanes");
+    mine = nullptr;
+    for (auto& c : W.open)
+      if (c.mask == mask && (c.arrived >> lane & 1u)) mine = &c;
+  }
+  const uint64_t result = mine->slot[src < 0 ? lane : src];
+  mine->left |= 1u << lane;
+  if (mine->left == mine->mask) {
+    W.open.erase(W.open.begin() + (mine - W.open.data()));
+    W.cv.notify_all();
+  }
+  return result;
+}
+
+// Asynchronous copies of this thread: each holds the source bytes read at
+// issue until a wait publishes them into shared memory.
+struct PendingCopy {
+  unsigned char* dst;
+  std::vector<unsigned char> bytes;
+  int64_t group;  // -1 until committed
+};
+inline thread_local std::vector<PendingCopy> t_copies;
+inline thread_local int64_t t_groups_committed = 0;
 
 // Launch limits of the emulated device (set from the property table): a
 // launch may use g_smem_default bytes of dynamic shared memory, or up to
@@ -65,6 +234,7 @@ struct Worker {
   const std::vector<unsigned>* order;
   dim3 grid, block;
   unsigned tid;
+  LaunchState* state;
 };
 
 inline void* worker_main(void* arg) {
@@ -73,12 +243,26 @@ inline void* worker_main(void* arg) {
   blockDim = w.block;
   gridDim = w.grid;
   t_barrier = w.barrier;
+  t_launch = w.state;
+  t_smem_bytes = w.smem_bytes;
   for (unsigned b : *w.order) {
     blockIdx = dim3(b % w.grid.x, (b / w.grid.x) % w.grid.y,
                     b / (w.grid.x * w.grid.y));
     t_smem = w.smem + static_cast<size_t>(b) * w.smem_bytes;
-    (*w.body)();
-    w.barrier->arrive_and_wait();  // the block is done before the next starts
+    t_copies.clear();
+    t_groups_committed = 0;
+    try {
+      check_not_failed();
+      (*w.body)();
+      w.barrier->arrive_and_wait();  // the block is done before the next starts
+      if (!t_copies.empty())
+        fail("thread " + std::to_string(w.tid) + " ended with " +
+             std::to_string(t_copies.size()) +
+             " asynchronous copies never waited for");
+    } catch (const Aborted&) {
+      w.barrier->arrive_and_drop();  // the others' barriers go on without it
+      return nullptr;
+    }
   }
   return nullptr;
 }
@@ -106,6 +290,8 @@ inline void launch(dim3 grid, dim3 block, size_t smem,
   const size_t smem_bytes = (smem + 15) / 16 * 16;
   std::vector<unsigned char> mem(smem_bytes * nblocks + 16, 0xFF);
   std::barrier<> barrier(block.x);
+  LaunchState state;
+  state.warps = std::vector<WarpExchange>((block.x + 31) / 32);
   std::vector<Worker> workers(block.x);
   std::vector<pthread_t> threads(block.x);
   pthread_attr_t attr;
@@ -113,7 +299,7 @@ inline void launch(dim3 grid, dim3 block, size_t smem,
   pthread_attr_setstacksize(&attr, 512 * 1024);
   for (unsigned t = 0; t < block.x; ++t) {
     workers[t] = Worker{&body, &barrier, mem.data(), smem_bytes, &order,
-                        grid, block, t};
+                        grid, block, t, &state};
     if (pthread_create(&threads[t], &attr, worker_main, &workers[t]) != 0) {
       std::fprintf(stderr, "emu: pthread_create failed at thread %u\n", t);
       std::abort();
@@ -121,11 +307,73 @@ inline void launch(dim3 grid, dim3 block, size_t smem,
   }
   for (unsigned t = 0; t < block.x; ++t) pthread_join(threads[t], nullptr);
   pthread_attr_destroy(&attr);
+  if (state.failed.load()) throw std::runtime_error("emu: " + state.error);
+}
+
+// One lane's shuffle: it reads lane source(lane)'s `var`, or its own when
+// that is -1.
+template <typename T, typename Source>
+inline T shuffle(const char* op, unsigned mask, T var, int width,
+                 Source source) {
+  static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>,
+                "warp shuffles move at most 8 bytes");
+  if (width < 1 || width > 32 || (width & (width - 1)))
+    fail(std::string(op) + ": width " + std::to_string(width) +
+         " is not a power of 2 <= 32");
+  uint64_t slot = 0;
+  std::memcpy(&slot, &var, sizeof(T));
+  slot = warp_collective(op, mask, slot, source(static_cast<int>(threadIdx.x % 32)));
+  std::memcpy(&var, &slot, sizeof(T));
+  return var;
 }
 
 }  // namespace emu
 
-inline void __syncthreads() { emu::t_barrier->arrive_and_wait(); }
+inline void __syncthreads() {
+  emu::check_not_failed();
+  emu::t_barrier->arrive_and_wait();
+  emu::check_not_failed();
+}
+
+// Warp collectives (CUDA's semantics for width and out-of-range lanes: a
+// source outside the lane's width segment yields the lane's own value).
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  emu::warp_collective("__syncwarp", mask, 0, -1);
+}
+
+template <typename T>
+inline T __shfl_sync(unsigned mask, T var, int src_lane, int width = warpSize) {
+  return emu::shuffle("__shfl_sync", mask, var, width, [&](int lane) {
+    return (lane & ~(width - 1)) + (src_lane & (width - 1));
+  });
+}
+
+template <typename T>
+inline T __shfl_up_sync(unsigned mask, T var, unsigned delta,
+                        int width = warpSize) {
+  return emu::shuffle("__shfl_up_sync", mask, var, width, [&](int lane) {
+    return lane % width >= static_cast<int>(delta)
+               ? lane - static_cast<int>(delta) : -1;
+  });
+}
+
+template <typename T>
+inline T __shfl_down_sync(unsigned mask, T var, unsigned delta,
+                          int width = warpSize) {
+  return emu::shuffle("__shfl_down_sync", mask, var, width, [&](int lane) {
+    return lane % width + static_cast<int>(delta) < width
+               ? lane + static_cast<int>(delta) : -1;
+  });
+}
+
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask,
+                         int width = warpSize) {
+  return emu::shuffle("__shfl_xor_sync", mask, var, width, [&](int lane) {
+    const int j = lane ^ lane_mask;
+    return j < (lane & ~(width - 1)) + width ? j : -1;
+  });
+}
 
 #define IRNN_LAUNCH(kernel, blocks, threads, smem, stream, params) \
   do {                                                             \
@@ -162,6 +410,54 @@ constexpr irnn_error kIrnnSuccess = 0;
 template <typename T>
 inline T* irnn_dyn_smem() {
   return reinterpret_cast<T*>(emu::t_smem);
+}
+
+// Asynchronous copies (cp.async): Bytes (4, 8 or 16) from global memory to
+// this block's shared memory. At issue the source is read into a shadow
+// buffer and the destination is filled with 0xFF (NaN); the bytes land only
+// when irnn_cp_async_wait publishes their group, so a read before the wait
+// sees poison. A thread that ends with copies not waited for fails the
+// launch.
+template <int Bytes>
+inline void irnn_cp_async(void* smem_dst, const void* global_src) {
+  static_assert(Bytes == 4 || Bytes == 8 || Bytes == 16,
+                "cp.async copies 4, 8 or 16 bytes");
+  auto* dst = static_cast<unsigned char*>(smem_dst);
+  if (dst < emu::t_smem || dst + Bytes > emu::t_smem + emu::t_smem_bytes)
+    emu::fail("thread " + std::to_string(threadIdx.x) +
+              ": irnn_cp_async destination is outside the block's shared memory");
+  if (reinterpret_cast<uintptr_t>(smem_dst) % Bytes ||
+      reinterpret_cast<uintptr_t>(global_src) % Bytes)
+    emu::fail("thread " + std::to_string(threadIdx.x) + ": irnn_cp_async<" +
+              std::to_string(Bytes) + "> with an unaligned address");
+  const auto* src = static_cast<const unsigned char*>(global_src);
+  emu::t_copies.push_back(
+      emu::PendingCopy{dst, std::vector<unsigned char>(src, src + Bytes), -1});
+  std::memset(dst, 0xFF, Bytes);
+}
+
+// Closes the group of this thread's copies issued since the last commit.
+inline void irnn_cp_async_commit() {
+  ++emu::t_groups_committed;
+  for (auto& c : emu::t_copies)
+    if (c.group < 0) c.group = emu::t_groups_committed;
+}
+
+// Waits until at most N of this thread's committed groups are pending:
+// publishes every older group. Other threads see the bytes only after a
+// barrier.
+template <int N>
+inline void irnn_cp_async_wait() {
+  const int64_t last_done = emu::t_groups_committed - N;
+  auto& copies = emu::t_copies;
+  for (auto& c : copies)
+    if (c.group > 0 && c.group <= last_done)
+      std::memcpy(c.dst, c.bytes.data(), c.bytes.size());
+  copies.erase(std::remove_if(copies.begin(), copies.end(),
+                              [&](const emu::PendingCopy& c) {
+                                return c.group > 0 && c.group <= last_done;
+                              }),
+               copies.end());
 }
 
 inline float to_acc(float v) { return v; }
