@@ -79,7 +79,34 @@ def _rel(paths):
     return sorted(os.path.relpath(p, HERE) for p in paths)
 
 
-cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
+def _openmp_flag():
+    """The OpenMP flag of the C++ compiler torch's build will use: -fopenmp
+    for g++ (and clang++ with libomp installed). A compiler that rejects it
+    stops the build here, with what to do, not in the middle of it."""
+    import sysconfig
+    import tempfile
+    cxx = os.environ.get("CXX") or (sysconfig.get_config_var("CXX") or "c++").split()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "omp.cpp")
+        with open(src, "w") as f:
+            f.write("#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
+        try:
+            res = subprocess.run([cxx, "-fopenmp", src, "-o", os.path.join(tmp, "omp")],
+                                 capture_output=True, text=True, timeout=120)
+        except OSError as exc:
+            sys.exit(f"irnn_cuda: cannot run the C++ compiler {cxx!r} ({exc}); "
+                     "set CXX to a C++20 compiler (g++ 10+)")
+    if res.returncode != 0:
+        sys.exit(f"irnn_cuda: the C++ compiler {cxx!r} does not support OpenMP "
+                 "(-fopenmp), which the CPU kernels' threads need (ATen's "
+                 "parallel_for). Build with g++ (CXX=g++), or install the "
+                 "OpenMP runtime for clang (libomp-dev, or `brew install "
+                 "libomp`).\n" + res.stderr[-2000:])
+    return "-fopenmp"
+
+
+OPENMP = _openmp_flag()
+cxx_flags = ["-O3", "-std=c++20", OPENMP]
 sources = _rel(glob.glob(os.path.join(HERE, "csrc", "*.cpp"))
                + glob.glob(os.path.join(HERE, "csrc", "cpu", "*.cpp")))
 cuda_sources = _rel(glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cpp"))
@@ -92,7 +119,7 @@ if _want_cuda() and cuda_sources:
     ext = CUDAExtension(
         "irnn_cuda._C", sources + cuda_sources,
         define_macros=[("IRNN_WITH_CUDA", "1")],
-        extra_link_args=["-fopenmp"],
+        extra_link_args=[OPENMP],
         extra_compile_args={
             "cxx": cxx_flags,
             # -Xptxas -v prints registers and spills per kernel into the build
@@ -102,7 +129,7 @@ if _want_cuda() and cuda_sources:
 else:
     ext = CppExtension("irnn_cuda._C", sources,
                        extra_compile_args={"cxx": cxx_flags},
-                       extra_link_args=["-fopenmp"])
+                       extra_link_args=[OPENMP])
 
 setup(ext_modules=[ext],
       cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})

@@ -7,13 +7,23 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/irnn_cpu_params.h"
+
 extern "C" {
 // `import irnn_cuda._C` only needs a module object; importing it runs the
-// static registrations below.
+// static registrations below. The module carries the CPU kernels' fused-input
+// capacity, which irnn_cuda/functional.py checks its contract against.
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {
       PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  if (module != nullptr &&
+      PyModule_AddIntConstant(module, "CPU_MAX_FUSED_INPUT",
+                              irnn_cuda::kMaxFusedInput) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }
 }
 

@@ -9,6 +9,8 @@ op (`irnn_layer_reference`), and a whole-network form
 """
 import torch
 
+from .network import network_forward
+
 
 def _phi(a, nonlinearity):
     if nonlinearity == "relu":
@@ -54,7 +56,6 @@ def irnn_reference(input, hx, weights, nonlinearity="relu", num_layers=1,
     direction: weight_ih, weight_hh, bias_ih, bias_hh, the biases omitted
     when bias=False). Returns (output, h_n) as nn.RNN does.
     """
-    from .functional import rnn_forward  # the shared multi-layer driver
-    return rnn_forward(input, hx, weights, nonlinearity, num_layers,
-                       bidirectional, batch_first, dropout, training,
-                       layer_fn=irnn_layer_reference)
+    return network_forward(irnn_layer_reference, input, hx, weights,
+                           nonlinearity, num_layers, bidirectional,
+                           batch_first, dropout, training)

@@ -3,7 +3,8 @@
 // kernels of irnn_cpu_kernels.h (AVX2+FMA when the CPU has it, else the
 // portable build), one batch slice per thread.
 //
-// float16/bfloat16 arguments are computed in float32 and cast back.
+// float16/bfloat16 arguments are computed in float32 and cast back. The
+// float32 kernels run with denormals flushed to zero (irnn_cpu_denormals.h).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -17,8 +18,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <tuple>
+#include <type_traits>
 
 #include "../irnn_checks.h"
+#include "irnn_cpu_denormals.h"
 #include "irnn_cpu_params.h"
 
 #if defined(__linux__)
@@ -97,9 +100,11 @@ int64_t num_slices(int64_t B) {
   return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B));
 }
 
-template <class F>
+// Each thread runs its float32 slices with denormals flushed to zero.
+template <typename S, class F>
 void for_each_slice(int64_t B, int64_t slices, const F& f) {
   at::parallel_for(0, slices, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormalsGuard flush(std::is_same_v<S, float>);
     for (int64_t s = begin; s < end; ++s) f(s, s * B / slices, (s + 1) * B / slices);
   });
 }
@@ -151,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor> irnn_forward_cpu(
     p.out = store_sequence ? out.data_ptr<scalar_t>() : nullptr;
     p.h_n = h_n.data_ptr<scalar_t>();
     p.scratch = ptr_or_null<scalar_t>(scratch);
-    for_each_slice(s.B, num_slices(s.B), [&](int64_t, int64_t b0, int64_t b1) {
+    for_each_slice<scalar_t>(s.B, num_slices(s.B), [&](int64_t, int64_t b0, int64_t b1) {
       k.forward(p, s.relu, b0, b1);
     });
   });
@@ -220,7 +225,7 @@ irnn_backward_cpu(const c10::optional<at::Tensor>& grad_output,
     p.dwhh_part = dwhh_part.data_ptr<scalar_t>();
     p.gather = gather.data_ptr<scalar_t>();
     p.dwih_part = ptr_or_null<scalar_t>(dwih_part);
-    for_each_slice(B, slices, [&](int64_t slice, int64_t b0, int64_t b1) {
+    for_each_slice<scalar_t>(B, slices, [&](int64_t slice, int64_t b0, int64_t b1) {
       k.backward(p, s.relu, b0, b1, slice);
     });
     db = sum_slices(db_part).narrow(0, 0, H);
