@@ -287,6 +287,10 @@ def test_register_forward_routing(harness):
               cfg(1024, backward=True)):
         assert c["path"] == PERSISTENT, c
     assert cfg(16, H=1024)["path"] == LARGE_H
+    # A device whose shared memory cannot hold 8 rows' h buffers and x chunk.
+    tiny = dict(H200, smem_per_block=24 * 1024, smem_per_block_optin=24 * 1024)
+    assert cfg(16, H=64, table=tiny)["path"] == REGISTER_FWD
+    assert cfg(1024, H=64, table=tiny)["path"] == PERSISTENT
     # The routing is the rule register_fwd_expected states, everywhere.
     for table in (H200, emu.A100, FOUR_SMS):
         for B, H, I in itertools.product((1, 4, 5, 32, 33, 131, 864, 1100),

@@ -105,12 +105,13 @@ inline int64_t reg_fwd_smem_bytes(int64_t T, int hp, int rows) {
 
 // The register-resident variant for a forward call, or false: dtype and
 // H <= HP from the table, the input projected and at most kRegFwdMaxInput
-// wide; one row per block while B <= the SM count, else R = 8 rows while
+// wide, threads and shared memory within the device's limits; one row per block while B <= the SM count, else R = 8 rows while
 // that fills at most one wave (B <= 8 * SMs). HP is the smallest listed
 // size >= H.
-inline bool select_reg_fwd(int sm_count, int max_threads, DType dtype,
-                           int64_t B, int64_t I, int64_t H, bool project,
-                           int* hp_out, int* rows_out) {
+inline bool select_reg_fwd(int sm_count, int max_threads, int64_t smem_max,
+                           DType dtype, int64_t T, int64_t B, int64_t I,
+                           int64_t H, bool project, int* hp_out,
+                           int* rows_out) {
   if (!project || I > kRegFwdMaxInput || B < 1 || H < 1 || sm_count < 1)
     return false;
   const int64_t rows_needed = (B + sm_count - 1) / sm_count;
@@ -119,7 +120,8 @@ inline bool select_reg_fwd(int sm_count, int max_threads, DType dtype,
   int best = 0;
 #define IRNN_REG_FWD_PICK(dt, type, hp, r)                          \
   if (dtype == DType::dt && r == rows && hp >= H &&                 \
-      reg_fwd_threads(hp) <= max_threads && (best == 0 || hp < best)) \
+      reg_fwd_threads(hp) <= max_threads &&                           \
+      reg_fwd_smem_bytes(T, hp, rows) <= smem_max && (best == 0 || hp < best)) \
     best = hp;
   IRNN_REG_FWD_VARIANTS(IRNN_REG_FWD_PICK)
 #undef IRNN_REG_FWD_PICK
@@ -198,8 +200,9 @@ inline LaunchConfig make_launch_config(const DeviceProps& p, bool backward,
     return c;
   }
   int reg_hp = 0, reg_rows = 0;
-  if (!backward && select_reg_fwd(p.sm_count, static_cast<int>(max_threads),
-                                  dtype, B, I, H, project, &reg_hp, &reg_rows)) {
+  if (!backward &&
+      select_reg_fwd(p.sm_count, static_cast<int>(max_threads), smem_max,
+                     dtype, T, B, I, H, project, &reg_hp, &reg_rows)) {
     c.path = Path::kRegisterFwd;
     c.rows_per_block = reg_rows;
     c.row_groups = 1;
