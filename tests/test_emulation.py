@@ -60,14 +60,16 @@ def make_inputs(dtype, T, B, I, H, project, bias, gen):
 
 
 # The register-resident forward's table (IRNN_REG_FWD_VARIANTS): float32,
-# HP in {64, 104, 128}, one row per block while B <= SMs, else 8 rows per
+# float16 and bfloat16, HP in {64, 104, 128}, one row per block while B <= SMs, else 8 rows per
 # block while B <= 8 * SMs; the input projected and at most 4 wide.
 REG_FWD_HP = (64, 104, 128)
+REG_FWD_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def register_fwd_expected(table, dtype, B, I, H, project):
     """(HP, rows per block) the routing must select, or None."""
-    if dtype != torch.float32 or not project or I > 4 or B < 1 or H > 128:
+    if dtype not in REG_FWD_DTYPES or not project or I > 4 or B < 1 or \
+            H > 128:
         return None
     rows = -(-B // table["sm_count"])
     if rows > 8:
@@ -77,7 +79,8 @@ def register_fwd_expected(table, dtype, B, I, H, project):
 
 def run_and_compare(harness, table, dtype, T, B, I, H, nonlinearity="relu",
                     reverse=False, project=True, bias=True, grads="both",
-                    store_sequence=True, expect_path=None, seed=0):
+                    store_sequence=True, expect_path=None, seed=0,
+                    backward=True):
     """Forward and backward in the emulation against the reference (float64
     autograd on the same rounded inputs); returns the configurations.
     expect_path is the backward's path, and the forward's unless the
@@ -106,6 +109,8 @@ def run_and_compare(harness, table, dtype, T, B, I, H, nonlinearity="relu",
         assert out is None
         return fcfg, None
     assert max_rel_err(out, r_out) <= tol, ("output", max_rel_err(out, r_out), fcfg)
+    if not backward:
+        return fcfg, None
 
     g_out = (torch.randn(B, T, H, generator=gen).to(dtype).transpose(0, 1)
              if grads in ("seq", "both") else None)
@@ -281,8 +286,11 @@ def test_register_forward_routing(harness):
         assert c["path"] == REGISTER_FWD and c["threads"] == threads, (H, c)
     # Today's kernels: more than one wave of 8-row blocks, H > 128, other
     # dtypes, an input wider than 4 or not projected, the backward.
+    for dtype in (torch.bfloat16, torch.float16):
+        for B, rows in ((16, 1), (1024, 8)):
+            c = cfg(B, dtype=dtype)
+            assert (c["path"], c["rows_per_block"]) == (REGISTER_FWD, rows), c
     for c in (cfg(1057), cfg(16, H=129), cfg(16, dtype=torch.float64),
-              cfg(16, dtype=torch.bfloat16), cfg(16, dtype=torch.float16),
               cfg(16, I=5), cfg(16, project=False), cfg(16, backward=True),
               cfg(1024, backward=True)):
         assert c["path"] == PERSISTENT, c
@@ -309,21 +317,32 @@ def _register_cases():
     for i, (H, rows, relu) in enumerate(itertools.product(
             (33, 64, 100, 128), (1, 8), (True, False))):
         cases.append(dict(
-            H=H, B=(3, 4)[i % 2] if rows == 1 else (21, 13)[i % 2],
+            dtype=torch.float32, H=H, B=(3, 4)[i % 2] if rows == 1 else (21, 13)[i % 2],
             I=1 + i % 4, nonlinearity="relu" if relu else "tanh",
             reverse=i % 3 == 1, bias=i % 5 != 2, store_sequence=i % 4 != 3,
             T=(5, 2, 7)[i % 3]))
+    # The 16-bit types: every HP, one and 8 rows per block; the forward
+    # only (today's backward misses the bfloat16 tolerance on the output of
+    # either forward at H >= 120 in some of these cases).
+    for i, (H, rows) in enumerate(itertools.product((33, 100, 120), (1, 8))):
+        cases.append(dict(
+            dtype=(torch.float16, torch.bfloat16)[i % 2], H=H,
+            B=3 if rows == 1 else 21, I=1 + i % 4,
+            nonlinearity=("relu", "tanh")[(i // 2) % 2], reverse=i % 3 == 2,
+            bias=i % 4 != 1, store_sequence=i % 5 != 4, T=(4, 3)[i % 2],
+            backward=False))
     return cases
 
 
 @pytest.mark.parametrize("case", _register_cases(), ids=lambda c: "-".join(
-    f"{k}={v}" for k, v in c.items()))
+    f"{k}={str(v).replace('torch.', '')}" for k, v in c.items()))
 def test_register_forward_vs_reference(harness, case):
     B, H, I = case["B"], case["H"], case["I"]
     fcfg, _ = run_and_compare(
-        harness, FOUR_SMS, torch.float32, case["T"], B, I, H,
+        harness, FOUR_SMS, case["dtype"], case["T"], B, I, H,
         case["nonlinearity"], case["reverse"], bias=case["bias"],
-        store_sequence=case["store_sequence"], expect_path=PERSISTENT)
+        store_sequence=case["store_sequence"], expect_path=PERSISTENT,
+        backward=case.get("backward", True))
     assert fcfg["path"] == REGISTER_FWD, fcfg
 
 

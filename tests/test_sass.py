@@ -365,8 +365,11 @@ REG_FWD = re.compile(r"irnn_cuda::irnn_fwd_reg_kernel<(\w+), (\d+), (\d+), "
                      r"(true|false)>$")
 # Every variant the launch configuration can select (IRNN_REG_FWD_VARIANTS
 # in csrc/cuda/irnn_cuda_api.h), each with relu and tanh.
-REG_FWD_VARIANTS = [(t, hp, r) for t in ("float",) for hp in (64, 104, 128)
-                    for r in (1, 8)]
+REG_FWD_VARIANTS = [(t, hp, r) for t in ("float", "__half", "__nv_bfloat16")
+                    for hp in (64, 104, 128) for r in (1, 8)]
+# The table's names of the 16-bit types (the platform layer's aliases).
+REG_FWD_TYPE_NAMES = {"float": "float", "irnn_half": "__half",
+                      "irnn_bf16": "__nv_bfloat16"}
 
 
 def reg_fwd_budget(name):
@@ -429,8 +432,9 @@ def test_register_forward_variants_built(kernels):
     assert built == expected, (built ^ expected)
     table = (Path(__file__).resolve().parent.parent / "csrc" / "cuda" /
              "irnn_cuda_api.h").read_text()
-    listed = set(re.findall(r"X\(k\w+, (\w+), (\d+), (\d+)\)", table))
-    assert listed == {(t, str(hp), str(r)) for t, hp, r in REG_FWD_VARIANTS}
+    listed = {(REG_FWD_TYPE_NAMES[t], int(hp), int(r)) for t, hp, r in
+              re.findall(r"X\(k\w+, (\w+), (\d+), (\d+)\)", table)}
+    assert listed == set(REG_FWD_VARIANTS)
 
 
 @pytest.mark.parametrize("variant", [

@@ -72,6 +72,7 @@ enum class Path : int { kPersistent = 0, kLargeH = 1, kRegisterFwd = 2 };
 // compile-time size), and computes unit j of the block's R batch rows.
 // Every instantiation, as X(dtype enumerator, stored type, HP, R); one .cu
 // per (type, HP) in csrc/cuda/ instantiates it (irnn_fwd_reg_<type>_hp<HP>.cu).
+// The 16-bit types accumulate in float, as everywhere.
 // make_launch_config selects from this table only; every other size runs
 // today's kernels.
 // HP starts at 64: at HP = 32 the fixed cost of a step (activation, stores,
@@ -83,7 +84,19 @@ enum class Path : int { kPersistent = 0, kLargeH = 1, kRegisterFwd = 2 };
   X(kFloat, float, 104, 1)       \
   X(kFloat, float, 104, 8)       \
   X(kFloat, float, 128, 1)       \
-  X(kFloat, float, 128, 8)
+  X(kFloat, float, 128, 8)       \
+  X(kHalf, irnn_half, 64, 1)     \
+  X(kHalf, irnn_half, 64, 8)     \
+  X(kHalf, irnn_half, 104, 1)    \
+  X(kHalf, irnn_half, 104, 8)    \
+  X(kHalf, irnn_half, 128, 1)    \
+  X(kHalf, irnn_half, 128, 8)    \
+  X(kBFloat16, irnn_bf16, 64, 1)  \
+  X(kBFloat16, irnn_bf16, 64, 8)  \
+  X(kBFloat16, irnn_bf16, 104, 1) \
+  X(kBFloat16, irnn_bf16, 104, 8) \
+  X(kBFloat16, irnn_bf16, 128, 1) \
+  X(kBFloat16, irnn_bf16, 128, 8)
 // The widest input the register-resident forward projects itself (x staged
 // in shared memory, W_ih rows in registers); a wider input runs today's
 // kernel.
