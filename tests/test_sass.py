@@ -17,10 +17,16 @@ header) that holds a block barrier. The guard's verdict on it:
 - the instructions of the step loop per row a warp computes within the
   variant's budget, and FFMA/DFMA at least the budget's share of them.
 
+The register-resident forwards (irnn_fwd_reg_kernel) are in the build
+for every variant of IRNN_REG_FWD_VARIANTS, relu and tanh, and the guard
+passes each (test_register_forward_within_budget).
+
 The budgets (docs/cuda.md, "The SASS guard", derives them):
 - forward, register-resident W_hh, HP = H rounded up to 4:
   HP FFMA + HP/4 LDS.128 broadcasts of h_{t-1} + 40 = 1.25 HP + 40 per row
   and step (165 at HP = 100, 170 at HP = 104), FMA share >= 0.6;
+- the same with tanh: + 16 per row (tanhf: two MUFU and 14 FFMA, FMUL,
+  FSETP, FSEL), FMA share >= 0.55;
 - backward, K split in two: HP FFMA (HP/2 of the da chain, HP/2 of dW_hh) +
   ceil(HP/8) LDS.128 + 40 (153 at HP = 100), FMA share >= 0.6.
 
@@ -162,7 +168,8 @@ def demangle(names):
 
 @lru_cache(maxsize=None)
 def disassemble(so_path, workdir):
-    """The ARCH kernels of a built extension: {demangled name: Kernel}."""
+    """The ARCH kernels of a built extension, from every ARCH cubin (one per
+    CUDA translation unit): {demangled name: Kernel}."""
     cuobjdump, nvdisasm = find_tool("cuobjdump"), find_tool("nvdisasm")
     listing = subprocess.run([cuobjdump, "-lelf", so_path], capture_output=True,
                              text=True, check=True).stdout
@@ -170,20 +177,22 @@ def disassemble(so_path, workdir):
     if not cubins:
         _unavailable(f"{so_path} holds no {ARCH} cubin (built for another "
                      "TORCH_CUDA_ARCH_LIST?)")
-    subprocess.run([cuobjdump, "-xelf", cubins[0], so_path], cwd=workdir,
-                   capture_output=True, check=True)
-    cubin = str(Path(workdir) / cubins[0])
-    sass = subprocess.run([nvdisasm, "-c", "-hex", cubin], capture_output=True,
-                          text=True, check=True).stdout
-    res = parse_resources(subprocess.run(
-        [cuobjdump, "-res-usage", cubin], capture_output=True, text=True,
-        check=True).stdout)
-    funcs = parse_sass(sass)
-    mangled = sorted(funcs)
     kernels = {}
-    for m, name in zip(mangled, demangle(mangled)):
-        insns, labels = funcs[m]
-        kernels[name] = Kernel(m, name, insns, labels, res.get(m, {}))
+    for name in cubins:
+        subprocess.run([cuobjdump, "-xelf", name, so_path], cwd=workdir,
+                       capture_output=True, check=True)
+        cubin = str(Path(workdir) / name)
+        sass = subprocess.run([nvdisasm, "-c", "-hex", cubin],
+                              capture_output=True, text=True, check=True).stdout
+        res = parse_resources(subprocess.run(
+            [cuobjdump, "-res-usage", cubin], capture_output=True, text=True,
+            check=True).stdout)
+        funcs = parse_sass(sass)
+        mangled = sorted(funcs)
+        for m, demangled in zip(mangled, demangle(mangled)):
+            insns, labels = funcs[m]
+            kernels[demangled] = Kernel(m, demangled, insns, labels,
+                                        res.get(m, {}))
     return kernels
 
 
@@ -284,10 +293,17 @@ class Budget:
     rows_per_warp: int
 
 
-def forward_budget(H, rows_per_warp=1):
+def forward_budget(H, rows_per_warp=1, relu=True):
     hp = 4 * math.ceil(H / 4)
-    return Budget(f"register-resident forward, HP = {hp}",
-                  hp + hp // 4 + 40, 0.6, rows_per_warp)
+    if relu:
+        return Budget(f"register-resident forward, HP = {hp}",
+                      hp + hp // 4 + 40, 0.6, rows_per_warp)
+    return Budget(f"register-resident forward with tanh, HP = {hp}",
+                  hp + hp // 4 + 40 + TANH_PER_ROW, 0.55, rows_per_warp)
+
+
+# Instructions of tanhf per row (its SASS on sm_90).
+TANH_PER_ROW = 16
 
 
 def backward_budget(H, rows_per_warp=1):
@@ -344,6 +360,21 @@ DTYPES = ("float", "double", "__half", "__nv_bfloat16")
 FALLBACK = {f"irnn_cuda::irnn_{d}_persistent_kernel<{t}>": d
             for d in ("fwd", "bwd") for t in DTYPES}
 GEMM = re.compile(r"irnn_cuda::irnn_gemm_kernel<")
+# The register-resident forwards: <S, HP, R rows per block, relu>.
+REG_FWD = re.compile(r"irnn_cuda::irnn_fwd_reg_kernel<(\w+), (\d+), (\d+), "
+                     r"(true|false)>$")
+# Every variant the launch configuration can select (IRNN_REG_FWD_VARIANTS
+# in csrc/cuda/irnn_cuda_api.h), each with relu and tanh.
+REG_FWD_VARIANTS = [(t, hp, r) for t in ("float", "__half", "__nv_bfloat16")
+                    for hp in (64, 104, 128) for r in (1, 8)]
+# The table's names of the 16-bit types (the platform layer's aliases).
+REG_FWD_TYPE_NAMES = {"float": "float", "irnn_half": "__half",
+                      "irnn_bf16": "__nv_bfloat16"}
+
+
+def reg_fwd_budget(name):
+    _, hp, rows, relu = REG_FWD.match(name).groups()
+    return forward_budget(int(hp), int(rows), relu == "true")
 # Kernels without a step loop: only the local-memory check applies.
 PLAIN = re.compile(r"irnn_cuda::irnn_(reduce_partials|column_sum)_kernel<")
 
@@ -377,7 +408,8 @@ def test_missing_tools_fail_under_expect_cuda(monkeypatch):
 
 def test_every_kernel_is_classified(kernels):
     unknown = [n for n in kernels if n not in FALLBACK and
-               not GEMM.match(n) and not PLAIN.match(n)]
+               not GEMM.match(n) and not PLAIN.match(n) and
+               not REG_FWD.match(n)]
     assert not unknown, (
         "kernels the SASS guard does not know; give each its budget in "
         f"tests/test_sass.py and docs/cuda.md: {unknown}")
@@ -389,6 +421,37 @@ def test_no_local_memory(kernels):
     problems = {n: p for n, k in kernels.items()
                 if (p := local_memory_problems(k))}
     assert not problems, problems
+
+
+def test_register_forward_variants_built(kernels):
+    """The build holds every variant of the table, relu and tanh, and no
+    other register-resident forward."""
+    built = {n for n in kernels if REG_FWD.match(n)}
+    expected = {f"irnn_cuda::irnn_fwd_reg_kernel<{t}, {hp}, {r}, {a}>"
+                for t, hp, r in REG_FWD_VARIANTS for a in ("true", "false")}
+    assert built == expected, (built ^ expected)
+    table = (Path(__file__).resolve().parent.parent / "csrc" / "cuda" /
+             "irnn_cuda_api.h").read_text()
+    listed = {(REG_FWD_TYPE_NAMES[t], int(hp), int(r)) for t, hp, r in
+              re.findall(r"X\(k\w+, (\w+), (\d+), (\d+)\)", table)}
+    assert listed == set(REG_FWD_VARIANTS)
+
+
+@pytest.mark.parametrize("variant", [
+    (t, hp, r, a) for t, hp, r in REG_FWD_VARIANTS for a in ("true", "false")],
+    ids=lambda v: "-".join(map(str, v)))
+def test_register_forward_within_budget(kernels, variant):
+    """The guard passes every selectable register-resident forward: no
+    local memory, one barrier, no LDG or inner loop in the step, and the
+    instructions per row-step within the budget (H = 100 runs at HP = 104:
+    at most 170 with relu)."""
+    name = "irnn_cuda::irnn_fwd_reg_kernel<%s, %d, %d, %s>" % variant
+    k = kernels[name]
+    budget = reg_fwd_budget(name)
+    assert verdict(k, budget) == [], (name, verdict(k, budget))
+    if variant == ("float", 104, 1, "true"):
+        assert budget.instructions_per_row_step == 170
+        assert len(step_loop(k).insns) <= 170
 
 
 @pytest.mark.parametrize("name", sorted(FALLBACK))
@@ -525,9 +588,10 @@ def test_budgets_match_the_docs():
     """The exact numbers docs/cuda.md derives."""
     assert forward_budget(100).instructions_per_row_step == 165
     assert forward_budget(104).instructions_per_row_step == 170
+    assert forward_budget(104, relu=False).instructions_per_row_step == 186
     assert backward_budget(100).instructions_per_row_step == 153
     assert backward_budget(104).instructions_per_row_step == 157
     doc = (Path(__file__).resolve().parent.parent / "docs" / "cuda.md"
            ).read_text()
-    for n in ("165", "170", "153", "157"):
+    for n in ("165", "170", "186", "153", "157"):
         assert f"**{n}**" in doc, f"docs/cuda.md does not state the budget {n}"

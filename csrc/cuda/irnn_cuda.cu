@@ -10,6 +10,14 @@
 
 namespace irnn_cuda {
 
+// The register-resident forwards are compiled in their own translation
+// units (irnn_fwd_reg_<type>_hp<HP>.cu).
+#define IRNN_REG_FWD_EXTERN(dt, type, HP, R)                         \
+  extern template irnn_error launch_fwd_reg<type, HP, R>(            \
+      const RegFwdParams<type>&, bool, const LaunchConfig&, irnn_stream);
+IRNN_REG_FWD_VARIANTS(IRNN_REG_FWD_EXTERN)
+#undef IRNN_REG_FWD_EXTERN
+
 int irnn_forward_cuda_launch(const FwdArgs& a, const LaunchConfig& c,
                              void* workspace, void* stream) {
   const auto s = static_cast<cudaStream_t>(stream);

@@ -65,7 +65,84 @@ inline bool steps_and_batch_fit(int64_t T, int64_t B) {
   return T <= kMaxStepsOrBatch && B <= kMaxStepsOrBatch;
 }
 
-enum class Path : int { kPersistent = 0, kLargeH = 1 };
+enum class Path : int { kPersistent = 0, kLargeH = 1, kRegisterFwd = 2 };
+
+// The register-resident forward (irnn_fwd_reg_kernel): thread j of a block
+// keeps row j of W_hh in registers, padded with zeros to HP columns (HP a
+// compile-time size), and computes unit j of the block's R batch rows.
+// Every instantiation, as X(dtype enumerator, stored type, HP, R); one .cu
+// per (type, HP) in csrc/cuda/ instantiates it (irnn_fwd_reg_<type>_hp<HP>.cu).
+// The 16-bit types accumulate in float, as everywhere.
+// make_launch_config selects from this table only; every other size runs
+// today's kernels.
+// HP starts at 64: at HP = 32 the fixed cost of a step (activation, stores,
+// barrier) leaves FMAs under 60% of the step (the SASS guard's floor), and
+// H <= 32 runs exactly at HP = 64 (zero padding).
+#define IRNN_REG_FWD_VARIANTS(X) \
+  X(kFloat, float, 64, 1)        \
+  X(kFloat, float, 64, 8)        \
+  X(kFloat, float, 104, 1)       \
+  X(kFloat, float, 104, 8)       \
+  X(kFloat, float, 128, 1)       \
+  X(kFloat, float, 128, 8)       \
+  X(kHalf, irnn_half, 64, 1)     \
+  X(kHalf, irnn_half, 64, 8)     \
+  X(kHalf, irnn_half, 104, 1)    \
+  X(kHalf, irnn_half, 104, 8)    \
+  X(kHalf, irnn_half, 128, 1)    \
+  X(kHalf, irnn_half, 128, 8)    \
+  X(kBFloat16, irnn_bf16, 64, 1)  \
+  X(kBFloat16, irnn_bf16, 64, 8)  \
+  X(kBFloat16, irnn_bf16, 104, 1) \
+  X(kBFloat16, irnn_bf16, 104, 8) \
+  X(kBFloat16, irnn_bf16, 128, 1) \
+  X(kBFloat16, irnn_bf16, 128, 8)
+// The widest input the register-resident forward projects itself (x staged
+// in shared memory, W_ih rows in registers); a wider input runs today's
+// kernel.
+constexpr int kRegFwdMaxInput = 4;
+// Shared memory for the staged x of one chunk of steps, at most.
+constexpr int64_t kRegFwdStageBytes = 32 * 1024;
+// Threads of a register-resident block: HP rounded up to whole warps.
+constexpr int reg_fwd_threads(int hp) { return (hp + 31) / 32 * 32; }
+// Steps of x one chunk stages: [chunk][R][kRegFwdMaxInput] floats.
+inline int64_t reg_fwd_chunk(int64_t T, int rows) {
+  const int64_t most = kRegFwdStageBytes / (rows * kRegFwdMaxInput * 4);
+  return T < most ? (T > 0 ? T : 1) : most;
+}
+// Dynamic shared memory of a register-resident block: the h double buffer
+// [2][R][HP] and one chunk of x.
+inline int64_t reg_fwd_smem_bytes(int64_t T, int hp, int rows) {
+  return 4 * (2 * rows * hp + reg_fwd_chunk(T, rows) * rows * kRegFwdMaxInput);
+}
+
+// The register-resident variant for a forward call, or false: dtype and
+// H <= HP from the table, the input projected and at most kRegFwdMaxInput
+// wide, threads and shared memory within the device's limits; one row per block while B <= the SM count, else R = 8 rows while
+// that fills at most one wave (B <= 8 * SMs). HP is the smallest listed
+// size >= H.
+inline bool select_reg_fwd(int sm_count, int max_threads, int64_t smem_max,
+                           DType dtype, int64_t T, int64_t B, int64_t I,
+                           int64_t H, bool project, int* hp_out,
+                           int* rows_out) {
+  if (!project || I > kRegFwdMaxInput || B < 1 || H < 1 || sm_count < 1)
+    return false;
+  const int64_t rows_needed = (B + sm_count - 1) / sm_count;
+  const int rows = rows_needed <= 1 ? 1 : 8;
+  if (rows_needed > 8) return false;
+  int best = 0;
+#define IRNN_REG_FWD_PICK(dt, type, hp, r)                          \
+  if (dtype == DType::dt && r == rows && hp >= H &&                 \
+      reg_fwd_threads(hp) <= max_threads &&                           \
+      reg_fwd_smem_bytes(T, hp, rows) <= smem_max && (best == 0 || hp < best)) \
+    best = hp;
+  IRNN_REG_FWD_VARIANTS(IRNN_REG_FWD_PICK)
+#undef IRNN_REG_FWD_PICK
+  if (best == 0) return false;
+  *hp_out = best;
+  *rows_out = rows;
+  return true;
+}
 
 struct LaunchConfig {
   Path path;
@@ -133,6 +210,21 @@ inline LaunchConfig make_launch_config(const DeviceProps& p, bool backward,
       c.workspace = (T * B * H + H * H) * acc;
     else  // a ping-pong h when the sequence is not stored
       c.workspace = store_sequence ? 0 : 2 * B * H * storage_bytes(dtype);
+    return c;
+  }
+  int reg_hp = 0, reg_rows = 0;
+  if (!backward &&
+      select_reg_fwd(p.sm_count, static_cast<int>(max_threads), smem_max,
+                     dtype, T, B, I, H, project, &reg_hp, &reg_rows)) {
+    c.path = Path::kRegisterFwd;
+    c.rows_per_block = reg_rows;
+    c.row_groups = 1;
+    c.rows_per_thread = reg_rows;
+    c.threads = reg_fwd_threads(reg_hp);
+    c.blocks = static_cast<int>((B + reg_rows - 1) / reg_rows);
+    c.smem = reg_fwd_smem_bytes(T, reg_hp, reg_rows);
+    c.smem_optin = c.smem > p.smem_per_block;
+    c.workspace = 0;
     return c;
   }
   c.path = Path::kPersistent;

@@ -166,6 +166,143 @@ irnn_fwd_persistent_kernel(PersistentFwdParams<S> p) {
 }
 
 template <typename S>
+struct RegFwdParams {
+  const S* x;  // [T,B,I], I <= kRegFwdMaxInput
+  int64_t x_st, x_sb;
+  const S* h0;    // [B,H]
+  const S* w_ih;  // [H,I]
+  const S* w_hh;  // [H,H]
+  const S* b_ih;  // [H] or null
+  const S* b_hh;  // [H] or null
+  S* out;         // [T,B,H] or null
+  int64_t out_st, out_sb;
+  S* h_n;  // [B,H]
+  int T, B, I, H;
+  bool reverse;  // relu or tanh: the kernel's RELU
+  int chunk;  // steps of x staged at a time (reg_fwd_chunk)
+};
+
+// Four floats read from shared memory as one 16-byte access (LDS.128); all
+// threads of a warp read the same address, a broadcast.
+struct alignas(16) Float4 {
+  float x, y, z, w;
+};
+
+// The register-resident forward for H <= HP. Thread j keeps row j of W_hh
+// (zero beyond H) and of W_ih (zero beyond I) in registers and computes unit
+// j of the block's R rows [blockIdx.x * R, +R); threads j >= H compute
+// zeros and store nothing. h_{t-1} is read from a shared double buffer
+// [2][R][HP] in 16-byte broadcasts, four independent accumulators per row
+// (k mod 4); the padded columns stay zero, so the padded FMAs add exact
+// zeros. x is staged in shared memory a chunk of steps at a time before the
+// chunk's step loop, so no global load is on a step's critical path; the
+// step stores h_t to shared memory first, then to `out`, and ends with the
+// one barrier of the step (step s reads buffer s&1 and writes the other).
+// The activation is a template parameter: no branch in the step.
+template <typename S, int HP, int R, bool RELU>
+IRNN_GLOBAL void IRNN_LAUNCH_BOUNDS(reg_fwd_threads(HP))
+irnn_fwd_reg_kernel(RegFwdParams<S> p) {
+  static_assert(HP % 4 == 0, "h_{t-1} is read four floats at a time");
+  constexpr int NT = (HP + 31) / 32 * 32, XI = kRegFwdMaxInput;  // reg_fwd_threads
+  static_assert(XI == 4, "one Float4 of x per row and step");
+  float* hbuf = irnn_dyn_smem<float>();  // [2][R][HP]
+  float* xs = hbuf + 2 * R * HP;         // [chunk][R][XI]
+  const int H = p.H, I = p.I, j = threadIdx.x;
+  const int row0 = blockIdx.x * R;
+  const bool unit = j < H;
+
+  float w[HP];
+#pragma unroll
+  for (int k = 0; k < HP; ++k)
+    w[k] = unit && k < H ? to_acc(p.w_hh[j * H + k]) : 0.f;
+  float wi[XI];
+#pragma unroll
+  for (int i = 0; i < XI; ++i)
+    wi[i] = unit && i < I ? to_acc(p.w_ih[j * I + i]) : 0.f;
+  const float bias = unit ? (p.b_ih ? to_acc(p.b_ih[j]) : 0.f) +
+                                (p.b_hh ? to_acc(p.b_hh[j]) : 0.f)
+                          : 0.f;
+  // Rows past the batch end and units past H stay zero in both buffers.
+  for (int e = j; e < R * HP; e += NT) {
+    const int r = e / HP, k = e % HP;
+    hbuf[e] = row0 + r < p.B && k < H
+                  ? to_acc(p.h0[(int64_t)(row0 + r) * H + k]) : 0.f;
+    hbuf[R * HP + e] = 0.f;
+  }
+  bool valid[R];
+  S h_last[R];  // h of the last step (h0 when T = 0), for h_n
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    valid[r] = unit && row0 + r < p.B;
+    h_last[r] = valid[r] ? p.h0[(int64_t)(row0 + r) * H + j] : from_acc<S>(0.f);
+  }
+
+  // h_{t-1} and h_t buffers (swapped every step), and the offset of
+  // out[t, row0, j], moved by one step's stride per step.
+  float* hp = hbuf;
+  float* hn = hbuf + R * HP;
+  const int64_t out_step = p.reverse ? -p.out_st : p.out_st;
+  int64_t out_t = (p.reverse ? p.T - 1 : 0) * p.out_st + row0 * p.out_sb + j;
+  for (int s0 = 0; s0 < p.T; s0 += p.chunk) {
+    const int n = p.T - s0 < p.chunk ? p.T - s0 : p.chunk;
+    // The previous chunk's steps ended with a barrier: xs is free.
+    for (int e = j; e < n * R * XI; e += NT) {
+      const int q = e / (R * XI), r = (e / XI) % R, i = e % XI;
+      const int t = p.reverse ? p.T - 1 - (s0 + q) : s0 + q;
+      xs[e] = i < I && row0 + r < p.B
+                  ? to_acc(p.x[t * p.x_st + (int64_t)(row0 + r) * p.x_sb + i])
+                  : 0.f;
+    }
+    __syncthreads();
+    for (int q = 0; q < n; ++q) {
+      float acc[R][4];
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const Float4 xv =
+            *reinterpret_cast<const Float4*>(xs + (q * R + r) * XI);
+        acc[r][0] = bias + wi[0] * xv.x + wi[1] * xv.y + wi[2] * xv.z +
+                    wi[3] * xv.w;
+        acc[r][1] = acc[r][2] = acc[r][3] = 0.f;
+      }
+#pragma unroll
+      for (int k = 0; k < HP; k += 4) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const Float4 hv =
+              *reinterpret_cast<const Float4*>(hp + r * HP + k);
+          acc[r][0] += w[k] * hv.x;
+          acc[r][1] += w[k + 1] * hv.y;
+          acc[r][2] += w[k + 2] * hv.z;
+          acc[r][3] += w[k + 3] * hv.w;
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const float a = (acc[r][0] + acc[r][1]) + (acc[r][2] + acc[r][3]);
+        const S h = from_acc<S>(activate(a, RELU));
+        if (valid[r]) {
+          hn[r * HP + j] = to_acc(h);
+          h_last[r] = h;
+        }
+      }
+      if (p.out) {
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+          if (valid[r]) p.out[out_t + r * p.out_sb] = h_last[r];
+      }
+      out_t += out_step;
+      float* const swap = hp;
+      hp = hn;
+      hn = swap;
+      __syncthreads();
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+    if (valid[r]) p.h_n[(int64_t)(row0 + r) * H + j] = h_last[r];
+}
+
+template <typename S>
 struct PersistentBwdParams {
   const S* g_out;  // [T,B,H] or null
   int64_t g_st, g_sb;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "irnn_kernels.cuh"
 
@@ -46,6 +47,59 @@ GemmOperand<S> operand(const S* ptr, int64_t s_i, int64_t s_k) {
   return GemmOperand<S>{ptr, s_i, 0, s_k, kNoSplit};
 }
 
+// One register-resident forward. Instantiated for the variants of
+// IRNN_REG_FWD_VARIANTS only, each in its own translation unit on CUDA
+// (irnn_fwd_reg_<type>_hp<HP>.cu; irnn_cuda.cu declares them extern).
+template <typename S, int HP, int R>
+irnn_error launch_fwd_reg(const RegFwdParams<S>& p, bool relu,
+                          const LaunchConfig& c, irnn_stream stream) {
+  if (relu) {
+    if (c.smem_optin)
+      IRNN_SET_MAX_SMEM((irnn_fwd_reg_kernel<S, HP, R, true>), c.smem);
+    IRNN_LAUNCH((irnn_fwd_reg_kernel<S, HP, R, true>), c.blocks, c.threads,
+                static_cast<size_t>(c.smem), stream, p);
+  } else {
+    if (c.smem_optin)
+      IRNN_SET_MAX_SMEM((irnn_fwd_reg_kernel<S, HP, R, false>), c.smem);
+    IRNN_LAUNCH((irnn_fwd_reg_kernel<S, HP, R, false>), c.blocks, c.threads,
+                static_cast<size_t>(c.smem), stream, p);
+  }
+  return kIrnnSuccess;
+}
+
+// The variant of the table that make_launch_config selected (HP the
+// smallest listed size >= H, R the rows per block).
+template <typename S>
+irnn_error run_forward_reg(const FwdArgs& a, const LaunchConfig& c,
+                           irnn_stream stream) {
+  RegFwdParams<S> p{};
+  p.x = static_cast<const S*>(a.x); p.x_st = a.x_st; p.x_sb = a.x_sb;
+  p.h0 = static_cast<const S*>(a.h0);
+  p.w_ih = static_cast<const S*>(a.w_ih);
+  p.w_hh = static_cast<const S*>(a.w_hh);
+  p.b_ih = static_cast<const S*>(a.b_ih);
+  p.b_hh = static_cast<const S*>(a.b_hh);
+  p.out = static_cast<S*>(a.out); p.out_st = a.out_st; p.out_sb = a.out_sb;
+  p.h_n = static_cast<S*>(a.h_n);
+  p.T = static_cast<int>(a.T); p.B = static_cast<int>(a.B);
+  p.I = static_cast<int>(a.I); p.H = static_cast<int>(a.H);
+  p.reverse = a.reverse;
+  p.chunk = static_cast<int>(reg_fwd_chunk(a.T, c.rows_per_block));
+  int hp = 0;
+#define IRNN_REG_FWD_HP(dt, type, HP, R) \
+  if (std::is_same_v<S, type> && HP >= a.H && (hp == 0 || HP < hp)) hp = HP;
+  IRNN_REG_FWD_VARIANTS(IRNN_REG_FWD_HP)
+#undef IRNN_REG_FWD_HP
+#define IRNN_REG_FWD_RUN(dt, type, HP, R)                                   \
+  if constexpr (std::is_same_v<S, type>) {                                  \
+    if (hp == HP && c.rows_per_block == R)                                  \
+      return launch_fwd_reg<type, HP, R>(p, a.relu, c, stream);                     \
+  }
+  IRNN_REG_FWD_VARIANTS(IRNN_REG_FWD_RUN)
+#undef IRNN_REG_FWD_RUN
+  return kIrnnInvalidConfig;
+}
+
 template <typename S>
 irnn_error run_forward(const FwdArgs& a, const LaunchConfig& c, void* ws,
                        irnn_stream stream) {
@@ -57,6 +111,7 @@ irnn_error run_forward(const FwdArgs& a, const LaunchConfig& c, void* ws,
   const S* w_hh = static_cast<const S*>(a.w_hh);
   S* out = static_cast<S*>(a.out);
   S* h_n = static_cast<S*>(a.h_n);
+  if (c.path == Path::kRegisterFwd) return run_forward_reg<S>(a, c, stream);
   if (c.path == Path::kPersistent) {
     PersistentFwdParams<S> p{};
     p.x = x; p.x_st = a.x_st; p.x_sb = a.x_sb;

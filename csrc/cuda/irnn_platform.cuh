@@ -19,6 +19,8 @@ using irnn_bf16 = __nv_bfloat16;
 using irnn_error = cudaError_t;
 using irnn_stream = cudaStream_t;
 constexpr irnn_error kIrnnSuccess = cudaSuccess;
+// A launch configuration no kernel of the build implements.
+constexpr irnn_error kIrnnInvalidConfig = cudaErrorInvalidConfiguration;
 
 // The block's dynamic shared memory, as T elements.
 template <typename T>

@@ -406,6 +406,7 @@ struct irnn_bf16 {
 using irnn_error = int;
 using irnn_stream = void*;
 constexpr irnn_error kIrnnSuccess = 0;
+constexpr irnn_error kIrnnInvalidConfig = 9;  // cudaErrorInvalidConfiguration
 
 template <typename T>
 inline T* irnn_dyn_smem() {

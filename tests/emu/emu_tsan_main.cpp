@@ -86,6 +86,7 @@ int run_kernels() {
   const Case cases[] = {
       {DType::kFloat, 3, 11, 1, 120, true, true, false},
       {DType::kFloat, 2, 10, 2, 112, true, false, true},
+      {DType::kFloat, 3, 4, 1, 110, true, true, false},
       {DType::kDouble, 2, 9, 1, 80, false, true, false},
   };
   int failures = 0;
