@@ -352,8 +352,11 @@ def test_register_forward_chunks_and_determinism(harness, rows):
     block, 256 at 8), reversed, with h0: against the reference, and
     bitwise equal across runs with blocks in different orders."""
     B, T = (3, 2050) if rows == 1 else (13, 260)
+    # Gradients on the sequence too: from h_n alone, dh0 decays over T steps
+    # below float32's range (4e-49 at T = 260), which float32 rightly gives
+    # as 0 and a relative check cannot compare.
     run_and_compare(harness, FOUR_SMS, torch.float32, T, B, 2, 100,
-                    reverse=True, grads="last", expect_path=PERSISTENT)
+                    reverse=True, grads="both", expect_path=PERSISTENT)
     gen = torch.Generator().manual_seed(3)
     v = make_inputs(torch.float32, T, B, 2, 100, True, True, gen)
     runs = [harness.forward(FOUR_SMS, v["x"], v["h0"], v["w_ih"], v["w_hh"],
