@@ -1,0 +1,72 @@
+"""Checkpoints: what they hold, saving them atomically, loading and
+checking them, and restoring a run from one."""
+import os
+import random
+
+import torch
+
+from .errors import ConfigError
+
+CHECKPOINT_FORMAT = "irnn_cuda.seq_mnist/1"
+
+
+def rng_states():
+    states = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states):
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(state, path):
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(dict(state, format=CHECKPOINT_FORMAT), f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    """A checkpoint file (or a run directory's last.pt), checked."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "last.pt")
+    if not os.path.isfile(path):
+        raise ConfigError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and EOF errors all mean "corrupt"
+        raise ConfigError(f"{path} is corrupt or not a checkpoint "
+                          f"({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path} is not a seq_mnist checkpoint "
+                          f"(expected format {CHECKPOINT_FORMAT!r})")
+    return ckpt, path
+
+
+def load_model_state(model, ckpt, path):
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError) as exc:
+        raise ConfigError(f"{path} does not match the model "
+                          f"(hidden {ckpt['config'].get('hidden')}): "
+                          f"{exc}") from exc
+
+
+def restore(ckpt, path, model, optimizer):
+    """Loads the weights, optimiser and RNG states of a resumed run."""
+    load_model_state(model, ckpt, path)
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(
+            f"{path}: optimiser state does not match "
+            f"{ckpt['config'].get('optimizer')}: {exc}") from exc
+    set_rng_states(ckpt["rng"])
+

@@ -1,0 +1,208 @@
+"""The training loop: one run from a fresh start or a checkpoint, epoch by
+epoch, with a checkpoint and a metrics row at the end of each."""
+import datetime
+import math
+import os
+import random
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import reporting
+from .checkpoints import restore, rng_states, save_checkpoint
+from .config import PER_RUN
+from .data import Data, epoch_batches, epoch_order, to_pixels
+from .errors import ConfigError
+from .evaluation import evaluate
+from .model import SeqMNISTModel, make_optimizer
+
+try:
+    from tqdm import tqdm
+except ImportError:  # the progress bar is optional
+    tqdm = None
+
+
+class Run:
+    """The state of one training run and the files it writes."""
+
+    def __init__(self, config, d, ckpt=None, ckpt_path=None):
+        self.config, self.d = config, d
+        torch.manual_seed(config["seed"])
+        random.seed(config["seed"])
+        self.model = SeqMNISTModel(config["hidden"], config["impl"],
+                                   config["init"]).to(d.device)
+        self.optimizer = make_optimizer(config, self.model.parameters())
+        self.rows, self.step, self.best_val = [], 0, -1.0
+        self.start_epoch, self.start_batch, self.partial = 1, 0, None
+        if ckpt:
+            restore(ckpt, ckpt_path, self.model, self.optimizer)
+            self.rows = ckpt["metrics"]
+            self.step, self.best_val = ckpt["step"], ckpt["best_val_acc"]
+            self.start_epoch, self.start_batch = (ckpt["epoch"],
+                                                  ckpt["batches_done"])
+            self.partial = ckpt["epoch_totals"]
+            if self.start_batch == 0:  # the saved epoch was complete
+                self.start_epoch += 1
+        self.data = Data(config, d.device)
+        self.ddp = self.model
+        if d.enabled:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[d.device] if d.device.type == "cuda" else None)
+
+    def save(self, names, epoch, batches_done, totals):
+        if self.d.main:
+            state = {"config": {k: v for k, v in self.config.items()
+                                if k not in PER_RUN},
+                     "model": self.model.state_dict(),
+                     "optimizer": self.optimizer.state_dict(),
+                     "rng": rng_states(), "epoch": epoch,
+                     "batches_done": batches_done, "epoch_totals": totals,
+                     "step": self.step, "best_val_acc": self.best_val,
+                     "metrics": self.rows}
+            for name in names:
+                save_checkpoint(state, os.path.join(self.config["out"], name))
+
+    def train_epoch(self, epoch, batches, totals, first):
+        """Trains the batches from `first` on; returns (batches done, status)."""
+        config, d = self.config, self.d
+        order = epoch_order(len(self.data.train[0]), config["seed"],
+                            epoch).to(d.device)
+        t0 = time.perf_counter() - totals[4]
+        bar = None
+        if d.main and config["progress"] and tqdm is not None:
+            bar = tqdm(total=len(batches), initial=first,
+                       desc=f"epoch {epoch}/{config['epochs']}",
+                       unit="batch", leave=False, dynamic_ncols=True)
+        done, status = first, "done"
+        try:
+            for start, stop in batches[first:]:
+                if (config["max_steps"] is not None
+                        and self.step >= config["max_steps"]):
+                    status = "max_steps"
+                    break
+                trained = self.train_step(start, stop, order, totals)
+                self.step += 1
+                done += 1
+                if not trained:
+                    if config["on_nonfinite"] == "stop":
+                        kept = os.path.join(config["out"], "last.pt")
+                        raise ConfigError(
+                            f"non-finite loss at epoch {epoch}, step "
+                            f"{self.step} (batch {done} of {len(batches)}); "
+                            f"stopping. "
+                            f"{kept if os.path.exists(kept) else 'No checkpoint'}"
+                            f" keeps the last good state (written at the end "
+                            f"of the previous epoch). Lower --lr, set "
+                            f"--clip-norm, or pass --on-nonfinite skip to "
+                            f"skip such steps.")
+                    totals[3] += 1
+                if bar:
+                    seen = totals[2] + totals[3]
+                    bar.set_postfix(
+                        loss=f"{totals[0] / max(totals[2], 1):.4f}",
+                        acc=f"{totals[1] / max(totals[2], 1):.4f}",
+                        samples_s=f"{seen / (time.perf_counter() - t0):.0f}",
+                        refresh=False)
+                    bar.update(1)
+        finally:
+            if bar:
+                bar.close()
+        totals[4] = time.perf_counter() - t0
+        return done, status
+
+    def train_step(self, start, stop, order, totals):
+        """One optimiser step on global batch [start, stop); False if its
+        loss was not finite on some rank (then no rank takes the step)."""
+        d = self.d
+        share = (stop - start) // d.world
+        lo = start + d.rank * share
+        idx = order[lo:lo + share]
+        x, y = to_pixels(self.data.train[0][idx]), self.data.train[1][idx]
+        logits = self.ddp(x)
+        losses = F.cross_entropy(logits, y, reduction="none")
+        stats = torch.stack([
+            losses.detach().double().sum(),
+            (logits.argmax(1) == y).sum().double(),
+            torch.tensor(float(len(y)), dtype=torch.float64, device=x.device),
+            (~torch.isfinite(losses.detach())).any().double()])
+        loss_sum, correct, count, bad = d.all_sum(stats).tolist()
+        if bad:
+            return False
+        # mean over the global batch: DDP averages over the ranks
+        (losses.sum() * (d.world / (stop - start))).backward()
+        if self.config["clip_norm"] is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(),
+                                     self.config["clip_norm"])
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals[0] += loss_sum
+        totals[1] += int(correct)
+        totals[2] += int(count)
+        return True
+
+
+def train(config, d, ckpt=None, ckpt_path=None):
+    """Trains from scratch, or from `ckpt` (loaded from `ckpt_path`) on
+    --resume. Returns (the last epoch's row, the run directory)."""
+    config["out"] = config["out"] or config["resume"] or os.path.join(
+        "runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    run = Run(config, d, ckpt, ckpt_path)
+    data = run.data
+    if d.main:
+        os.makedirs(config["out"], exist_ok=True)
+        reporting.write_config(config["out"], config, data, d,
+                               run.step if ckpt else None)
+        print(f"seq_mnist: impl {config['impl']}, init {config['init']}, "
+              f"hidden {config['hidden']}, {config['optimizer']} lr "
+              f"{config['lr']:g}, batch {config['batch_size']}"
+              f"{f' over {d.world} ranks' if d.enabled else ''}, "
+              f"{len(data.train[0])} train / {len(data.test[0])} test images"
+              f", device {d.device}, run dir {config['out']}", flush=True)
+    batches = epoch_batches(len(data.train[0]), config["batch_size"], d.world)
+    final = run.rows[-1] if run.rows else None
+    for epoch in range(run.start_epoch, config["epochs"] + 1):
+        if config["max_steps"] is not None and run.step >= config["max_steps"]:
+            break
+        first = run.start_batch if epoch == run.start_epoch else 0
+        # loss_sum, correct, count, skipped, seconds (carried over a resume)
+        totals = (list(run.partial) if (run.partial and first)
+                  else [0.0, 0, 0, 0, 0.0])
+        done, status = run.train_epoch(epoch, batches, totals, first)
+        final = end_epoch(run, epoch, done, len(batches), totals)
+        if status == "max_steps":
+            break
+    return final, config["out"]
+
+
+def end_epoch(run, epoch, done, n_batches, totals):
+    """Evaluates, checkpoints and reports an epoch of `done` steps."""
+    config, d, data = run.config, run.d, run.data
+    seconds = totals[4]
+    complete = done == n_batches
+    row = {"epoch": epoch, "partial": not complete, "steps": run.step,
+           "train_loss": totals[0] / totals[2] if totals[2] else math.nan,
+           "train_acc": totals[1] / totals[2] if totals[2] else math.nan,
+           "skipped_steps": totals[3]}
+    if len(data.val[0]):
+        row["val_loss"], row["val_acc"] = evaluate(
+            run.model, data.val, config["eval_batch_size"], d)
+    row["test_loss"], row["test_acc"] = evaluate(
+        run.model, data.test, config["eval_batch_size"], d)
+    row["seconds"] = seconds
+    row["samples_per_s"] = (totals[2] + totals[3]) / seconds if seconds else 0.0
+    names = ["last.pt"]
+    if complete:
+        run.rows.append(row)
+        if len(data.val[0]) and row["val_acc"] > run.best_val:
+            run.best_val = row["val_acc"]
+            names.append("best.pt")
+    run.save(names, epoch, 0 if complete else done,
+             None if complete else totals)
+    if d.main:
+        reporting.write_metrics(config["out"], run.rows if complete
+                                else run.rows + [row])
+        print(reporting.epoch_line(row), flush=True)
+    return row

@@ -1,0 +1,109 @@
+"""The parts of bench/seq_mnist.py (bench/mnist_irnn/), each on its own:
+the import graph, their sizes and the settings."""
+import ast
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+PACKAGE = os.path.join(BENCH, "mnist_irnn")
+sys.path.insert(0, BENCH)
+from mnist_irnn import config  # noqa: E402
+from mnist_irnn.errors import ConfigError  # noqa: E402
+
+MODULES = sorted(name[:-3] for name in os.listdir(PACKAGE)
+                 if name.endswith(".py") and name != "__init__.py")
+
+
+def package_imports(path):
+    """The package modules the file at `path` imports."""
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            inside = node.level == 1 or (node.module or "").startswith(
+                "mnist_irnn")
+            if not inside:
+                continue
+            module = (node.module or "").removeprefix("mnist_irnn").lstrip(".")
+            if module:
+                found.add(module.split(".")[0])
+            else:  # from . import a, b
+                found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("mnist_irnn."):
+                    found.add(alias.name.split(".")[1])
+    return found
+
+
+def find_cycle(graph):
+    """A list of modules that import each other in a circle, or None."""
+    state = {}
+
+    def visit(module, path):
+        state[module] = "open"
+        for child in sorted(graph.get(module, ())):
+            if state.get(child) == "open":
+                return path[path.index(child):] + [child]
+            if child not in state:
+                cycle = visit(child, path + [child])
+                if cycle:
+                    return cycle
+        state[module] = "done"
+        return None
+
+    for module in sorted(graph):
+        if module not in state:
+            cycle = visit(module, [module])
+            if cycle:
+                return cycle
+    return None
+
+
+def test_imports_between_the_parts_run_one_way():
+    graph = {m: package_imports(os.path.join(PACKAGE, m + ".py"))
+             for m in MODULES}
+    for module, imported in graph.items():
+        assert imported <= set(MODULES), (module, imported)
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+    # the script sits on top; nothing in the package imports it
+    for module in MODULES:
+        with open(os.path.join(PACKAGE, module + ".py")) as f:
+            assert "seq_mnist" not in {
+                alias.name for node in ast.walk(ast.parse(f.read()))
+                if isinstance(node, ast.Import) for alias in node.names}
+
+
+def test_the_graph_walk_finds_a_cycle(tmp_path):
+    (tmp_path / "a.py").write_text("from .b import x\n")
+    (tmp_path / "b.py").write_text("from . import a\nimport mnist_irnn.c\n")
+    assert package_imports(str(tmp_path / "a.py")) == {"b"}
+    assert package_imports(str(tmp_path / "b.py")) == {"a", "c"}
+    assert find_cycle({"a": {"b"}, "b": {"a", "c"}, "c": set()}) == [
+        "a", "b", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_part_is_long_and_the_package_does_not_shadow_the_script():
+    for module in MODULES:
+        with open(os.path.join(PACKAGE, module + ".py")) as f:
+            assert len(f.readlines()) <= 300, module
+    assert not os.path.exists(os.path.join(BENCH, "seq_mnist"))
+
+
+# ----------------------------------------------------------------- settings
+
+def test_presets_saved_settings_and_flags_layer_in_order():
+    resolved = config.resolve_config({"preset": "keras-example",
+                                      "epochs": 3})
+    assert (resolved["batch_size"], resolved["epochs"]) == (32, 3)
+    assert resolved["lr"] == config.DEFAULT_LR["rmsprop"]
+    saved = dict(resolved, hidden=8, out="elsewhere")
+    resumed = config.resolve_config({"epochs": 5}, saved)
+    assert (resumed["hidden"], resumed["epochs"], resumed["out"]) == (8, 5, None)
+    with pytest.raises(ConfigError, match="--hidden 16 conflicts"):
+        config.resolve_config({"hidden": 16}, saved)
