@@ -1,6 +1,7 @@
 """The parts of bench/seq_mnist.py (bench/mnist_irnn/), each on its own:
-the import graph, their sizes and the settings."""
+the import graph, their sizes, the settings and the run directory."""
 import ast
+import datetime
 import os
 import sys
 
@@ -10,8 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 PACKAGE = os.path.join(BENCH, "mnist_irnn")
 sys.path.insert(0, BENCH)
-from mnist_irnn import config  # noqa: E402
-from mnist_irnn.errors import ConfigError  # noqa: E402
+from mnist_irnn import config, files  # noqa: E402
+from mnist_irnn.errors import ConfigError, OutputError  # noqa: E402
 
 MODULES = sorted(name[:-3] for name in os.listdir(PACKAGE)
                  if name.endswith(".py") and name != "__init__.py")
@@ -107,3 +108,33 @@ def test_presets_saved_settings_and_flags_layer_in_order():
     assert (resumed["hidden"], resumed["epochs"], resumed["out"]) == (8, 5, None)
     with pytest.raises(ConfigError, match="--hidden 16 conflicts"):
         config.resolve_config({"hidden": 16}, saved)
+
+
+# ------------------------------------------------------------ run directory
+
+class FrozenClock(datetime.datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return cls(2026, 1, 2, 3, 4, 5)
+
+
+def test_default_run_dirs_are_unique_within_a_second(tmp_path, monkeypatch):
+    monkeypatch.setattr(datetime, "datetime", FrozenClock)
+    runs = str(tmp_path / "runs")
+    first = files.create_run_dir(None, runs)
+    second = files.create_run_dir(None, runs)
+    assert first == os.path.join(runs, "20260102-030405")
+    assert second == first + "-2"
+    for out in (first, second):
+        assert os.listdir(out) == ["config.json"]  # claimed
+
+
+def test_out_must_be_new_or_empty(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert files.create_run_dir(str(empty)) == str(empty)
+    with pytest.raises(OutputError, match="already holds files.*--resume"):
+        files.create_run_dir(str(empty))  # claimed by the first
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="cannot create the run directory"):
+        files.create_run_dir(str(tmp_path / "file" / "run"))

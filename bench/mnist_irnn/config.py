@@ -93,8 +93,9 @@ def build_parser():
     run = p.add_argument_group("run")
     run.add_argument("--device", choices=["auto", "cpu", "cuda"],
                      help="auto (default): cuda when available")
-    run.add_argument("--out", help="run directory (runs/<timestamp>; with "
-                                   "--resume, the resumed directory)")
+    run.add_argument("--out", help="run directory, new or empty (default "
+                                   "runs/<timestamp>; with --resume, the "
+                                   "resumed directory)")
     run.add_argument("--resume", metavar="DIR",
                      help="continue the run in DIR from its last.pt")
     run.add_argument("--eval-only", metavar="CHECKPOINT",

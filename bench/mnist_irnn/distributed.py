@@ -39,6 +39,14 @@ class Dist:
             dist.all_reduce(tensor)
         return tensor
 
+    def from_main(self, obj):
+        """Rank 0's `obj` on every rank."""
+        if not self.enabled:
+            return obj
+        shared = [obj if self.main else None]
+        dist.broadcast_object_list(shared, src=0)
+        return shared[0]
+
     def close(self):
         if self.enabled:
             dist.destroy_process_group()

@@ -1,8 +1,21 @@
-"""The failures seq_mnist reports as one line and a non-zero exit."""
+"""The failures seq_mnist reports as one line and a non-zero exit.
+
+Each is a SystemExit carrying "seq_mnist: error: ...", so the program ends
+with that line and status 1 instead of a traceback.
+"""
 
 
-class ConfigError(SystemExit):
-    """A bad setting, file or checkpoint: exits with its message."""
+class RunError(SystemExit):
+    """A failure the user can act on; `message` is without the prefix."""
 
     def __init__(self, message):
         super().__init__(f"seq_mnist: error: {message}")
+        self.message = message
+
+
+class ConfigError(RunError):
+    """A bad setting, file or checkpoint."""
+
+
+class OutputError(RunError):
+    """The run directory or a file in it cannot be created or written."""

@@ -1,6 +1,5 @@
 """The training loop: one run from a fresh start or a checkpoint, epoch by
 epoch, with a checkpoint and a metrics row at the end of each."""
-import datetime
 import math
 import os
 import random
@@ -14,8 +13,9 @@ from . import reporting
 from .checkpoints import restore, rng_states, save_checkpoint
 from .config import PER_RUN
 from .data import Data, epoch_batches, epoch_order, to_pixels
-from .errors import ConfigError
+from .errors import ConfigError, RunError
 from .evaluation import evaluate
+from .files import create_run_dir, ensure_run_dir
 from .model import SeqMNISTModel, make_optimizer
 
 try:
@@ -144,17 +144,38 @@ class Run:
         return True
 
 
+def open_run_dir(run, ckpt):
+    """Rank 0 creates (or, resuming, reopens) the run directory and writes
+    config.json; every rank gets the directory, or the same error."""
+    config, d = run.config, run.d
+    outcome = None
+    if d.main:
+        try:
+            if ckpt is None:
+                config["out"] = create_run_dir(config["out"])
+            else:
+                config["out"] = config["out"] or config["resume"]
+                ensure_run_dir(config["out"])
+            reporting.write_config(config["out"], config, run.data, d,
+                                   run.step if ckpt else None)
+            outcome = (None, config["out"])
+        except RunError as exc:
+            outcome = (type(exc), exc.message)
+            d.from_main(outcome)
+            raise
+    error, value = d.from_main(outcome)
+    if error is not None:
+        raise error(value)
+    config["out"] = value
+
+
 def train(config, d, ckpt=None, ckpt_path=None):
     """Trains from scratch, or from `ckpt` (loaded from `ckpt_path`) on
     --resume. Returns (the last epoch's row, the run directory)."""
-    config["out"] = config["out"] or config["resume"] or os.path.join(
-        "runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     run = Run(config, d, ckpt, ckpt_path)
+    open_run_dir(run, ckpt)
     data = run.data
     if d.main:
-        os.makedirs(config["out"], exist_ok=True)
-        reporting.write_config(config["out"], config, data, d,
-                               run.step if ckpt else None)
         print(f"seq_mnist: impl {config['impl']}, init {config['init']}, "
               f"hidden {config['hidden']}, {config['optimizer']} lr "
               f"{config['lr']:g}, batch {config['batch_size']}"

@@ -1,0 +1,61 @@
+"""The run directory, claimed by one run only.
+
+A run claims its directory by creating config.json in it exclusively, so
+two runs never share one: a default name gets a suffix when taken, and an
+explicit --out must be new or empty (a resume writes into its own run).
+"""
+import datetime
+import os
+
+from .errors import OutputError
+
+CLAIM = "config.json"
+
+
+def _claim(out):
+    """Creates `out` (if needed) and its config.json; False if taken."""
+    os.makedirs(out, exist_ok=True)
+    try:
+        os.close(os.open(os.path.join(out, CLAIM),
+                         os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return False
+    return True
+
+
+def create_run_dir(out, runs_root="runs"):
+    """A new run directory: `out` if given (new or empty), else a unique
+    runs/<timestamp>[-N]. Returns its path."""
+    try:
+        if out is not None:
+            if os.path.isdir(out) and os.listdir(out) or not _claim(out):
+                raise OutputError(
+                    f"--out {out} already holds files; pass --resume {out} "
+                    f"to continue that run, or choose a new or empty --out")
+            return out
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        os.makedirs(runs_root, exist_ok=True)
+        for n in range(1, 10_000):
+            candidate = os.path.join(
+                runs_root, stamp if n == 1 else f"{stamp}-{n}")
+            try:
+                os.mkdir(candidate)
+            except FileExistsError:
+                continue
+            if _claim(candidate):
+                return candidate
+        raise OutputError(f"no free run directory name {stamp}-N left in "
+                          f"{runs_root}; pass --out")
+    except OSError as exc:
+        target = out if out is not None else runs_root
+        raise OutputError(f"cannot create the run directory {target}: "
+                          f"{exc.strerror or exc}") from exc
+
+
+def ensure_run_dir(out):
+    """The directory a resumed run writes to: it may hold files already."""
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the run directory {out}: "
+                          f"{exc.strerror or exc}") from exc
