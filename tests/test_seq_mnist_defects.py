@@ -4,10 +4,13 @@ was there, files are written atomically, and a diverged run says so and
 exits non-zero. Tiny runs on the synthetic IDX files of test_seq_mnist."""
 import datetime
 import os
+import subprocess
+import sys
 
 import pytest
+import torch
 
-from test_seq_mnist import DATA_DIR, load, run
+from test_seq_mnist import DATA_DIR, ROOT, SCRIPT, load, run
 import seq_mnist
 
 TINY = ("--limit-train", 64, "--limit-test", 16, "--hidden", 8,
@@ -52,3 +55,70 @@ def test_runs_started_in_the_same_second_get_their_own_dirs(tmp_path,
     assert first != second
     assert load(os.path.join(first, "last.pt"))["config"]["seed"] == 1
     assert load(os.path.join(second, "last.pt"))["config"]["seed"] == 2
+
+
+# ----------------------------------------- 2. one-line errors, nothing made
+
+def _checkpoint_without_config(tmp_path):
+    _, out = run(tmp_path, "source", *TINY, "--epochs", 1)
+    state = load(os.path.join(out, "last.pt"))
+    del state["config"]
+    torch.save(state, os.path.join(out, "last.pt"))
+    return out
+
+
+BAD_SETTINGS = {
+    "rmsprop lr nan": (["--optimizer", "rmsprop", "--lr", "nan"], "--lr"),
+    "adam lr -1": (["--optimizer", "adam", "--lr", "-1"], "--lr"),
+    "rmsprop lr -1": (["--optimizer", "rmsprop", "--lr", "-1"], "--lr"),
+    "sgd lr nan": (["--optimizer", "sgd", "--lr", "nan"], "--lr"),
+    "sgd lr inf": (["--optimizer", "sgd", "--lr", "inf"], "--lr"),
+    "sgd clip nan": (["--optimizer", "sgd", "--clip-norm", "nan"],
+                     "--clip-norm"),
+    "huge seed": (["--seed", "99999999999999999"], "--seed"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SETTINGS))
+def test_bad_settings_stop_before_anything_is_written(tmp_path, case):
+    args, names = BAD_SETTINGS[case]
+    with pytest.raises(SystemExit) as stop:
+        run(tmp_path, "run", "--limit-train", 64, "--limit-test", 16,
+            "--hidden", 8, "--batch-size", 32, "--epochs", 1, *args)
+    assert str(stop.value.code).startswith("seq_mnist: error: " + names)
+    assert os.listdir(tmp_path) == []
+
+
+def test_unusable_out_and_checkpoint_stop_with_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit, match="seq_mnist: error: cannot create "
+                                         "the run directory .*file/run: Not "
+                                         "a directory"):
+        main(*TINY, "--epochs", 1, "--out", tmp_path / "file" / "run")
+    no_config = _checkpoint_without_config(tmp_path)
+    for flag in ("--resume", "--eval-only"):
+        with pytest.raises(SystemExit, match="seq_mnist: error: .*last.pt is "
+                                             "an incomplete seq_mnist "
+                                             "checkpoint: config"):
+            main(flag, no_config)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_unwritable_out_stops_with_one_line(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    with pytest.raises(SystemExit, match="seq_mnist: error: cannot create "
+                                         "the run directory"):
+        main(*TINY, "--epochs", 1, "--out", locked / "run")
+
+
+def test_program_prints_one_line_and_exits_non_zero(tmp_path):
+    done = subprocess.run(
+        [sys.executable, SCRIPT, "--lr", "nan", "--out", str(tmp_path / "r")],
+        capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "seq_mnist: error: --lr must be a positive finite number, got nan"]
+    assert not os.path.exists(tmp_path / "r")

@@ -1,18 +1,21 @@
 """The parts of bench/seq_mnist.py (bench/mnist_irnn/), each on its own:
-the import graph, their sizes, the settings and the run directory."""
+the import graph, their sizes, the settings, the run directory and
+checkpoints."""
 import ast
 import datetime
 import os
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 PACKAGE = os.path.join(BENCH, "mnist_irnn")
 sys.path.insert(0, BENCH)
-from mnist_irnn import config, files  # noqa: E402
-from mnist_irnn.errors import ConfigError, OutputError  # noqa: E402
+from mnist_irnn import checkpoints, config, files  # noqa: E402
+from mnist_irnn.errors import (CheckpointError, ConfigError,  # noqa: E402
+                               OutputError, RunError)
 
 MODULES = sorted(name[:-3] for name in os.listdir(PACKAGE)
                  if name.endswith(".py") and name != "__init__.py")
@@ -138,3 +141,26 @@ def test_out_must_be_new_or_empty(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match="cannot create the run directory"):
         files.create_run_dir(str(tmp_path / "file" / "run"))
+
+
+# -------------------------------------------------------------- checkpoints
+
+def test_checkpoint_round_trip_and_incomplete_files(tmp_path):
+    state = {key: 0 for key in checkpoints.KEYS}
+    state.update(config={"hidden": 4}, model={"w": torch.ones(2)},
+                 metrics=[])
+    path = str(tmp_path / "last.pt")
+    checkpoints.save_checkpoint(state, path)
+    loaded, found = checkpoints.load_checkpoint(str(tmp_path))
+    assert found == path and torch.equal(loaded["model"]["w"], torch.ones(2))
+    del state["config"]
+    checkpoints.save_checkpoint(state, path)
+    with pytest.raises(CheckpointError, match="incomplete.*config"):
+        checkpoints.load_checkpoint(path)
+
+
+def test_every_failure_is_a_one_line_exit():
+    for error in (ConfigError, CheckpointError, OutputError):
+        exc = error("what went wrong")
+        assert isinstance(exc, RunError) and isinstance(exc, SystemExit)
+        assert exc.code == "seq_mnist: error: what went wrong"

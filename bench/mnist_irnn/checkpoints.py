@@ -5,9 +5,13 @@ import random
 
 import torch
 
-from .errors import ConfigError
+from .errors import CheckpointError
 
 CHECKPOINT_FORMAT = "irnn_cuda.seq_mnist/1"
+# Every key save_checkpoint writes; a file with the format key but without
+# one of these is refused by name.
+KEYS = ("config", "model", "optimizer", "rng", "epoch", "batches_done",
+        "epoch_totals", "step", "best_val_acc", "metrics")
 
 
 def rng_states():
@@ -38,25 +42,31 @@ def load_checkpoint(path):
     if os.path.isdir(path):
         path = os.path.join(path, "last.pt")
     if not os.path.isfile(path):
-        raise ConfigError(f"no checkpoint at {path}")
+        raise CheckpointError(f"no checkpoint at {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and EOF errors all mean "corrupt"
-        raise ConfigError(f"{path} is corrupt or not a checkpoint "
-                          f"({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{path} is corrupt or not a checkpoint "
+                              f"({type(exc).__name__}: {exc})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path} is not a seq_mnist checkpoint "
-                          f"(expected format {CHECKPOINT_FORMAT!r})")
+        raise CheckpointError(f"{path} is not a seq_mnist checkpoint "
+                              f"(expected format {CHECKPOINT_FORMAT!r})")
+    missing = [key for key in KEYS if key not in ckpt]
+    if missing or not isinstance(ckpt["config"], dict):
+        raise CheckpointError(
+            f"{path} is an incomplete seq_mnist checkpoint: "
+            f"{', '.join(missing) or 'config'} "
+            f"{'is' if len(missing) < 2 else 'are'} missing or malformed")
     return ckpt, path
 
 
 def load_model_state(model, ckpt, path):
     try:
         model.load_state_dict(ckpt["model"])
-    except (RuntimeError, KeyError) as exc:
-        raise ConfigError(f"{path} does not match the model "
-                          f"(hidden {ckpt['config'].get('hidden')}): "
-                          f"{exc}") from exc
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} does not match the model "
+                              f"(hidden {ckpt['config'].get('hidden')}): "
+                              f"{exc}") from exc
 
 
 def restore(ckpt, path, model, optimizer):
@@ -65,7 +75,7 @@ def restore(ckpt, path, model, optimizer):
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
     except (ValueError, KeyError) as exc:
-        raise ConfigError(
+        raise CheckpointError(
             f"{path}: optimiser state does not match "
             f"{ckpt['config'].get('optimizer')}: {exc}") from exc
     set_rng_states(ckpt["rng"])

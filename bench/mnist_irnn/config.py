@@ -1,7 +1,9 @@
 """Settings: the flags, their defaults, the presets, and which settings a
 resumed run may change. Layering: defaults < preset < the checkpoint's
-settings < explicit flags."""
+settings < explicit flags; every value is checked here, before anything is
+loaded or written."""
 import argparse
+import math
 
 from .errors import ConfigError
 
@@ -32,6 +34,9 @@ MAY_CHANGE = {"epochs", "eval_batch_size", "device", "data_dir",
               "on_nonfinite", "progress"}
 # These belong to one invocation and are not saved.
 PER_RUN = {"max_steps", "out", "resume", "eval_only"}
+# The per-epoch shuffle seeds a generator with seed * 1_000_003 + epoch,
+# which must stay inside the generator's 64 bits.
+MAX_SEED = 2**32 - 1
 
 
 def flag(key):
@@ -69,7 +74,8 @@ def build_parser():
                        help="global batch size, over all ranks (1024)")
     model.add_argument("--epochs", type=int, help="epochs in all (10)")
     model.add_argument("--seed", type=int,
-                       help="seeds the weights, shuffling and --permute (0)")
+                       help="seeds the weights, shuffling and --permute (0; "
+                            f"0 to {MAX_SEED})")
     model.add_argument("--permute", action="store_true",
                        help="permuted pixel MNIST, one fixed permutation "
                             "drawn from the seed")
@@ -144,5 +150,13 @@ def check(config):
             raise ConfigError(f"{flag(key)} must be at least 1")
     if config["val_split"] < 0:
         raise ConfigError("--val-split must not be negative")
-    if config["clip_norm"] is not None and config["clip_norm"] <= 0:
-        raise ConfigError("--clip-norm must be positive")
+    if not (math.isfinite(config["lr"]) and config["lr"] > 0):
+        raise ConfigError(f"--lr must be a positive finite number, got "
+                          f"{config['lr']}")
+    if config["clip_norm"] is not None and not (
+            math.isfinite(config["clip_norm"]) and config["clip_norm"] > 0):
+        raise ConfigError(f"--clip-norm must be a positive finite number, "
+                          f"got {config['clip_norm']}")
+    if not 0 <= config["seed"] <= MAX_SEED:
+        raise ConfigError(f"--seed must be between 0 and {MAX_SEED}, got "
+                          f"{config['seed']}")

@@ -14,7 +14,11 @@ class RunError(SystemExit):
 
 
 class ConfigError(RunError):
-    """A bad setting, file or checkpoint."""
+    """A flag, a combination of flags or a preset that cannot be used."""
+
+
+class CheckpointError(RunError):
+    """A checkpoint that is missing, corrupt, incomplete or for another model."""
 
 
 class OutputError(RunError):
