@@ -3,6 +3,7 @@ settings stop with one line before anything is written, resumes keep what
 was there, files are written atomically, and a diverged run says so and
 exits non-zero. Tiny runs on the synthetic IDX files of test_seq_mnist."""
 import datetime
+import json
 import os
 import subprocess
 import sys
@@ -122,3 +123,28 @@ def test_program_prints_one_line_and_exits_non_zero(tmp_path):
     assert done.stderr.strip().splitlines() == [
         "seq_mnist: error: --lr must be a positive finite number, got nan"]
     assert not os.path.exists(tmp_path / "r")
+
+
+# ------------------------------- 3. a resume keeps the config it started
+
+def test_resume_with_nothing_to_do_keeps_everything(tmp_path, capsys):
+    _, out = run(tmp_path, "run", *TINY, "--epochs", 2)
+    before = {name: read(os.path.join(out, name)) for name in os.listdir(out)}
+    for epochs in (2, 1):
+        final, _ = main("--resume", out, "--epochs", epochs)
+        assert final is None
+        assert "already finished at epoch 2" in capsys.readouterr().out
+        assert {name: read(os.path.join(out, name))
+                for name in os.listdir(out)} == before
+
+
+def test_resume_records_itself_and_keeps_the_settings(tmp_path):
+    _, out = run(tmp_path, "run", *TINY, "--epochs", 1)
+    main("--resume", out, "--epochs", 2)
+    with open(os.path.join(out, "config.json")) as f:
+        config = json.load(f)
+    assert config["settings"]["epochs"] == 1
+    assert config["train_images"] == 64
+    [resume] = config["resumes"]
+    assert (resume["from_epoch"], resume["changed"]) == (1, {"epochs": 2})
+    assert "time" in resume and "command" in resume

@@ -80,3 +80,8 @@ def restore(ckpt, path, model, optimizer):
             f"{ckpt['config'].get('optimizer')}: {exc}") from exc
     set_rng_states(ckpt["rng"])
 
+
+def completed_epochs(ckpt):
+    """Epochs the checkpoint has finished (its own epoch if it was saved at
+    an epoch's end, else the one before)."""
+    return ckpt["epoch"] if ckpt["batches_done"] == 0 else ckpt["epoch"] - 1

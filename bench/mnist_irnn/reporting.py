@@ -1,6 +1,7 @@
 """What a run reports: config.json, metrics.csv/.json, curves.png and the
 console lines."""
 import csv
+import datetime
 import json
 import os
 import platform
@@ -53,15 +54,38 @@ def warn_once(message):
         print(f"seq_mnist: warning: {message}", file=sys.stderr)
 
 
-def write_config(out, settings, data, d, resumed_from_step):
-    """config.json: the settings, data and environment."""
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump({"settings": settings, "data": data.source,
-                   "train_images": len(data.train[0]),
-                   "val_images": len(data.val[0]),
-                   "test_images": len(data.test[0]),
-                   "environment": environment(d),
-                   "resumed_from_step": resumed_from_step}, f, indent=1)
+def _write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+
+
+def write_config(out, settings, data, d):
+    """config.json of a new run: the settings, data and environment."""
+    _write_json(os.path.join(out, "config.json"), {
+        "settings": settings, "data": data.source,
+        "train_images": len(data.train[0]), "val_images": len(data.val[0]),
+        "test_images": len(data.test[0]), "environment": environment(d),
+        "resumes": []})
+
+
+def record_resume(out, original, resume):
+    """Appends `resume` to config.json's "resumes", keeping the rest.
+
+    `original` is the checkpoint's settings, used only when config.json is
+    missing or unreadable (a resume into another --out, or a lost file).
+    """
+    path = os.path.join(out, "config.json")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+        if not isinstance(config, dict) or "settings" not in config:
+            raise ValueError("no settings")
+    except (OSError, ValueError):
+        config = {"settings": original, "resumes": []}
+    config.setdefault("resumes", []).append(dict(
+        resume, time=datetime.datetime.now().isoformat(timespec="seconds"),
+        command=sys.argv))
+    _write_json(path, config)
 
 
 def write_metrics(out, rows):

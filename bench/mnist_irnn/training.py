@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import reporting
-from .checkpoints import restore, rng_states, save_checkpoint
-from .config import PER_RUN
+from .checkpoints import (completed_epochs, restore, rng_states,
+                          save_checkpoint)
+from .config import MAY_CHANGE, PER_RUN
 from .data import Data, epoch_batches, epoch_order, to_pixels
 from .errors import ConfigError, RunError
 from .evaluation import evaluate
@@ -22,6 +23,18 @@ try:
     from tqdm import tqdm
 except ImportError:  # the progress bar is optional
     tqdm = None
+
+
+def nothing_left(config, ckpt):
+    """Why a resumed run has no step left to take, or None."""
+    done = completed_epochs(ckpt)
+    if done >= config["epochs"]:
+        return (f"already finished at epoch {done} (--epochs "
+                f"{config['epochs']}); pass a larger --epochs to continue")
+    if config["max_steps"] is not None and ckpt["step"] >= config["max_steps"]:
+        return (f"already at step {ckpt['step']} (--max-steps "
+                f"{config['max_steps']}); pass a larger --max-steps or none")
+    return None
 
 
 class Run:
@@ -153,11 +166,18 @@ def open_run_dir(run, ckpt):
         try:
             if ckpt is None:
                 config["out"] = create_run_dir(config["out"])
+                reporting.write_config(config["out"], config, run.data, d)
             else:
                 config["out"] = config["out"] or config["resume"]
                 ensure_run_dir(config["out"])
-            reporting.write_config(config["out"], config, run.data, d,
-                                   run.step if ckpt else None)
+                saved = ckpt["config"]
+                reporting.record_resume(config["out"], saved, {
+                    "from_epoch": completed_epochs(ckpt),
+                    "from_step": ckpt["step"],
+                    "changed": {k: config[k] for k in sorted(MAY_CHANGE)
+                                if config[k] != saved.get(k)},
+                    "max_steps": config["max_steps"],
+                    "environment": reporting.environment(d)})
             outcome = (None, config["out"])
         except RunError as exc:
             outcome = (type(exc), exc.message)
@@ -171,7 +191,14 @@ def open_run_dir(run, ckpt):
 
 def train(config, d, ckpt=None, ckpt_path=None):
     """Trains from scratch, or from `ckpt` (loaded from `ckpt_path`) on
-    --resume. Returns (the last epoch's row, the run directory)."""
+    --resume. Returns (the last epoch's row, the run directory); the row is
+    None when a resumed run had nothing left to do."""
+    if ckpt is not None:
+        reason = nothing_left(config, ckpt)
+        if reason:
+            if d.main:
+                print(f"seq_mnist: {ckpt_path}: {reason}", flush=True)
+            return None, config["out"] or config["resume"]
     run = Run(config, d, ckpt, ckpt_path)
     open_run_dir(run, ckpt)
     data = run.data
