@@ -3,6 +3,8 @@ settings stop with one line before anything is written, resumes keep what
 was there, files are written atomically, and a diverged run says so and
 exits non-zero. Tiny runs on the synthetic IDX files of test_seq_mnist."""
 import datetime
+import errno
+import glob
 import json
 import os
 import subprocess
@@ -11,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from test_seq_mnist import DATA_DIR, ROOT, SCRIPT, load, run
+from test_seq_mnist import DATA_DIR, ROOT, SCRIPT, load, metrics, run
 import seq_mnist
 
 TINY = ("--limit-train", 64, "--limit-test", 16, "--hidden", 8,
@@ -26,6 +28,10 @@ def main(*args):
 def read(path):
     with open(path, "rb") as f:
         return f.read()
+
+
+def temporaries(out):
+    return glob.glob(os.path.join(out, "*.tmp.*"))
 
 
 # ------------------------------------------------ 1. runs never share a dir
@@ -148,3 +154,40 @@ def test_resume_records_itself_and_keeps_the_settings(tmp_path):
     [resume] = config["resumes"]
     assert (resume["from_epoch"], resume["changed"]) == (1, {"epochs": 2})
     assert "time" in resume and "command" in resume
+
+
+# ------------------------------------------------ 4. atomic metrics files
+
+def test_a_failed_metrics_write_keeps_the_old_files(tmp_path, monkeypatch):
+    _, out = run(tmp_path, "run", *TINY, "--epochs", 1)
+    before = {name: read(os.path.join(out, name))
+              for name in ("metrics.csv", "metrics.json")}
+
+    def cut(self, rows):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr("csv.DictWriter.writerows", cut)
+    with pytest.raises(OSError):
+        main("--resume", out, "--epochs", 2)
+    for name, data in before.items():
+        assert read(os.path.join(out, name)) == data, name
+    assert temporaries(out) == []
+
+
+def test_resume_rewrites_a_truncated_metrics_file(tmp_path, monkeypatch):
+    _, out = run(tmp_path, "run", *TINY, "--epochs", 1)
+    rows = metrics(out)
+    for name in ("metrics.json", "metrics.csv"):
+        path = os.path.join(out, name)
+        data = read(path)
+        with open(path, "wb") as f:
+            f.write(data[:len(data) // 2])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.optim.Adam, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main("--resume", out, "--epochs", 2)
+    assert metrics(out) == rows
+    assert read(os.path.join(out, "metrics.csv")).count(b"\n") == 2

@@ -143,6 +143,21 @@ def test_out_must_be_new_or_empty(tmp_path):
         files.create_run_dir(str(tmp_path / "file" / "run"))
 
 
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
+    path = str(tmp_path / "metrics.json")
+    files.atomic_write(path, "old")
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OutputError, match=r"cannot write .*metrics.json: No "
+                                          r"space left on device"):
+        files.atomic_write(path, "new")
+    assert open(path).read() == "old"
+    assert os.listdir(tmp_path) == ["metrics.json"]
+
+
 # -------------------------------------------------------------- checkpoints
 
 def test_checkpoint_round_trip_and_incomplete_files(tmp_path):

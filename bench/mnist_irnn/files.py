@@ -1,8 +1,10 @@
-"""The run directory, claimed by one run only.
+"""The run directory: claimed by one run only, written atomically.
 
 A run claims its directory by creating config.json in it exclusively, so
 two runs never share one: a default name gets a suffix when taken, and an
 explicit --out must be new or empty (a resume writes into its own run).
+Every file is written to `<name>.tmp.<pid>` and renamed over the old one,
+so a reader, a crash or a full disk never leaves a half-written file.
 """
 import datetime
 import os
@@ -59,3 +61,29 @@ def ensure_run_dir(out):
     except OSError as exc:
         raise OutputError(f"cannot create the run directory {out}: "
                           f"{exc.strerror or exc}") from exc
+
+
+def atomic_write(path, data):
+    """Writes bytes (or str, as UTF-8) to `path` through a temporary file.
+
+    On any failure the temporary file is removed, the old `path` is left as
+    it was, and an OSError becomes an OutputError naming the path.
+    """
+    if isinstance(data, str):
+        data = data.encode()
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write {path}: "
+                              f"{exc.strerror or exc}") from exc
+        raise

@@ -1,7 +1,8 @@
 """What a run reports: config.json, metrics.csv/.json, curves.png and the
-console lines."""
+console lines. Files go through files.atomic_write."""
 import csv
 import datetime
+import io
 import json
 import os
 import platform
@@ -10,6 +11,8 @@ import sys
 import torch
 
 import irnn_cuda
+
+from .files import atomic_write
 
 
 def _cpu_name():
@@ -55,8 +58,7 @@ def warn_once(message):
 
 
 def _write_json(path, obj):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1)
+    atomic_write(path, json.dumps(obj, indent=1))
 
 
 def write_config(out, settings, data, d):
@@ -89,16 +91,17 @@ def record_resume(out, original, resume):
 
 
 def write_metrics(out, rows):
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+    _write_json(os.path.join(out, "metrics.json"), rows)
     columns = []
     for row in rows:
         columns += [k for k in row if k not in columns]
-    with open(os.path.join(out, "metrics.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    plot_curves(out, rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(os.path.join(out, "metrics.csv"), text.getvalue())
+    if rows:
+        plot_curves(out, rows)
 
 
 def plot_curves(out, rows):
@@ -126,8 +129,10 @@ def plot_curves(out, rows):
         ax.legend()
     fig.suptitle("IRNN, pixel-by-pixel MNIST")
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "curves.png"), dpi=100)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=100)
     plt.close(fig)
+    atomic_write(os.path.join(out, "curves.png"), image.getvalue())
 
 
 def epoch_line(row):

@@ -159,7 +159,8 @@ class Run:
 
 def open_run_dir(run, ckpt):
     """Rank 0 creates (or, resuming, reopens) the run directory and writes
-    config.json; every rank gets the directory, or the same error."""
+    config.json and the metrics; every rank gets the directory, or the
+    same error."""
     config, d = run.config, run.d
     outcome = None
     if d.main:
@@ -178,6 +179,8 @@ def open_run_dir(run, ckpt):
                                 if config[k] != saved.get(k)},
                     "max_steps": config["max_steps"],
                     "environment": reporting.environment(d)})
+                # repairs a metrics file a crash may have cut short
+                reporting.write_metrics(config["out"], run.rows)
             outcome = (None, config["out"])
         except RunError as exc:
             outcome = (type(exc), exc.message)
