@@ -2,6 +2,7 @@
 settings stop with one line before anything is written, resumes keep what
 was there, files are written atomically, and a diverged run says so and
 exits non-zero. Tiny runs on the synthetic IDX files of test_seq_mnist."""
+import builtins
 import datetime
 import errno
 import glob
@@ -191,3 +192,32 @@ def test_resume_rewrites_a_truncated_metrics_file(tmp_path, monkeypatch):
         main("--resume", out, "--epochs", 2)
     assert metrics(out) == rows
     assert read(os.path.join(out, "metrics.csv")).count(b"\n") == 2
+
+
+# ----------------------------------------------------- 5. no save debris
+
+def test_a_full_disk_is_reported_plainly_and_leaves_no_debris(tmp_path,
+                                                               monkeypatch):
+    real_open = builtins.open
+
+    def full_disk_for_checkpoints(path, *args, **kwargs):
+        if ".pt.tmp." in str(path):
+            path = "/dev/full"  # every write fails with ENOSPC
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", full_disk_for_checkpoints)
+    with pytest.raises(SystemExit, match=r"seq_mnist: error: cannot write "
+                                         r".*last.pt: No space left on "
+                                         r"device"):
+        run(tmp_path, "run", *TINY, "--epochs", 1)
+    assert temporaries(str(tmp_path / "run")) == []
+
+
+def test_resume_removes_stale_temporaries(tmp_path, capsys):
+    _, out = run(tmp_path, "run", *TINY, "--epochs", 1)
+    stale = os.path.join(out, "last.pt.tmp.99999")
+    with open(stale, "wb") as f:
+        f.write(b"half a checkpoint")
+    main("--resume", out, "--epochs", 2)
+    assert temporaries(out) == []
+    assert f"removed {stale}" in capsys.readouterr().out

@@ -158,6 +158,16 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["metrics.json"]
 
 
+def test_stale_temporaries_are_removed(tmp_path):
+    for name in ("last.pt.tmp.123", "metrics.csv.tmp.9", "notes.tmp.txt",
+                 "last.pt"):
+        (tmp_path / name).write_text("x")
+    removed = files.remove_stale_temporaries(str(tmp_path))
+    assert sorted(map(os.path.basename, removed)) == [
+        "last.pt.tmp.123", "metrics.csv.tmp.9"]
+    assert sorted(os.listdir(tmp_path)) == ["last.pt", "notes.tmp.txt"]
+
+
 # -------------------------------------------------------------- checkpoints
 
 def test_checkpoint_round_trip_and_incomplete_files(tmp_path):

@@ -1,11 +1,13 @@
 """Checkpoints: what they hold, saving them atomically, loading and
 checking them, and restoring a run from one."""
+import io
 import os
 import random
 
 import torch
 
 from .errors import CheckpointError
+from .files import atomic_write
 
 CHECKPOINT_FORMAT = "irnn_cuda.seq_mnist/1"
 # Every key save_checkpoint writes; a file with the format key but without
@@ -29,12 +31,11 @@ def set_rng_states(states):
 
 
 def save_checkpoint(state, path):
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(dict(state, format=CHECKPOINT_FORMAT), f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Serialised in memory first, so that a full disk is an OSError from
+    the write (reported with the path), not torch's zip-writer message."""
+    buffer = io.BytesIO()
+    torch.save(dict(state, format=CHECKPOINT_FORMAT), buffer)
+    atomic_write(path, buffer.getvalue())
 
 
 def load_checkpoint(path):

@@ -7,6 +7,7 @@ Every file is written to `<name>.tmp.<pid>` and renamed over the old one,
 so a reader, a crash or a full disk never leaves a half-written file.
 """
 import datetime
+import glob
 import os
 
 from .errors import OutputError
@@ -87,3 +88,13 @@ def atomic_write(path, data):
             raise OutputError(f"cannot write {path}: "
                               f"{exc.strerror or exc}") from exc
         raise
+
+
+def remove_stale_temporaries(out):
+    """Deletes the `*.tmp.<pid>` files an interrupted run left; their names."""
+    removed = []
+    for path in sorted(glob.glob(os.path.join(out, "*.tmp.*"))):
+        if path.rsplit(".", 1)[-1].isdigit() and os.path.isfile(path):
+            os.remove(path)
+            removed.append(path)
+    return removed

@@ -16,7 +16,7 @@ from .config import MAY_CHANGE, PER_RUN
 from .data import Data, epoch_batches, epoch_order, to_pixels
 from .errors import ConfigError, RunError
 from .evaluation import evaluate
-from .files import create_run_dir, ensure_run_dir
+from .files import create_run_dir, ensure_run_dir, remove_stale_temporaries
 from .model import SeqMNISTModel, make_optimizer
 
 try:
@@ -171,6 +171,9 @@ def open_run_dir(run, ckpt):
             else:
                 config["out"] = config["out"] or config["resume"]
                 ensure_run_dir(config["out"])
+                for path in remove_stale_temporaries(config["out"]):
+                    print(f"seq_mnist: removed {path}, left by an "
+                          f"interrupted save", flush=True)
                 saved = ckpt["config"]
                 reporting.record_resume(config["out"], saved, {
                     "from_epoch": completed_epochs(ckpt),
