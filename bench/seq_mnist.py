@@ -19,11 +19,12 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mnist_data  # noqa: E402  (bench/ is not a package)
 from mnist_irnn.checkpoints import load_checkpoint  # noqa: E402
-from mnist_irnn.config import build_parser, resolve_config  # noqa: E402
+from mnist_irnn.config import (EVAL_MAY_CHANGE, build_parser,  # noqa: E402
+                               resolve_config)
 from mnist_irnn.data import to_pixels  # noqa: E402,F401  (used by the tests)
 from mnist_irnn.distributed import Dist  # noqa: E402
 from mnist_irnn.errors import ConfigError  # noqa: E402
-from mnist_irnn.evaluation import eval_only  # noqa: E402
+from mnist_irnn.evaluation import evaluate_checkpoint  # noqa: E402
 from mnist_irnn.model import SeqMNISTModel  # noqa: E402,F401  (the tests)
 from mnist_irnn.training import train  # noqa: E402
 
@@ -34,9 +35,17 @@ def main(argv=None):
     if explicit.get("resume") and explicit.get("eval_only"):
         raise ConfigError("--resume and --eval-only exclude each other")
     ckpt = path = None
-    if explicit.get("resume"):
+    if explicit.get("eval_only"):
+        ckpt, path = load_checkpoint(explicit["eval_only"])
+        # the model and its data are the checkpoint's; how to evaluate is not
+        saved = {k: v for k, v in ckpt["config"].items()
+                 if k not in EVAL_MAY_CHANGE}
+        config = resolve_config(explicit, saved, EVAL_MAY_CHANGE)
+    elif explicit.get("resume"):
         ckpt, path = load_checkpoint(explicit["resume"])
-    config = resolve_config(explicit, ckpt["config"] if ckpt else None)
+        config = resolve_config(explicit, ckpt["config"])
+    else:
+        config = resolve_config(explicit)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if not config["eval_only"] and config["batch_size"] % world:
         raise ConfigError(f"--batch-size {config['batch_size']} does not "
@@ -46,7 +55,7 @@ def main(argv=None):
     d = Dist(config["device"])
     try:
         if config["eval_only"]:
-            return eval_only(config, d), None
+            return evaluate_checkpoint(config, ckpt, path, d), None
         final, out = train(config, d, ckpt, path)
         if d.main and final is not None:
             print(f"final test accuracy: {final['test_acc']:.4f}", flush=True)

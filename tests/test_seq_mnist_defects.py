@@ -8,6 +8,7 @@ import errno
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -221,3 +222,30 @@ def test_resume_removes_stale_temporaries(tmp_path, capsys):
     main("--resume", out, "--epochs", 2)
     assert temporaries(out) == []
     assert f"removed {stale}" in capsys.readouterr().out
+
+
+# ----------------------------------------------- 6. no flag goes unheard
+
+@pytest.mark.parametrize("flag", [("--hidden", 16), ("--permute",),
+                                  ("--seed", 5)])
+def test_eval_only_refuses_flags_the_checkpoint_fixes(tmp_path, flag):
+    _, out = run(tmp_path, "run", *TINY, "--epochs", 1)
+    with pytest.raises(SystemExit, match=f"{flag[0]} .*conflicts with the "
+                                         f"checkpoint"):
+        main("--eval-only", out, *flag)
+
+
+def test_resume_from_another_working_directory(tmp_path, monkeypatch):
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    shutil.copytree(DATA_DIR, start / "mnist")
+    elsewhere.mkdir()
+    monkeypatch.chdir(start)
+    seq_mnist.main(["--data-dir", "mnist", "--device", "cpu",
+                    "--no-progress", "--out", str(tmp_path / "run"),
+                    *map(str, TINY), "--epochs", "1"])
+    saved = load(str(tmp_path / "run" / "last.pt"))["config"]["data_dir"]
+    assert saved == str(start / "mnist")
+    monkeypatch.chdir(elsewhere)
+    seq_mnist.main(["--resume", str(tmp_path / "run"), "--epochs", "2",
+                    "--device", "cpu", "--no-progress"])
+    assert [r["epoch"] for r in metrics(str(tmp_path / "run"))] == [1, 2]

@@ -111,6 +111,18 @@ def test_presets_saved_settings_and_flags_layer_in_order():
     assert (resumed["hidden"], resumed["epochs"], resumed["out"]) == (8, 5, None)
     with pytest.raises(ConfigError, match="--hidden 16 conflicts"):
         config.resolve_config({"hidden": 16}, saved)
+    evaluated = config.resolve_config({"impl": "torch"}, saved,
+                                      config.EVAL_MAY_CHANGE)
+    assert evaluated["impl"] == "torch"
+
+
+def test_data_dir_is_saved_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mnist").mkdir()
+    resolved = config.resolve_config({"data_dir": "mnist"})
+    assert resolved["data_dir"] == str(tmp_path / "mnist")
+    with pytest.raises(ConfigError, match="pass --data-dir"):
+        config.resolve_config({}, {"data_dir": "not-here"})
 
 
 # ------------------------------------------------------------ run directory

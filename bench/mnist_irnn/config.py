@@ -1,9 +1,10 @@
 """Settings: the flags, their defaults, the presets, and which settings a
-resumed run may change. Layering: defaults < preset < the checkpoint's
-settings < explicit flags; every value is checked here, before anything is
-loaded or written."""
+resumed run or an evaluation may change. Layering: defaults < preset <
+the checkpoint's settings < explicit flags; every value is checked here,
+before anything is loaded or written."""
 import argparse
 import math
+import os
 
 from .errors import ConfigError
 
@@ -32,6 +33,10 @@ PRESETS = {
 # an explicit flag; the others are fixed by the checkpoint.
 MAY_CHANGE = {"epochs", "eval_batch_size", "device", "data_dir",
               "on_nonfinite", "progress"}
+# What --eval-only may choose for itself; the model and the data
+# (--hidden, --permute, --seed, ...) are the checkpoint's.
+EVAL_MAY_CHANGE = {"impl", "limit_test", "eval_batch_size", "device",
+                   "data_dir", "progress"}
 # These belong to one invocation and are not saved.
 PER_RUN = {"max_steps", "out", "resume", "eval_only"}
 # The per-epoch shuffle seeds a generator with seed * 1_000_003 + epoch,
@@ -117,8 +122,11 @@ def build_parser():
     return p
 
 
-def resolve_config(explicit, saved=None):
-    """Defaults < preset < saved checkpoint config < explicit flags."""
+def resolve_config(explicit, saved=None, may_change=MAY_CHANGE):
+    """Defaults < preset < saved checkpoint config < explicit flags.
+
+    With `saved`, an explicit flag outside `may_change` must agree with it.
+    """
     config = dict(DEFAULTS)
     preset = explicit.get("preset", (saved or {}).get("preset"))
     if preset:
@@ -128,15 +136,23 @@ def resolve_config(explicit, saved=None):
             if key in DEFAULTS and key not in PER_RUN:
                 config[key] = value
         for key, value in explicit.items():
-            if (key not in PER_RUN | MAY_CHANGE
+            if (key not in PER_RUN | may_change
                     and value != saved.get(key, value)):
                 raise ConfigError(
                     f"{flag(key)} {value} conflicts with the checkpoint, "
                     f"which was trained with {key} = {saved.get(key)}; drop "
-                    f"the flag to resume")
+                    f"the flag")
     config.update(explicit)
     if config["lr"] is None:
         config["lr"] = DEFAULT_LR[config["optimizer"]]
+    if explicit.get("data_dir") is not None:
+        # saved in the checkpoint: a resume may start in another directory
+        config["data_dir"] = os.path.abspath(explicit["data_dir"])
+    elif config["data_dir"] and not os.path.isdir(config["data_dir"]):
+        raise ConfigError(
+            f"the checkpoint's data folder {config['data_dir']} is not "
+            f"found from {os.getcwd()} (a relative path is relative to "
+            f"where that run started); pass --data-dir")
     check(config)
     return config
 

@@ -4,7 +4,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import load_checkpoint, load_model_state
+from .checkpoints import load_model_state
 from .data import Data, to_pixels
 from .model import SeqMNISTModel
 
@@ -28,16 +28,13 @@ def evaluate(model, split, batch_size, d):
     return (loss / count, correct / count) if count else (math.nan, math.nan)
 
 
-def eval_only(config, d):
-    """--eval-only: a checkpoint's model on the test set."""
-    ckpt, path = load_checkpoint(config["eval_only"])
-    saved = ckpt["config"]
-    model = SeqMNISTModel(saved["hidden"], config["impl"], saved["init"])
+def evaluate_checkpoint(config, ckpt, path, d):
+    """--eval-only: the checkpoint's model on the test set. `config` is
+    the checkpoint's settings with the flags --eval-only may change."""
+    model = SeqMNISTModel(config["hidden"], config["impl"], config["init"])
     load_model_state(model, ckpt, path)
     model.to(d.device)
-    data_config = dict(saved, data_dir=config["data_dir"],
-                       limit_test=config["limit_test"])
-    data = Data(data_config, d.device)
+    data = Data(config, d.device)
     loss, acc = evaluate(model, data.test, config["eval_batch_size"], d)
     if d.main:
         print(f"{path}: epoch {ckpt['epoch']}, step {ckpt['step']}: "
