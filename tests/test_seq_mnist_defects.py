@@ -249,3 +249,54 @@ def test_resume_from_another_working_directory(tmp_path, monkeypatch):
     seq_mnist.main(["--resume", str(tmp_path / "run"), "--epochs", "2",
                     "--device", "cpu", "--no-progress"])
     assert [r["epoch"] for r in metrics(str(tmp_path / "run"))] == [1, 2]
+
+
+# ---------------------------------------------- 7. divergence is not hidden
+
+DIVERGING = ("--limit-train", 96, "--limit-test", 16, "--hidden", 32,
+             "--optimizer", "sgd", "--batch-size", 32, "--seed", 3)
+
+
+def test_skipped_steps_are_counted_on_every_epoch_line(tmp_path, capsys):
+    run(tmp_path, "run", *TINY, "--epochs", 2)
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("epoch ")]
+    assert len(lines) == 2
+    assert all("skipped 0/2 steps" in line for line in lines)
+
+
+def test_a_diverged_run_exits_non_zero(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="seq_mnist: error: the run "
+                                         "diverged: the test loss is not "
+                                         "finite after epoch 1"):
+        run(tmp_path, "run", *DIVERGING, "--lr", 1e3, "--epochs", 2,
+            "--on-nonfinite", "skip")
+    printed = capsys.readouterr().out
+    assert "skipped 2/3 steps" in printed
+    assert "final test accuracy" not in printed
+    assert metrics(str(tmp_path / "run"))[0]["skipped_steps"] == 2
+
+
+def test_stop_says_only_what_last_pt_holds(tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        run(tmp_path, "run", *DIVERGING, "--lr", 0.1, "--epochs", 1)
+    message = str(stop.value.code)
+    assert "non-finite loss at epoch 1, step 2" in message
+    assert "No checkpoint was written." in message
+    assert "good state" not in message
+
+
+def test_an_epoch_with_every_step_skipped_is_a_divergence(tmp_path):
+    from mnist_irnn import config, distributed, training
+    from mnist_irnn.errors import DivergedError
+    settings = config.resolve_config({
+        "data_dir": DATA_DIR, "device": "cpu", "hidden": 8,
+        "limit_train": 64, "limit_test": 16, "batch_size": 32})
+    settings["out"] = str(tmp_path)
+    trained = training.Run(settings, distributed.Dist("cpu"))
+    # three steps, all skipped: the loss and the accuracy are not defined
+    with pytest.raises(DivergedError, match=r"all 3 steps of epoch 1 were "
+                                            r"skipped.*holds the state after "
+                                            r"step 0 \(epoch 1"):
+        training.end_epoch(trained, 1, 3, 3, [0.0, 0, 0, 3, 1.0])
+    assert metrics(str(tmp_path))[0]["skipped_steps"] == 3

@@ -15,7 +15,7 @@ PACKAGE = os.path.join(BENCH, "mnist_irnn")
 sys.path.insert(0, BENCH)
 from mnist_irnn import checkpoints, config, files  # noqa: E402
 from mnist_irnn.errors import (CheckpointError, ConfigError,  # noqa: E402
-                               OutputError, RunError)
+                               DivergedError, OutputError, RunError)
 
 MODULES = sorted(name[:-3] for name in os.listdir(PACKAGE)
                  if name.endswith(".py") and name != "__init__.py")
@@ -197,7 +197,7 @@ def test_checkpoint_round_trip_and_incomplete_files(tmp_path):
 
 
 def test_every_failure_is_a_one_line_exit():
-    for error in (ConfigError, CheckpointError, OutputError):
+    for error in (ConfigError, CheckpointError, OutputError, DivergedError):
         exc = error("what went wrong")
         assert isinstance(exc, RunError) and isinstance(exc, SystemExit)
         assert exc.code == "seq_mnist: error: what went wrong"

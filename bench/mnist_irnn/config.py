@@ -114,7 +114,7 @@ def build_parser():
                           "directory) on the test set")
     run.add_argument("--on-nonfinite", choices=["stop", "skip"],
                      help="non-finite loss: stop (default; last.pt keeps "
-                          "the last good state) or skip the step")
+                          "the state it last saved) or skip the step")
     run.add_argument("--eval-batch-size", type=int,
                      help="batch size for evaluation (1024)")
     run.add_argument("--no-progress", dest="progress", action="store_false",

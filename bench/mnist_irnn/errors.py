@@ -23,3 +23,7 @@ class CheckpointError(RunError):
 
 class OutputError(RunError):
     """The run directory or a file in it cannot be created or written."""
+
+
+class DivergedError(RunError):
+    """The loss or the evaluation became non-finite: the run is not usable."""

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from .checkpoints import load_model_state
 from .data import Data, to_pixels
+from .errors import DivergedError
 from .model import SeqMNISTModel
 
 
@@ -40,5 +41,9 @@ def evaluate_checkpoint(config, ckpt, path, d):
         print(f"{path}: epoch {ckpt['epoch']}, step {ckpt['step']}: "
               f"test_loss {loss:.4f}  test_acc {acc:.4f} on "
               f"{len(data.test[0])} test images")
+    if not math.isfinite(loss):
+        raise DivergedError(f"{path}: the test loss is not finite; the "
+                            f"checkpoint holds a diverged model")
+    if d.main:
         print(f"final test accuracy: {acc:.4f}")
     return {"test_loss": loss, "test_acc": acc}

@@ -135,11 +135,13 @@ def plot_curves(out, rows):
     atomic_write(os.path.join(out, "curves.png"), image.getvalue())
 
 
-def epoch_line(row):
-    """The console line of an epoch."""
+def epoch_line(row, steps):
+    """The console line of an epoch; `steps`: the optimiser steps it took,
+    of which row["skipped_steps"] were skipped."""
     parts = [f"epoch {row['epoch']}" + (" (partial)" if row["partial"] else ""),
              f"train_loss {row['train_loss']:.4f}",
-             f"train_acc {row['train_acc']:.4f}"]
+             f"train_acc {row['train_acc']:.4f}",
+             f"skipped {row['skipped_steps']}/{steps} steps"]
     if "val_loss" in row:
         parts += [f"val_loss {row['val_loss']:.4f}",
                   f"val_acc {row['val_acc']:.4f}"]

@@ -14,7 +14,7 @@ from .checkpoints import (completed_epochs, restore, rng_states,
                           save_checkpoint)
 from .config import MAY_CHANGE, PER_RUN
 from .data import Data, epoch_batches, epoch_order, to_pixels
-from .errors import ConfigError, RunError
+from .errors import DivergedError, RunError
 from .evaluation import evaluate
 from .files import create_run_dir, ensure_run_dir, remove_stale_temporaries
 from .model import SeqMNISTModel, make_optimizer
@@ -49,6 +49,8 @@ class Run:
         self.optimizer = make_optimizer(config, self.model.parameters())
         self.rows, self.step, self.best_val = [], 0, -1.0
         self.start_epoch, self.start_batch, self.partial = 1, 0, None
+        # what last.pt holds, for the message when a run stops
+        self.saved = None
         if ckpt:
             restore(ckpt, ckpt_path, self.model, self.optimizer)
             self.rows = ckpt["metrics"]
@@ -58,6 +60,10 @@ class Run:
             self.partial = ckpt["epoch_totals"]
             if self.start_batch == 0:  # the saved epoch was complete
                 self.start_epoch += 1
+            self.saved = (ckpt["epoch"], ckpt["step"],
+                          self.rows[-1]["test_loss"]
+                          if self.rows and ckpt["batches_done"] == 0
+                          else None)
         self.data = Data(config, d.device)
         self.ddp = self.model
         if d.enabled:
@@ -65,7 +71,7 @@ class Run:
                 self.model,
                 device_ids=[d.device] if d.device.type == "cuda" else None)
 
-    def save(self, names, epoch, batches_done, totals):
+    def save(self, names, epoch, batches_done, totals, test_loss):
         if self.d.main:
             state = {"config": {k: v for k, v in self.config.items()
                                 if k not in PER_RUN},
@@ -77,6 +83,16 @@ class Run:
                      "metrics": self.rows}
             for name in names:
                 save_checkpoint(state, os.path.join(self.config["out"], name))
+        self.saved = (epoch, self.step, test_loss)
+
+    def describe_saved(self):
+        """What last.pt holds, in words that are true whatever it holds."""
+        if self.saved is None:
+            return "No checkpoint was written."
+        epoch, step, test_loss = self.saved
+        loss = f", test_loss {test_loss:.4f}" if test_loss is not None else ""
+        return (f"{os.path.join(self.config['out'], 'last.pt')} holds the "
+                f"state after step {step} (epoch {epoch}{loss}).")
 
     def train_epoch(self, epoch, batches, totals, first):
         """Trains the batches from `first` on; returns (batches done, status)."""
@@ -101,22 +117,19 @@ class Run:
                 done += 1
                 if not trained:
                     if config["on_nonfinite"] == "stop":
-                        kept = os.path.join(config["out"], "last.pt")
-                        raise ConfigError(
+                        raise DivergedError(
                             f"non-finite loss at epoch {epoch}, step "
                             f"{self.step} (batch {done} of {len(batches)}); "
-                            f"stopping. "
-                            f"{kept if os.path.exists(kept) else 'No checkpoint'}"
-                            f" keeps the last good state (written at the end "
-                            f"of the previous epoch). Lower --lr, set "
-                            f"--clip-norm, or pass --on-nonfinite skip to "
-                            f"skip such steps.")
+                            f"stopping. {self.describe_saved()} Lower --lr, "
+                            f"set --clip-norm, or pass --on-nonfinite skip "
+                            f"to skip such steps.")
                     totals[3] += 1
                 if bar:
                     seen = totals[2] + totals[3]
                     bar.set_postfix(
                         loss=f"{totals[0] / max(totals[2], 1):.4f}",
                         acc=f"{totals[1] / max(totals[2], 1):.4f}",
+                        skipped=totals[3],
                         samples_s=f"{seen / (time.perf_counter() - t0):.0f}",
                         refresh=False)
                     bar.update(1)
@@ -232,7 +245,9 @@ def train(config, d, ckpt=None, ckpt_path=None):
 
 
 def end_epoch(run, epoch, done, n_batches, totals):
-    """Evaluates, checkpoints and reports an epoch of `done` steps."""
+    """Evaluates, checkpoints and reports an epoch of `done` steps; raises
+    DivergedError (after saving) when all were skipped or a loss is not
+    finite."""
     config, d, data = run.config, run.d, run.data
     seconds = totals[4]
     complete = done == n_batches
@@ -254,9 +269,21 @@ def end_epoch(run, epoch, done, n_batches, totals):
             run.best_val = row["val_acc"]
             names.append("best.pt")
     run.save(names, epoch, 0 if complete else done,
-             None if complete else totals)
+             None if complete else totals, row["test_loss"])
     if d.main:
         reporting.write_metrics(config["out"], run.rows if complete
                                 else run.rows + [row])
-        print(reporting.epoch_line(row), flush=True)
+        print(reporting.epoch_line(row, done), flush=True)
+    if done and totals[3] == done:
+        problem = (f"all {done} steps of epoch {epoch} were skipped "
+                   f"(non-finite loss)")
+    else:
+        problem = next((f"the {split} loss is not finite after epoch {epoch}"
+                        for split in ("val", "test")
+                        if not math.isfinite(row.get(f"{split}_loss", 0.0))),
+                       None)
+    if problem:
+        raise DivergedError(f"the run diverged: {problem}. "
+                            f"{run.describe_saved()} Lower --lr or set "
+                            f"--clip-norm.")
     return row
