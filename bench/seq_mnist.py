@@ -53,15 +53,19 @@ def main(argv=None):
                           "batch must split evenly across ranks (choose a "
                           f"multiple of {world})")
     d = Dist(config["device"])
+    succeeded = False
     try:
         if config["eval_only"]:
-            return evaluate_checkpoint(config, ckpt, path, d), None
-        final, out = train(config, d, ckpt, path)
-        if d.main and final is not None:
-            print(f"final test accuracy: {final['test_acc']:.4f}", flush=True)
-        return final, out
+            result = evaluate_checkpoint(config, ckpt, path, d), None
+        else:
+            result = train(config, d, ckpt, path)
+            if d.main and result[0] is not None:
+                print(f"final test accuracy: {result[0]['test_acc']:.4f}",
+                      flush=True)
+        succeeded = True
+        return result
     finally:
-        d.close()
+        d.close(succeeded)
 
 
 if __name__ == "__main__":

@@ -300,3 +300,33 @@ def test_an_epoch_with_every_step_skipped_is_a_divergence(tmp_path):
                                             r"step 0 \(epoch 1"):
         training.end_epoch(trained, 1, 3, 3, [0.0, 0, 0, 3, 1.0])
     assert metrics(str(tmp_path))[0]["skipped_steps"] == 3
+
+
+# ------------------------------------------------------ distributed teardown
+
+RANK_1_FAILS = """
+import os, runpy, sys
+import torch
+if os.environ["RANK"] == "1":
+    def broken(*args, **kwargs):
+        raise RuntimeError("rank 1 lost its optimiser")
+    torch.optim.SGD.step = broken
+sys.argv = [{script!r}] + sys.argv[1:]
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+def test_one_failing_rank_does_not_leave_the_other_waiting(tmp_path):
+    wrapper = tmp_path / "rank_1_fails.py"
+    wrapper.write_text(RANK_1_FAILS.format(script=SCRIPT))
+    args = ["--data-dir", DATA_DIR, "--device", "cpu", "--no-progress",
+            "--limit-train", 128, "--limit-test", 16, "--hidden", 8,
+            "--optimizer", "sgd", "--lr", 0.01, "--batch-size", 32,
+            "--epochs", 1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone",
+         "--nproc_per_node=2", str(wrapper), *map(str, args)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "rank 1 lost its optimiser" in done.stdout + done.stderr

@@ -1,6 +1,6 @@
 """The parts of bench/seq_mnist.py (bench/mnist_irnn/), each on its own:
-the import graph, their sizes, the settings, the run directory and
-checkpoints."""
+the import graph, their sizes, settings, the run directory, atomic writes,
+checkpoints and the process-group teardown."""
 import ast
 import datetime
 import os
@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 PACKAGE = os.path.join(BENCH, "mnist_irnn")
 sys.path.insert(0, BENCH)
-from mnist_irnn import checkpoints, config, files  # noqa: E402
+from mnist_irnn import checkpoints, config, distributed, files  # noqa: E402
 from mnist_irnn.errors import (CheckpointError, ConfigError,  # noqa: E402
                                DivergedError, OutputError, RunError)
 
@@ -201,3 +201,20 @@ def test_every_failure_is_a_one_line_exit():
         exc = error("what went wrong")
         assert isinstance(exc, RunError) and isinstance(exc, SystemExit)
         assert exc.code == "seq_mnist: error: what went wrong"
+
+
+# -------------------------------------------------------------- distributed
+
+@pytest.mark.parametrize("succeeded, calls", [
+    (True, ["barrier", "destroy_process_group"]),
+    (False, ["destroy_process_group"])])
+def test_ranks_meet_before_the_group_is_destroyed(monkeypatch, succeeded,
+                                                  calls):
+    d = distributed.Dist("cpu")
+    d.enabled = True  # as under torchrun, without starting a group
+    made = []
+    for name in ("barrier", "destroy_process_group"):
+        monkeypatch.setattr(distributed.dist, name,
+                            lambda name=name: made.append(name))
+    d.close(succeeded)
+    assert made == calls

@@ -47,6 +47,17 @@ class Dist:
         dist.broadcast_object_list(shared, src=0)
         return shared[0]
 
-    def close(self):
-        if self.enabled:
-            dist.destroy_process_group()
+    def close(self, succeeded):
+        """Leaves the process group.
+
+        After a success every rank waits at a barrier first, so that none
+        tears the group down while another still has work in flight. After
+        a failure there is no barrier: the failing rank leaves at once, and
+        torchrun stops the others (gloo peers also see the closed group),
+        instead of every rank waiting for one that will not come.
+        """
+        if not self.enabled:
+            return
+        if succeeded:
+            dist.barrier()
+        dist.destroy_process_group()
