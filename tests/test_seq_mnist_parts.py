@@ -16,6 +16,7 @@ sys.path.insert(0, BENCH)
 from mnist_irnn import checkpoints, config, distributed, files  # noqa: E402
 from mnist_irnn.errors import (CheckpointError, ConfigError,  # noqa: E402
                                DivergedError, OutputError, RunError)
+from test_package import find_cycle  # noqa: E402
 
 MODULES = sorted(name[:-3] for name in os.listdir(PACKAGE)
                  if name.endswith(".py") and name != "__init__.py")
@@ -44,30 +45,6 @@ def package_imports(path):
     return found
 
 
-def find_cycle(graph):
-    """A list of modules that import each other in a circle, or None."""
-    state = {}
-
-    def visit(module, path):
-        state[module] = "open"
-        for child in sorted(graph.get(module, ())):
-            if state.get(child) == "open":
-                return path[path.index(child):] + [child]
-            if child not in state:
-                cycle = visit(child, path + [child])
-                if cycle:
-                    return cycle
-        state[module] = "done"
-        return None
-
-    for module in sorted(graph):
-        if module not in state:
-            cycle = visit(module, [module])
-            if cycle:
-                return cycle
-    return None
-
-
 def test_imports_between_the_parts_run_one_way():
     graph = {m: package_imports(os.path.join(PACKAGE, m + ".py"))
              for m in MODULES}
@@ -82,14 +59,11 @@ def test_imports_between_the_parts_run_one_way():
                 if isinstance(node, ast.Import) for alias in node.names}
 
 
-def test_the_graph_walk_finds_a_cycle(tmp_path):
+def test_package_imports_reads_every_form(tmp_path):
     (tmp_path / "a.py").write_text("from .b import x\n")
     (tmp_path / "b.py").write_text("from . import a\nimport mnist_irnn.c\n")
     assert package_imports(str(tmp_path / "a.py")) == {"b"}
     assert package_imports(str(tmp_path / "b.py")) == {"a", "c"}
-    assert find_cycle({"a": {"b"}, "b": {"a", "c"}, "c": set()}) == [
-        "a", "b", "a"]
-    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
 
 
 def test_no_part_is_long_and_the_package_does_not_shadow_the_script():
