@@ -1,8 +1,10 @@
 """The parts of bench/seq_mnist.py (bench/mnist_irnn/), each on its own:
-the import graph, their sizes, settings, the run directory, atomic writes,
-checkpoints and the process-group teardown."""
+the import graph, their sizes, settings, batching, the model and its
+evaluation, the run directory, atomic writes, the reports, checkpoints and
+the process-group teardown."""
 import ast
 import datetime
+import json
 import os
 import sys
 
@@ -13,7 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 PACKAGE = os.path.join(BENCH, "mnist_irnn")
 sys.path.insert(0, BENCH)
-from mnist_irnn import checkpoints, config, distributed, files  # noqa: E402
+from mnist_irnn import (checkpoints, config, data, distributed,  # noqa: E402
+                        evaluation, files, model, reporting)
 from mnist_irnn.errors import (CheckpointError, ConfigError,  # noqa: E402
                                DivergedError, OutputError, RunError)
 from test_package import find_cycle  # noqa: E402
@@ -99,6 +102,45 @@ def test_data_dir_is_saved_absolute(tmp_path, monkeypatch):
         config.resolve_config({}, {"data_dir": "not-here"})
 
 
+# ----------------------------------------------------- data, model, eval
+
+def test_epoch_order_and_batches():
+    assert torch.equal(data.epoch_order(10, 3, 2), data.epoch_order(10, 3, 2))
+    assert not torch.equal(data.epoch_order(10, 3, 1),
+                           data.epoch_order(10, 3, 2))
+    assert data.epoch_batches(10, 4, 1) == [(0, 4), (4, 8), (8, 10)]
+    # two ranks: the last batch is cut to an even size, a lone image dropped
+    assert data.epoch_batches(9, 4, 2) == [(0, 4), (4, 8)]
+    assert data.epoch_batches(11, 4, 2) == [(0, 4), (4, 8), (8, 10)]
+
+
+@pytest.mark.parametrize("impl", ["fused", "torch", "reference"])
+def test_every_impl_gives_the_same_logits(impl):
+    torch.manual_seed(0)
+    pixels = torch.rand(3, data.STEPS)
+    torch.manual_seed(1)
+    fused = model.SeqMNISTModel(4, "fused", "irnn")
+    torch.manual_seed(1)
+    other = model.SeqMNISTModel(4, impl, "irnn")
+    assert other.state_dict().keys() == fused.state_dict().keys()
+    torch.testing.assert_close(other(pixels), fused(pixels))
+
+
+def test_evaluate_counts_every_image_once():
+    torch.manual_seed(0)
+    classifier = model.SeqMNISTModel(4, "fused", "irnn")
+    images = torch.randint(0, 256, (7, data.STEPS), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (7,))
+    logits = classifier(data.to_pixels(images))
+    expected = (torch.nn.functional.cross_entropy(logits, labels).item(),
+                (logits.argmax(1) == labels).float().mean().item())
+    loss, acc = evaluation.evaluate(classifier, (images, labels), 3,
+                                    distributed.Dist("cpu"))
+    assert loss == pytest.approx(expected[0], rel=1e-5)
+    assert acc == pytest.approx(expected[1])
+    assert classifier.training  # left as it was
+
+
 # ------------------------------------------------------------ run directory
 
 class FrozenClock(datetime.datetime):
@@ -152,6 +194,21 @@ def test_stale_temporaries_are_removed(tmp_path):
     assert sorted(map(os.path.basename, removed)) == [
         "last.pt.tmp.123", "metrics.csv.tmp.9"]
     assert sorted(os.listdir(tmp_path)) == ["last.pt", "notes.tmp.txt"]
+
+
+def test_metrics_files_and_the_epoch_line(tmp_path):
+    rows = [{"epoch": 1, "partial": False, "steps": 3, "train_loss": 2.5,
+             "train_acc": 0.25, "skipped_steps": 1, "test_loss": 2.25,
+             "test_acc": 0.5, "seconds": 1.5, "samples_per_s": 64.0}]
+    reporting.write_metrics(str(tmp_path), rows)
+    with open(tmp_path / "metrics.json") as f:
+        assert json.load(f) == rows
+    csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("epoch,partial,steps,train_loss")
+    assert csv_lines[1].startswith("1,False,3,2.5")
+    line = reporting.epoch_line(rows[0], 3)
+    assert line.startswith("epoch 1  train_loss 2.5000  train_acc 0.2500  "
+                           "skipped 1/3 steps  test_loss 2.2500")
 
 
 # -------------------------------------------------------------- checkpoints
