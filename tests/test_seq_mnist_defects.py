@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from test_seq_mnist import DATA_DIR, ROOT, SCRIPT, load, metrics, run
-from test_seq_mnist_parts import FrozenClock
 import seq_mnist
 
 TINY = ("--limit-train", 64, "--limit-test", 16, "--hidden", 8,
@@ -48,6 +47,12 @@ def test_out_holding_a_run_is_refused(tmp_path):
         run(tmp_path, "done", *TINY, "--epochs", 1)
     for name, data in before.items():
         assert read(os.path.join(out, name)) == data, name
+
+
+class FrozenClock(datetime.datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return cls(2026, 1, 2, 3, 4, 5)
 
 
 def test_runs_started_in_the_same_second_get_their_own_dirs(tmp_path,

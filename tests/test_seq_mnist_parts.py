@@ -20,6 +20,7 @@ from mnist_irnn import (checkpoints, config, data, distributed,  # noqa: E402
 from mnist_irnn.errors import (CheckpointError, ConfigError,  # noqa: E402
                                DivergedError, OutputError, RunError)
 from test_package import find_cycle  # noqa: E402
+from test_seq_mnist_defects import FrozenClock  # noqa: E402
 
 MODULES = sorted(name[:-3] for name in os.listdir(PACKAGE)
                  if name.endswith(".py") and name != "__init__.py")
@@ -142,12 +143,6 @@ def test_evaluate_counts_every_image_once():
 
 
 # ------------------------------------------------------------ run directory
-
-class FrozenClock(datetime.datetime):
-    @classmethod
-    def now(cls, tz=None):
-        return cls(2026, 1, 2, 3, 4, 5)
-
 
 def test_default_run_dirs_are_unique_within_a_second(tmp_path, monkeypatch):
     monkeypatch.setattr(datetime, "datetime", FrozenClock)
