@@ -271,9 +271,12 @@ def test_nonfinite_loss_stops_or_skips(tmp_path):
     with pytest.raises(SystemExit, match="non-finite loss at epoch 1, step 2"):
         run(tmp_path, "stop", *args, "--epochs", 1)
     assert not os.path.exists(tmp_path / "stop" / "last.pt")
-    _, out = run(tmp_path, "skip", *args, "--epochs", 1,
-                 "--on-nonfinite", "skip")
-    assert metrics(out)[0]["skipped_steps"] == 2
+    # Skipping keeps the run going, but its test loss is not finite: the
+    # run is reported as diverged, with its files written.
+    with pytest.raises(SystemExit, match="diverged: the test loss is not "
+                                         "finite after epoch 1"):
+        run(tmp_path, "skip", *args, "--epochs", 1, "--on-nonfinite", "skip")
+    assert metrics(str(tmp_path / "skip"))[0]["skipped_steps"] == 2
 
 
 # ----------------------------------------------------------------- backends

@@ -1,0 +1,61 @@
+"""The classifier and its optimiser."""
+import torch
+from torch import nn
+
+import irnn_cuda
+import mnist_data
+
+
+class SeqMNISTModel(nn.Module):
+    """Recurrent layer -> last hidden state -> Linear(hidden, 10).
+
+    The weights are always drawn as an irnn_cuda.FusedIRNN, which has
+    nn.RNN's parameter names; --impl torch and reference convert it to an
+    nn.RNN. So every --impl starts from the same weights for a seed, the
+    state_dict is the same for all, and checkpoints move freely between
+    them.
+    """
+
+    def __init__(self, hidden, impl, init):
+        super().__init__()
+        self.impl = impl
+        rnn = irnn_cuda.FusedIRNN(1, hidden, nonlinearity="relu",
+                                  init="irnn" if init == "irnn" else "torch")
+        if init == "keras-default":
+            with torch.no_grad():
+                nn.init.xavier_uniform_(rnn.weight_ih_l0)
+                nn.init.orthogonal_(rnn.weight_hh_l0)
+                rnn.bias_ih_l0.zero_()
+                rnn.bias_hh_l0.zero_()
+        # Keras' Dense defaults, as in the example: glorot-uniform, zero bias.
+        self.fc = nn.Linear(hidden, mnist_data.NUM_CLASSES)
+        with torch.no_grad():
+            nn.init.xavier_uniform_(self.fc.weight)
+            self.fc.bias.zero_()
+        # Converted last: nn.RNN's constructor draws from the global RNG.
+        self.rnn = rnn if impl == "fused" else rnn.to_rnn()
+
+    def forward(self, pixels):
+        """pixels: [B, 784] in [0, 1] -> logits [B, 10]."""
+        x = pixels.t().unsqueeze(-1).contiguous()  # [T=784, B, I=1]
+        if self.impl == "fused":
+            _, h_n = self.rnn(x, return_sequence=False)
+        elif self.impl == "torch":
+            _, h_n = self.rnn(x)
+        else:
+            r = self.rnn
+            h0 = x.new_zeros(1, x.shape[1], r.hidden_size)
+            _, h_n = irnn_cuda.irnn_reference(
+                x, h0, [r.weight_ih_l0, r.weight_hh_l0, r.bias_ih_l0,
+                        r.bias_hh_l0], "relu", 1, False, False, 0.0,
+                self.training)
+        return self.fc(h_n[-1])
+
+
+def make_optimizer(config, params):
+    name, lr = config["optimizer"], config["lr"]
+    if name == "rmsprop":  # Keras semantics: rho 0.9, epsilon 1e-7
+        return torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-7)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr)
