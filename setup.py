@@ -105,8 +105,19 @@ def _openmp_flag():
     return "-fopenmp"
 
 
+def _torch_version_flag():
+    """The torch version this build is against, recorded in the library so
+    that irnn_cuda/_ops.py can name it when the library will not load. It is
+    passed as preprocessor tokens (csrc/ops.cpp turns them into a string),
+    which survives any build tool's quoting."""
+    version = torch.__version__
+    if not re.fullmatch(r"[0-9A-Za-z.+]+", version):
+        sys.exit(f"irnn_cuda: unexpected torch version string {version!r}")
+    return f"-DIRNN_TORCH_VERSION_TOKENS={version}"
+
+
 OPENMP = _openmp_flag()
-cxx_flags = ["-O3", "-std=c++20", OPENMP]
+cxx_flags = ["-O3", "-std=c++20", OPENMP, _torch_version_flag()]
 sources = _rel(glob.glob(os.path.join(HERE, "csrc", "*.cpp"))
                + glob.glob(os.path.join(HERE, "csrc", "cpu", "*.cpp")))
 cuda_sources = _rel(glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cpp"))

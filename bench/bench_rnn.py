@@ -15,7 +15,13 @@ Rows (relu, single layer):
   fwd       forward under no_grad, full output sequence;
   fwd+bwd   forward and backward of the output sequence (weights need grad);
   last      forward under no_grad asking only for h_n
-            (FusedIRNN(return_sequence=False); for nn.RNN, its h_n).
+            (FusedIRNN(return_sequence=False); for nn.RNN, its h_n);
+  fwd+bwd:last  forward and backward of a loss on the last state only,
+            h_n.sum() + out[-1].sum(). With nn.RNN's initialisation
+            (spectral radius below 1) the gradients decay towards zero going
+            back in time and reach denormal floats, which cost a CPU many
+            times a normal float's time unless they are flushed to zero
+            (the fp32 CPU kernels do; docs/cpu.md).
 Floors: forward = T * 2*B*H*(I+H) FLOP at the rate of a [1024,H]x[H,H]
 GEMM; forward+backward adds the same again (dh and dx through the weights)
 plus dW = sum_t da_t^T [x_t, h_{t-1}] as one GEMM over all T*B rows at that
@@ -40,7 +46,7 @@ import torch
 
 from irnn_cuda import FusedIRNN, has_kernels
 
-MODES = ("fwd", "fwd+bwd", "last")
+MODES = ("fwd", "fwd+bwd", "last", "fwd+bwd:last")
 
 
 class Timer:
@@ -106,12 +112,19 @@ def make_step(model, mode, x, grad):
                 if fused:
                     return [model(x, return_sequence=False)[1]]
                 return [model(x)[1]]
-    else:
+    elif mode == "fwd+bwd":
         def step():
             for p in params:
                 p.grad = None
             out, _ = model(x)
             out.backward(grad)
+            return [out.detach()] + [p.grad for p in params]
+    else:
+        def step():
+            for p in params:
+                p.grad = None
+            out, h_n = model(x)
+            (h_n.sum() + out[-1].sum()).backward()
             return [out.detach()] + [p.grad for p in params]
     return step
 
@@ -130,7 +143,7 @@ def bench_shape(timer, device, dtype, T, B, I, H, repeats, rates, flop_per_sampl
     rows = []
     for mode in MODES:
         floor_flop = {step_key: flop_fwd}
-        if mode == "fwd+bwd":
+        if mode.startswith("fwd+bwd"):
             floor_flop[step_key] = 2 * flop_fwd
             dw_key = f"dw:{H}x{T * B}x{H + I}"  # [H, T*B] x [T*B, H+I]
             if dw_key not in rates:

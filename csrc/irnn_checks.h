@@ -59,12 +59,18 @@ inline IrnnSizes check_forward_args(const at::Tensor& input,
   s.H = weight_hh.size(0);
   TORCH_CHECK(s.T >= 1, "input must have at least one time step, got T = ",
               s.T);
+  TORCH_CHECK(s.H >= 1, "weight_hh must be [H, H] with H >= 1, got ",
+              weight_hh.sizes());
   check_same(input, weight_hh, "weight_hh");
   check_same(input, h0, "h0");
   check_shape(h0, {s.B, s.H}, "h0");
   s.project = weight_ih.has_value() && weight_ih->defined();
   if (s.project) {
     s.I = input.size(2);
+    // nn.RNN refuses input_size 0 as well; the kernels index x_t[0].
+    TORCH_CHECK(s.I >= 1,
+                "input must have at least one feature when weight_ih is "
+                "given ([T, B, I] with I >= 1), got ", input.sizes());
     check_same(input, *weight_ih, "weight_ih");
     check_shape(*weight_ih, {s.H, s.I}, "weight_ih");
   } else {

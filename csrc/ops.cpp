@@ -1,5 +1,6 @@
 // The irnn_cuda op schemas (frozen; see docs/ops.md) and the Python module
-// stub that lets `import irnn_cuda._C` load this library.
+// stub that lets `import irnn_cuda._C` load this library, and the record of
+// the torch version it was built against.
 //
 // One forward and one backward op per layer and direction. The CPU
 // implementation is in csrc/cpu/, the CUDA one in csrc/cuda/; fake (meta)
@@ -9,17 +10,35 @@
 
 #include "cpu/irnn_cpu_params.h"
 
+// setup.py passes the version of the torch it builds against as the tokens
+// IRNN_TORCH_VERSION_TOKENS (2.14.1+cu130); they are made a string here.
+#ifndef IRNN_TORCH_VERSION_TOKENS
+#error "IRNN_TORCH_VERSION_TOKENS is undefined: build irnn_cuda._C with setup.py"
+#endif
+#define IRNN_STRINGIFY_TOKENS(x) #x
+#define IRNN_STRINGIFY(x) IRNN_STRINGIFY_TOKENS(x)
+#define IRNN_TORCH_VERSION IRNN_STRINGIFY(IRNN_TORCH_VERSION_TOKENS)
+
 extern "C" {
+// When this library will not load (an undefined symbol after torch changed),
+// irnn_cuda/_ops.py finds this record in the file and names the torch the
+// library was built against; `used` keeps it in the binary.
+__attribute__((used)) const char irnn_cuda_build_record[] =
+    "irnn_cuda._C built against torch " IRNN_TORCH_VERSION;
+
 // `import irnn_cuda._C` only needs a module object; importing it runs the
 // static registrations below. The module carries the CPU kernels' fused-input
-// capacity, which irnn_cuda/functional.py checks its contract against.
+// capacity, which irnn_cuda/functional.py checks its contract against, and
+// the torch version it was built against (TORCH_VERSION).
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {
       PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   PyObject* module = PyModule_Create(&module_def);
   if (module != nullptr &&
-      PyModule_AddIntConstant(module, "CPU_MAX_FUSED_INPUT",
-                              irnn_cuda::kMaxFusedInput) < 0) {
+      (PyModule_AddIntConstant(module, "CPU_MAX_FUSED_INPUT",
+                               irnn_cuda::kMaxFusedInput) < 0 ||
+       PyModule_AddStringConstant(module, "TORCH_VERSION",
+                                  IRNN_TORCH_VERSION) < 0)) {
     Py_DECREF(module);
     return nullptr;
   }

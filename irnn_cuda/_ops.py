@@ -1,21 +1,107 @@
 """Loads the compiled ops and registers their fake (meta) implementations and
 autograd formulas. The op schemas are documented in docs/ops.md."""
+import glob
+import importlib.machinery
+import os
+import re
+import sys
 import warnings
 
 import torch
 
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# csrc/ops.cpp writes this record into the library.
+_BUILD_RECORD = re.compile(rb"irnn_cuda\._C built against torch ([0-9A-Za-z.+]+)")
+
+
+def library_files(package_dir=PACKAGE_DIR):
+    """The compiled irnn_cuda._C files in `package_dir`."""
+    return sorted(path for suffix in importlib.machinery.EXTENSION_SUFFIXES
+                  for path in glob.glob(os.path.join(package_dir, "_C" + suffix)))
+
+
+def built_against(path):
+    """The torch version the library at `path` was built against, read from
+    the file itself (so it works when the library will not load), or None."""
+    try:
+        with open(path, "rb") as f:
+            match = _BUILD_RECORD.search(f.read())
+    except OSError:
+        return None
+    return match.group(1).decode() if match else None
+
+
+def broken_build_message(path, error, running=torch.__version__):
+    """Why a built irnn_cuda._C would not load, and what to do."""
+    built = built_against(path)
+    if built is None:
+        versions = (f"It records no torch version (an older irnn_cuda built "
+                    f"it); torch {running} is running")
+    elif built != running:
+        versions = (f"It was built against torch {built}; torch {running} "
+                    "is running")
+    else:
+        versions = f"It was built against the running torch {running}"
+    return (f"irnn_cuda: the compiled extension {path} is present but will not "
+            f"load: {error}. {versions}. Rebuild it "
+            "against the installed torch: `pip install --no-build-isolation .` "
+            "(or `-e .` for a source checkout).")
+
+
+def installed_copies(sys_path=None, package_dir=PACKAGE_DIR):
+    """Other irnn_cuda packages on `sys_path` that carry a built library."""
+    found = []
+    for entry in sys.path if sys_path is None else sys_path:
+        candidate = os.path.join(os.path.abspath(entry or os.curdir), "irnn_cuda")
+        if (os.path.realpath(candidate) != os.path.realpath(package_dir)
+                and library_files(candidate) and candidate not in found):
+            found.append(candidate)
+    return found
+
+
+def not_built_message(sys_path=None, package_dir=PACKAGE_DIR):
+    """Why this irnn_cuda has no irnn_cuda._C, and what to do."""
+    others = installed_copies(sys_path, package_dir)
+    checkout = os.path.isfile(os.path.join(os.path.dirname(package_dir),
+                                           "setup.py"))
+    if others:
+        return (f"Python imported irnn_cuda from {package_dir}, which has no "
+                f"compiled extension, instead of the built copy at "
+                f"{others[0]}: the current directory (or PYTHONPATH) shadows "
+                "it. Run from another directory, or install the checkout in "
+                "place with `pip install --no-build-isolation -e .`")
+    if checkout:
+        return (f"irnn_cuda was imported from the source checkout "
+                f"{package_dir}, where the extension is not built. Install it "
+                "in place with `pip install --no-build-isolation -e .` (a "
+                "plain install puts the build elsewhere, and this directory "
+                "still shadows it), or run from another directory")
+    return (f"the compiled extension irnn_cuda._C is not in {package_dir}; "
+            "build it with `pip install --no-build-isolation .`")
+
+
 try:
     from . import _C  # noqa: F401  (importing registers torch.ops.irnn_cuda.*)
-    _IMPORT_ERROR = None
-except ImportError as exc:  # the package was used without being built
-    _IMPORT_ERROR = exc
+    _NOT_BUILT = None
+except ImportError as exc:
+    files = library_files()
+    if files:  # built, but will not load: never run the slow reference
+        raise ImportError(broken_build_message(files[0], exc)) from exc
+    _NOT_BUILT = not_built_message()
+else:
+    if getattr(_C, "TORCH_VERSION", torch.__version__) != torch.__version__:
+        warnings.warn(
+            f"irnn_cuda: irnn_cuda._C was built against torch "
+            f"{_C.TORCH_VERSION}, but torch {torch.__version__} is running; "
+            "rebuild it with `pip install --no-build-isolation .` if anything "
+            "misbehaves", RuntimeWarning, stacklevel=2)
 
 _warned = set()
 
 
 def extension_loaded():
     """True when the compiled library irnn_cuda._C is loaded."""
-    return _IMPORT_ERROR is None
+    return _NOT_BUILT is None
 
 
 def _kernel_table():
@@ -42,9 +128,7 @@ def warn_fallback(device_type):
         return
     _warned.add(device_type)
     if not extension_loaded():
-        why = (f"the compiled extension irnn_cuda._C did not load "
-               f"({_IMPORT_ERROR}); build it with "
-               "`pip install --no-build-isolation .`")
+        why = _NOT_BUILT
     else:
         why = (f"irnn_cuda._C was built without {device_type} kernels "
                "(for CUDA: rebuild with a CUDA toolkit and IRNN_BUILD_CUDA=1)")

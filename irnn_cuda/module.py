@@ -55,7 +55,7 @@ class FusedIRNN(nn.Module):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} should be of type int, got: "
                                 f"{type(value).__name__}")
-            if value <= 0 and name != "input_size":
+            if value <= 0:
                 raise ValueError(f"{name} must be greater than zero, got "
                                  f"{value}")
         if dropout > 0 and num_layers == 1:

@@ -267,4 +267,4 @@ def pytest_sessionstart(session):
         # Fail loudly at once rather than test the reference against itself.
         raise pytest.UsageError(
             "IRNN_EXPECT_EXT=1 but irnn_cuda._C did not load: "
-            f"{irnn_cuda._ops._IMPORT_ERROR}")
+            f"{irnn_cuda._ops._NOT_BUILT}")

@@ -11,6 +11,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
+#include <c10/util/strides.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -60,6 +61,15 @@ at::ScalarType compute_type(at::ScalarType t) {
 
 at::Tensor as_compute(const c10::optional<at::Tensor>& t, at::ScalarType ct) {
   return has(t) ? t->to(ct).contiguous() : at::Tensor();
+}
+
+// `t` in `dt` with row-major strides. A size-1 dimension's stride counts
+// too: a gradient narrowed out of a padded buffer is "contiguous" with a
+// stride of Hp there, which autograd keeps and DDP's bucket views reject.
+at::Tensor row_major(const at::Tensor& t, at::ScalarType dt) {
+  const auto want = c10::contiguous_strides(t.sizes());
+  if (t.scalar_type() == dt && t.strides() == at::IntArrayRef(want)) return t;
+  return at::empty(t.sizes(), t.options().dtype(dt)).copy_(t);
 }
 
 template <typename S>
@@ -237,7 +247,7 @@ irnn_backward_cpu(const c10::optional<at::Tensor>& grad_output,
     dx = da;
     dw_ih = at::empty({0}, opts);
   } else if (fuse_ih) {
-    dw_ih = dw_ih_t.t().contiguous();
+    dw_ih = dw_ih_t.t();
   } else {
     // A large input's gradients are GEMMs over all steps.
     const at::Tensor w_ih = weight_ih->to(ct);
@@ -245,8 +255,8 @@ irnn_backward_cpu(const c10::optional<at::Tensor>& grad_output,
     dw_ih = at::mm(da.view({T * B, H}).t(), x.view({T * B, I}));
   }
   const auto dt = input.scalar_type();
-  return {dx.to(dt), dh0.to(dt), dw_ih.to(dt), dw_hh.contiguous().to(dt),
-          db.contiguous().to(dt)};
+  return {row_major(dx, dt), row_major(dh0, dt), row_major(dw_ih, dt),
+          row_major(dw_hh, dt), row_major(db, dt)};
 }
 
 }  // namespace
