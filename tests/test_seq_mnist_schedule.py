@@ -76,3 +76,51 @@ def test_snapshots_are_taken_every_interval():
     for step in range(1, 2 * SNAPSHOT_EVERY + 7):
         rollback.remember(step, model, optimizer)
     assert rollback.snapshot[0] == 2 * SNAPSHOT_EVERY
+
+
+# ------------------------------------------------------------------ recipes
+
+from mnist_irnn import config  # noqa: E402
+
+
+def test_the_default_recipe_and_the_notebook_preset():
+    default = config.resolve_config({})
+    assert (default["optimizer"], default["lr"], default["clip_norm"],
+            default["batch_size"], default["epochs"]) == ("adam", 3e-5, 1.0,
+                                                          32, 10)
+    notebook = config.resolve_config({"preset": "notebook"})
+    assert (notebook["optimizer"], notebook["lr"], notebook["clip_norm"],
+            notebook["batch_size"], notebook["epochs"]) == ("rmsprop", 1e-6,
+                                                            None, 1024, 10)
+    fast = config.resolve_config({"preset": "fast"})
+    assert dict(fast, epochs=10, preset=None) == default
+
+
+def test_the_paper_preset_follows_permute():
+    pixel = config.resolve_config({"preset": "paper"})
+    permuted = config.resolve_config({"preset": "paper", "permute": True})
+    assert (pixel["optimizer"], pixel["lr"], pixel["clip_norm"]) == (
+        "sgd", 1e-8, 1.0)
+    assert (permuted["lr"], permuted["clip_norm"]) == (1e-6, 10.0)
+    assert config.resolve_config({"preset": "paper", "permute": True,
+                                  "lr": 1e-7})["lr"] == 1e-7
+
+
+def test_clip_norm_zero_turns_clipping_off():
+    assert config.resolve_config({"clip_norm": 0.0})["clip_norm"] is None
+
+
+def test_a_checkpoint_from_before_the_schedule_keeps_a_constant_lr():
+    saved = {k: v for k, v in config.resolve_config(
+        {"preset": "notebook"}).items()
+        if k not in config.LEGACY and k not in config.PER_RUN}
+    resumed = config.resolve_config({"epochs": 20}, saved)
+    assert (resumed["lr_schedule"], resumed["warmup_steps"],
+            resumed["optimizer"]) == ("constant", 0, "rmsprop")
+
+
+@pytest.mark.parametrize("key", ["warmup_steps", "max_rollbacks"])
+def test_negative_counts_are_refused(key):
+    with pytest.raises(SystemExit, match=f"--{key.replace('_', '-')} must "
+                       "not be negative"):
+        config.resolve_config({key: -1})
