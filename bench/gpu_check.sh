@@ -389,6 +389,7 @@ else
   else
     mn_t0=$(date +%s); mn_st=ok
     for impl in fused torch; do
+      rm -rf "$OUT/mnist_$impl"  # the program refuses a run directory in use
       run "mnist-$impl" "mnist_$impl.log" $(( STAGE_CAPS[mnist] / 2 )) "$PY" bench/seq_mnist.py \
         --data-dir "$MNIST" --impl "$impl" --batch-size 1024 --epochs 1 \
         --max-steps 40 --limit-test 1024 --device cuda --no-progress \

@@ -266,8 +266,8 @@ def test_nonfinite_loss_stops_or_skips(tmp_path):
     # One unclipped SGD step at lr 0.1 makes W_hh = I + 0.1 dW_hh grow the
     # state without bound over 784 steps: the next loss is not finite.
     args = ("--limit-train", 96, "--limit-test", 16, "--hidden", 32,
-            "--optimizer", "sgd", "--lr", 0.1, "--batch-size", 32,
-            "--seed", 3)
+            "--optimizer", "sgd", "--lr", 0.1, "--clip-norm", 0,
+            "--batch-size", 32, "--seed", 3)
     with pytest.raises(SystemExit, match="non-finite loss at epoch 1, step 2"):
         run(tmp_path, "stop", *args, "--epochs", 1)
     assert not os.path.exists(tmp_path / "stop" / "last.pt")

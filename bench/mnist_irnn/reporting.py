@@ -142,6 +142,8 @@ def epoch_line(row, steps):
              f"train_loss {row['train_loss']:.4f}",
              f"train_acc {row['train_acc']:.4f}",
              f"skipped {row['skipped_steps']}/{steps} steps"]
+    if "rollbacks" in row:
+        parts.append(f"rollbacks {row['rollbacks']} (lr x{row['lr_scale']:g})")
     if "val_loss" in row:
         parts += [f"val_loss {row['val_loss']:.4f}",
                   f"val_acc {row['val_acc']:.4f}"]

@@ -12,12 +12,14 @@ from torch import nn
 from . import reporting
 from .checkpoints import (completed_epochs, restore, rng_states,
                           save_checkpoint)
-from .config import MAY_CHANGE, PER_RUN
+from .config import PER_RUN
 from .data import Data, epoch_batches, epoch_order, to_pixels
-from .errors import DivergedError, RunError
+from .errors import DivergedError
 from .evaluation import evaluate
-from .files import create_run_dir, ensure_run_dir, remove_stale_temporaries
 from .model import SeqMNISTModel, make_optimizer
+from .rollback import Rollback
+from .run_dir import open_run_dir
+from .schedule import learning_rate, set_learning_rate
 
 try:
     from tqdm import tqdm
@@ -64,6 +66,10 @@ class Run:
                           self.rows[-1]["test_loss"]
                           if self.rows and ckpt["batches_done"] == 0
                           else None)
+        self.rollback = Rollback(config["max_rollbacks"],
+                                 **(ckpt.get("rollback", {}) if ckpt else {}))
+        self.rollback.remember(self.step, self.model, self.optimizer)
+        self.total_steps = 1  # set by train() from the epochs and batches
         self.data = Data(config, d.device)
         self.ddp = self.model
         if d.enabled:
@@ -80,7 +86,7 @@ class Run:
                      "rng": rng_states(), "epoch": epoch,
                      "batches_done": batches_done, "epoch_totals": totals,
                      "step": self.step, "best_val_acc": self.best_val,
-                     "metrics": self.rows}
+                     "rollback": self.rollback.state(), "metrics": self.rows}
             for name in names:
                 save_checkpoint(state, os.path.join(self.config["out"], name))
         self.saved = (epoch, self.step, test_loss)
@@ -115,14 +121,12 @@ class Run:
                 trained = self.train_step(start, stop, order, totals)
                 self.step += 1
                 done += 1
+                if trained and config["on_nonfinite"] == "rollback":
+                    self.rollback.remember(self.step, self.model,
+                                           self.optimizer)
                 if not trained:
-                    if config["on_nonfinite"] == "stop":
-                        raise DivergedError(
-                            f"non-finite loss at epoch {epoch}, step "
-                            f"{self.step} (batch {done} of {len(batches)}); "
-                            f"stopping. {self.describe_saved()} Lower --lr, "
-                            f"set --clip-norm, or pass --on-nonfinite skip "
-                            f"to skip such steps.")
+                    self.nonfinite(f"epoch {epoch}, step {self.step} (batch "
+                                   f"{done} of {len(batches)})")
                     totals[3] += 1
                 if bar:
                     seen = totals[2] + totals[3]
@@ -139,6 +143,26 @@ class Run:
         totals[4] = time.perf_counter() - t0
         return done, status
 
+    def nonfinite(self, where):
+        """A step's loss was not finite: stops, or rolls back, as
+        --on-nonfinite says (skip needs nothing more)."""
+        config, rollback = self.config, self.rollback
+        mode = config["on_nonfinite"]
+        if mode == "rollback" and not rollback.exhausted():
+            back_to = rollback.restore(self.model, self.optimizer)
+            if self.d.main:
+                print(f"seq_mnist: non-finite loss at {where}: rolled back to "
+                      f"the state after step {back_to}, lr now x"
+                      f"{rollback.scale:g} (rollback {rollback.count} of "
+                      f"{rollback.limit})", flush=True)
+        elif mode != "skip":
+            after = (f" after {rollback.count} rollbacks (--max-rollbacks "
+                     f"{rollback.limit})" if mode == "rollback" else "")
+            raise DivergedError(
+                f"non-finite loss at {where}{after}; stopping. "
+                f"{self.describe_saved()} Lower --lr, set --clip-norm, or "
+                f"pass --on-nonfinite rollback or skip.")
+
     def train_step(self, start, stop, order, totals):
         """One optimiser step on global batch [start, stop); False if its
         loss was not finite on some rank (then no rank takes the step)."""
@@ -146,6 +170,8 @@ class Run:
         share = (stop - start) // d.world
         lo = start + d.rank * share
         idx = order[lo:lo + share]
+        set_learning_rate(self.optimizer, learning_rate(
+            self.config, self.step, self.total_steps, self.rollback.scale))
         x, y = to_pixels(self.data.train[0][idx]), self.data.train[1][idx]
         logits = self.ddp(x)
         losses = F.cross_entropy(logits, y, reduction="none")
@@ -170,44 +196,6 @@ class Run:
         return True
 
 
-def open_run_dir(run, ckpt):
-    """Rank 0 creates (or, resuming, reopens) the run directory and writes
-    config.json and the metrics; every rank gets the directory, or the
-    same error."""
-    config, d = run.config, run.d
-    outcome = None
-    if d.main:
-        try:
-            if ckpt is None:
-                config["out"] = create_run_dir(config["out"])
-                reporting.write_config(config["out"], config, run.data, d)
-            else:
-                config["out"] = config["out"] or config["resume"]
-                ensure_run_dir(config["out"])
-                for path in remove_stale_temporaries(config["out"]):
-                    print(f"seq_mnist: removed {path}, left by an "
-                          f"interrupted save", flush=True)
-                saved = ckpt["config"]
-                reporting.record_resume(config["out"], saved, {
-                    "from_epoch": completed_epochs(ckpt),
-                    "from_step": ckpt["step"],
-                    "changed": {k: config[k] for k in sorted(MAY_CHANGE)
-                                if config[k] != saved.get(k)},
-                    "max_steps": config["max_steps"],
-                    "environment": reporting.environment(d)})
-                # repairs a metrics file a crash may have cut short
-                reporting.write_metrics(config["out"], run.rows)
-            outcome = (None, config["out"])
-        except RunError as exc:
-            outcome = (type(exc), exc.message)
-            d.from_main(outcome)
-            raise
-    error, value = d.from_main(outcome)
-    if error is not None:
-        raise error(value)
-    config["out"] = value
-
-
 def train(config, d, ckpt=None, ckpt_path=None):
     """Trains from scratch, or from `ckpt` (loaded from `ckpt_path`) on
     --resume. Returns (the last epoch's row, the run directory); the row is
@@ -229,6 +217,7 @@ def train(config, d, ckpt=None, ckpt_path=None):
               f"{len(data.train[0])} train / {len(data.test[0])} test images"
               f", device {d.device}, run dir {config['out']}", flush=True)
     batches = epoch_batches(len(data.train[0]), config["batch_size"], d.world)
+    run.total_steps = config["epochs"] * len(batches)
     final = run.rows[-1] if run.rows else None
     for epoch in range(run.start_epoch, config["epochs"] + 1):
         if config["max_steps"] is not None and run.step >= config["max_steps"]:
@@ -255,6 +244,9 @@ def end_epoch(run, epoch, done, n_batches, totals):
            "train_loss": totals[0] / totals[2] if totals[2] else math.nan,
            "train_acc": totals[1] / totals[2] if totals[2] else math.nan,
            "skipped_steps": totals[3]}
+    if config["on_nonfinite"] == "rollback":
+        row["rollbacks"] = run.rollback.count
+        row["lr_scale"] = run.rollback.scale
     if len(data.val[0]):
         row["val_loss"], row["val_acc"] = evaluate(
             run.model, data.val, config["eval_batch_size"], d)
