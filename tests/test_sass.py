@@ -401,7 +401,8 @@ REG_BWD = re.compile(r"irnn_cuda::irnn_bwd_reg_kernel<(\w+), (\d+), (\d+), "
                      r"(true|false), (true|false)>$")
 # Every variant of IRNN_REG_BWD_VARIANTS, each with relu and tanh, with and
 # without the fused projection.
-REG_BWD_VARIANTS = [("float", hp, 1) for hp in (64, 104, 128)]
+REG_BWD_VARIANTS = [("float", 64, 1), ("float", 104, 1), ("float", 104, 8),
+                    ("float", 128, 1)]
 
 
 def reg_bwd_budget(name):

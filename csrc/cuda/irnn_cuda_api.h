@@ -156,10 +156,13 @@ inline bool select_reg_fwd(int sm_count, int max_threads, int64_t smem_max,
 // instantiation, as X(dtype enumerator, stored type, HP, R); one .cu per
 // (type, HP) in csrc/cuda/ instantiates it (irnn_bwd_reg_<type>_hp<HP>.cu).
 // make_launch_config selects from this table only; every other backward
-// runs today's kernels.
+// runs today's kernels. 8 rows per block only at HP = 104: at HP = 64 and
+// 128 the 8 rows' accumulators and loads exceed 255 registers (ptxas
+// spills).
 #define IRNN_REG_BWD_VARIANTS(X) \
   X(kFloat, float, 64, 1)        \
   X(kFloat, float, 104, 1)       \
+  X(kFloat, float, 104, 8)       \
   X(kFloat, float, 128, 1)
 // Steps of g_t and h_t the backward's prefetch ring holds: the copies for a
 // step are issued kRegBwdRing - 1 steps before it runs.
@@ -207,17 +210,20 @@ inline int64_t reg_bwd_smem_bytes(int hp, int rows) {
 
 // The register-resident variant for a backward call, or false: dtype and
 // H <= HP from the table, the input projected and at most kRegFwdMaxInput
-// wide or not projected, T >= 1, one row per block while B <= the SM
-// count, threads and shared memory within the device's limits. HP is the
-// smallest listed size >= H.
+// wide or not projected, T >= 1, threads and shared memory within the
+// device's limits; one row per block while B <= the SM count, else R = 8
+// rows while that fills at most one wave (B <= 8 * SMs). HP is the
+// smallest size listed with those rows >= H.
 inline bool select_reg_bwd(int sm_count, int max_threads, int64_t smem_max,
                            DType dtype, int64_t T, int64_t B, int64_t I,
                            int64_t H, bool project, int* hp_out,
                            int* rows_out) {
   if ((project && I > kRegFwdMaxInput) || T < 1 || B < 1 || H < 1 ||
-      sm_count < 1 || B > sm_count)
+      sm_count < 1)
     return false;
-  const int rows = 1;
+  const int64_t rows_needed = (B + sm_count - 1) / sm_count;
+  const int rows = rows_needed <= 1 ? 1 : 8;
+  if (rows_needed > 8) return false;
   int best = 0;
 #define IRNN_REG_BWD_PICK(dt, type, hp, r)                                   \
   if (dtype == DType::dt && r == rows && hp >= H &&                          \

@@ -126,8 +126,8 @@ irnn_error launch_bwd_reg(const RegBwdParams<S>& p, bool relu, bool project,
   return kIrnnSuccess;
 }
 
-// The backward variant of the table that make_launch_config selected (HP
-// the smallest listed size >= H, R the rows per block).
+// The backward variant of the table that make_launch_config selected (R
+// the rows per block, HP the smallest size listed with R that is >= H).
 template <typename S>
 irnn_error run_backward_reg(const BwdArgs& a, const LaunchConfig& c,
                             void* ws, irnn_stream stream) {
@@ -146,8 +146,10 @@ irnn_error run_backward_reg(const BwdArgs& a, const LaunchConfig& c,
   p.I = static_cast<int>(a.I); p.H = static_cast<int>(a.H);
   p.reverse = a.reverse;
   int hp = 0;
-#define IRNN_REG_BWD_HP(dt, type, HP, R) \
-  if (std::is_same_v<S, type> && HP >= a.H && (hp == 0 || HP < hp)) hp = HP;
+#define IRNN_REG_BWD_HP(dt, type, HP, R)                                \
+  if (std::is_same_v<S, type> && R == c.rows_per_block && HP >= a.H &&   \
+      (hp == 0 || HP < hp))                                              \
+    hp = HP;
   IRNN_REG_BWD_VARIANTS(IRNN_REG_BWD_HP)
 #undef IRNN_REG_BWD_HP
 #define IRNN_REG_BWD_RUN(dt, type, HP, R)                                   \

@@ -85,15 +85,17 @@ int run_kernels() {
   // does not fit and the large-H path runs.
   const DeviceProps persistent{4, 256, 48 * 1024, 200 * 1024};
   const DeviceProps large_h{4, 256, 48 * 1024, 48 * 1024};
-  // B <= 4 (the SM count) runs the register-resident backward (HP 128, 256
-  // threads): projected, and not (tanh, reversed, T beyond the prefetch
-  // ring).
+  // B <= 4 (the SM count) runs the register-resident backward with one row
+  // per block (HP 128, 256 threads): projected, and not (tanh, reversed, T
+  // beyond the prefetch ring); B = 20 with 8 rows per block (HP 104, 224
+  // threads, a partial last block).
   using irnn_cuda::Path;
   const Case cases[] = {
       {DType::kFloat, 3, 11, 1, 120, true, true, false, Path::kPersistent},
       {DType::kFloat, 2, 10, 2, 112, true, false, true, Path::kPersistent},
       {DType::kFloat, 3, 4, 1, 110, true, true, false, Path::kRegisterBwd},
       {DType::kFloat, 10, 3, 1, 112, false, false, true, Path::kRegisterBwd},
+      {DType::kFloat, 3, 20, 2, 100, true, true, false, Path::kRegisterBwd},
       {DType::kDouble, 2, 9, 1, 80, false, true, false, Path::kPersistent},
   };
   int failures = 0;
@@ -112,7 +114,7 @@ int run_kernels() {
     const LaunchConfig pc = irnn_cuda::make_launch_config(
         persistent, true, c.dtype, c.T, c.B, c.I, c.H, c.project, true);
     const LaunchConfig lc = irnn_cuda::make_launch_config(
-        large_h, false, c.dtype, c.T, c.B, c.I, c.H, c.project, true);
+        large_h, true, c.dtype, c.T, c.B, c.I, c.H, c.project, true);
     const bool paths = pc.path == c.backward && pc.blocks >= 3 &&
                        lc.path == irnn_cuda::Path::kLargeH;
     std::printf("case H=%lld B=%lld (backward path %d, %d blocks of %d "
