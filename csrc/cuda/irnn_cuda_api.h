@@ -121,20 +121,25 @@ inline int64_t reg_fwd_smem_bytes(int64_t T, int hp, int rows) {
   return 4 * (2 * rows * hp + reg_fwd_chunk(T, rows) * rows * kRegFwdMaxInput);
 }
 
+// Batch rows per block of a register-resident kernel: one while B <= the
+// SM count, else 8 while that fills at most one wave (B <= 8 * SMs); 0
+// beyond (or without SMs).
+inline int reg_rows_per_block(int64_t B, int sm_count) {
+  if (B < 1 || sm_count < 1) return 0;
+  const int64_t rows_needed = (B + sm_count - 1) / sm_count;
+  return rows_needed <= 1 ? 1 : rows_needed <= 8 ? 8 : 0;
+}
+
 // The register-resident variant for a forward call, or false: dtype and
 // H <= HP from the table, the input projected and at most kRegFwdMaxInput
-// wide, threads and shared memory within the device's limits; one row per block while B <= the SM count, else R = 8 rows while
-// that fills at most one wave (B <= 8 * SMs). HP is the smallest listed
-// size >= H.
+// wide, threads and shared memory within the device's limits, rows per
+// block from reg_rows_per_block. HP is the smallest listed size >= H.
 inline bool select_reg_fwd(int sm_count, int max_threads, int64_t smem_max,
                            DType dtype, int64_t T, int64_t B, int64_t I,
                            int64_t H, bool project, int* hp_out,
                            int* rows_out) {
-  if (!project || I > kRegFwdMaxInput || B < 1 || H < 1 || sm_count < 1)
-    return false;
-  const int64_t rows_needed = (B + sm_count - 1) / sm_count;
-  const int rows = rows_needed <= 1 ? 1 : 8;
-  if (rows_needed > 8) return false;
+  const int rows = reg_rows_per_block(B, sm_count);
+  if (!project || I > kRegFwdMaxInput || H < 1 || rows == 0) return false;
   int best = 0;
 #define IRNN_REG_FWD_PICK(dt, type, hp, r)                          \
   if (dtype == DType::dt && r == rows && hp >= H &&                 \
@@ -211,19 +216,15 @@ inline int64_t reg_bwd_smem_bytes(int hp, int rows) {
 // The register-resident variant for a backward call, or false: dtype and
 // H <= HP from the table, the input projected and at most kRegFwdMaxInput
 // wide or not projected, T >= 1, threads and shared memory within the
-// device's limits; one row per block while B <= the SM count, else R = 8
-// rows while that fills at most one wave (B <= 8 * SMs). HP is the
+// device's limits, rows per block from reg_rows_per_block. HP is the
 // smallest size listed with those rows >= H.
 inline bool select_reg_bwd(int sm_count, int max_threads, int64_t smem_max,
                            DType dtype, int64_t T, int64_t B, int64_t I,
                            int64_t H, bool project, int* hp_out,
                            int* rows_out) {
-  if ((project && I > kRegFwdMaxInput) || T < 1 || B < 1 || H < 1 ||
-      sm_count < 1)
+  const int rows = reg_rows_per_block(B, sm_count);
+  if ((project && I > kRegFwdMaxInput) || T < 1 || H < 1 || rows == 0)
     return false;
-  const int64_t rows_needed = (B + sm_count - 1) / sm_count;
-  const int rows = rows_needed <= 1 ? 1 : 8;
-  if (rows_needed > 8) return false;
   int best = 0;
 #define IRNN_REG_BWD_PICK(dt, type, hp, r)                                   \
   if (dtype == DType::dt && r == rows && hp >= H &&                          \
@@ -306,33 +307,29 @@ inline LaunchConfig make_launch_config(const DeviceProps& p, bool backward,
       c.workspace = store_sequence ? 0 : 2 * B * H * storage_bytes(dtype);
     return c;
   }
+  // A register-resident kernel: every thread computes its unit(s) of all
+  // reg_rows rows of its block.
   int reg_hp = 0, reg_rows = 0;
-  if (!backward &&
-      select_reg_fwd(p.sm_count, static_cast<int>(max_threads), smem_max,
-                     dtype, T, B, I, H, project, &reg_hp, &reg_rows)) {
-    c.path = Path::kRegisterFwd;
+  const bool reg =
+      backward
+          ? select_reg_bwd(p.sm_count, static_cast<int>(max_threads), smem_max,
+                           dtype, T, B, I, H, project, &reg_hp, &reg_rows)
+          : select_reg_fwd(p.sm_count, static_cast<int>(max_threads), smem_max,
+                           dtype, T, B, I, H, project, &reg_hp, &reg_rows);
+  if (reg) {
+    c.path = backward ? Path::kRegisterBwd : Path::kRegisterFwd;
     c.rows_per_block = reg_rows;
     c.row_groups = 1;
     c.rows_per_thread = reg_rows;
-    c.threads = reg_fwd_threads(reg_hp);
+    c.threads = backward ? reg_bwd_threads(reg_hp) : reg_fwd_threads(reg_hp);
     c.blocks = static_cast<int>((B + reg_rows - 1) / reg_rows);
-    c.smem = reg_fwd_smem_bytes(T, reg_hp, reg_rows);
+    c.smem = backward ? reg_bwd_smem_bytes(reg_hp, reg_rows)
+                      : reg_fwd_smem_bytes(T, reg_hp, reg_rows);
     c.smem_optin = c.smem > p.smem_per_block;
-    c.workspace = 0;
-    return c;
-  }
-  if (backward &&
-      select_reg_bwd(p.sm_count, static_cast<int>(max_threads), smem_max,
-                     dtype, T, B, I, H, project, &reg_hp, &reg_rows)) {
-    c.path = Path::kRegisterBwd;
-    c.rows_per_block = reg_rows;
-    c.row_groups = 1;
-    c.rows_per_thread = reg_rows;
-    c.threads = reg_bwd_threads(reg_hp);
-    c.blocks = static_cast<int>((B + reg_rows - 1) / reg_rows);
-    c.smem = reg_bwd_smem_bytes(reg_hp, reg_rows);
-    c.smem_optin = c.smem > p.smem_per_block;
-    c.workspace = static_cast<int64_t>(c.blocks) * partial_elems(H, I, project) * 4;
+    // The backward's blocks' partial gradients (float).
+    c.workspace = backward ? static_cast<int64_t>(c.blocks) *
+                                 partial_elems(H, I, project) * 4
+                           : 0;
     return c;
   }
   c.path = Path::kPersistent;
