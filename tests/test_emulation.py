@@ -26,7 +26,7 @@ import emu  # noqa: E402
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None,
                                 reason="needs g++ to build the emulation")
 
-PERSISTENT, LARGE_H, REGISTER_FWD = 0, 1, 2
+PERSISTENT, LARGE_H, REGISTER_FWD, REGISTER_BWD = 0, 1, 2, 3
 # A device with no shared memory opt-in (48 KB): W_hh of H = 120 in float32
 # does not fit, so the large-H path runs at a small H.
 SMALL_SMEM = dict(sm_count=4, max_threads_per_block=1024,
@@ -77,14 +77,35 @@ def register_fwd_expected(table, dtype, B, I, H, project):
     return min(hp for hp in REG_FWD_HP if hp >= H), 1 if rows == 1 else 8
 
 
+# The register-resident backward's table (IRNN_REG_BWD_VARIANTS): float32;
+# one row per block while B <= SMs, at HP 64, 104 or 128; else 8 rows per
+# block while B <= 8 * SMs, at HP 104 only; the input projected and at most
+# 4 wide, or not projected; T >= 1.
+REG_BWD_HP = {1: (64, 104, 128), 8: (104,)}
+
+
+def register_bwd_expected(table, dtype, T, B, I, H, project):
+    """(HP, rows per block) of the register-resident backward the routing
+    must select, or None."""
+    if dtype != torch.float32 or (project and I > 4) or T < 1 or B < 1:
+        return None
+    rows = -(-B // table["sm_count"])
+    if rows > 8:
+        return None
+    rows = 1 if rows == 1 else 8
+    fits = [hp for hp in REG_BWD_HP[rows] if hp >= H]
+    return (min(fits), rows) if fits else None
+
+
 def run_and_compare(harness, table, dtype, T, B, I, H, nonlinearity="relu",
                     reverse=False, project=True, bias=True, grads="both",
                     store_sequence=True, expect_path=None, seed=0,
                     backward=True):
     """Forward and backward in the emulation against the reference (float64
     autograd on the same rounded inputs); returns the configurations.
-    expect_path is the backward's path, and the forward's unless the
-    register-resident forward covers the call (register_fwd_expected)."""
+    expect_path is the forward's and the backward's path unless a
+    register-resident kernel covers the call (register_fwd_expected,
+    register_bwd_expected)."""
     gen = torch.Generator().manual_seed(seed)
     v = make_inputs(dtype, T, B, I, H, project, bias, gen)
     relu = nonlinearity == "relu"
@@ -120,7 +141,13 @@ def run_and_compare(harness, table, dtype, T, B, I, H, nonlinearity="relu",
         table, g_out, g_hn, v["x"], v["h0"], v["w_ih"], v["w_hh"], out, relu,
         reverse)
     if expect_path is not None:
-        assert bcfg["path"] == expect_path, bcfg
+        reg = (register_bwd_expected(table, dtype, T, B, I, H, project)
+               if expect_path == PERSISTENT else None)
+        assert bcfg["path"] == (REGISTER_BWD if reg else expect_path), bcfg
+        if reg:
+            assert bcfg["threads"] == (2 * reg[0] + 31) // 32 * 32, bcfg
+            assert bcfg["rows_per_block"] == reg[1], bcfg
+            assert bcfg["blocks"] == -(-B // reg[1]), bcfg
     loss = 0
     if g_out is not None:
         loss = loss + (r_out * g_out.double()).sum()
@@ -149,9 +176,13 @@ def test_launch_config_tables(harness):
                 (False, True), (torch.float32, torch.float64, torch.bfloat16),
                 (1, 16, 128, 1024)):
             c = harness.config(table, backward, dtype, 784, B, 1, 100)
-            reg = not backward and register_fwd_expected(table, dtype, B, 1,
-                                                         100, True)
-            assert c["path"] == (REGISTER_FWD if reg else PERSISTENT), c
+            if backward:
+                reg = register_bwd_expected(table, dtype, 784, B, 1, 100,
+                                            True)
+                assert c["path"] == (REGISTER_BWD if reg else PERSISTENT), c
+            else:
+                reg = register_fwd_expected(table, dtype, B, 1, 100, True)
+                assert c["path"] == (REGISTER_FWD if reg else PERSISTENT), c
             assert c["smem"] <= optin and c["threads"] <= 512, c
             assert c["blocks"] * c["rows_per_block"] >= B, c
             assert c["blocks"] <= max(B, table["sm_count"]), c
@@ -285,14 +316,14 @@ def test_register_forward_routing(harness):
         c = cfg(16, H=H)
         assert c["path"] == REGISTER_FWD and c["threads"] == threads, (H, c)
     # Today's kernels: more than one wave of 8-row blocks, H > 128, other
-    # dtypes, an input wider than 4 or not projected, the backward.
+    # dtypes, an input wider than 4 or not projected (the backward's routing:
+    # test_register_backward_routing).
     for dtype in (torch.bfloat16, torch.float16):
         for B, rows in ((16, 1), (1024, 8)):
             c = cfg(B, dtype=dtype)
             assert (c["path"], c["rows_per_block"]) == (REGISTER_FWD, rows), c
     for c in (cfg(1057), cfg(16, H=129), cfg(16, dtype=torch.float64),
-              cfg(16, I=5), cfg(16, project=False), cfg(16, backward=True),
-              cfg(1024, backward=True)):
+              cfg(16, I=5), cfg(16, project=False)):
         assert c["path"] == PERSISTENT, c
     assert cfg(16, H=1024)["path"] == LARGE_H
     # A device whose shared memory cannot hold 8 rows' h buffers and x chunk.
@@ -368,6 +399,121 @@ def test_register_forward_chunks_and_determinism(harness, rows):
     assert torch.equal(runs[0][1], runs[1][1])
 
 
+def test_register_backward_routing(harness):
+    """make_launch_config selects the register-resident backward from its
+    table (float32; one row per block at HP 64/104/128 while B <= SMs, 8
+    rows per block at HP 104 while B <= 8 * SMs) and routes everything else
+    to today's kernels; the workspace at T = 784, B = 1024, H = 100 stays
+    today's."""
+    def cfg(B, H=100, I=1, dtype=torch.float32, project=True, table=H200,
+            T=784):
+        return harness.config(table, True, dtype, T, B, I, H, project)
+    partials = 4 * (100 * 100 + 100 + 100)  # one block's dW_hh, dW_ih, db
+    # The targets: H = 100 fp32 (HP = 104, 224 threads) at B = 16, 128 and
+    # 1024.
+    for B in (1, 16, 128, 132):
+        c = cfg(B)
+        assert (c["path"], c["rows_per_block"], c["threads"], c["blocks"]) == (
+            REGISTER_BWD, 1, 224, B), c
+        assert c["workspace"] == B * partials, c
+        assert c["smem"] <= H200["smem_per_block"] and not c["smem_optin"], c
+    c = cfg(1024)
+    assert (c["path"], c["rows_per_block"], c["threads"], c["blocks"]) == (
+        REGISTER_BWD, 8, 224, 128), c
+    assert c["smem_optin"] and c["smem"] <= H200["smem_per_block_optin"], c
+    # The workspace at B = 1024: 128 blocks of partial gradients, 5.2 MB, as
+    # today's kernel (8 rows per block, 128 blocks) needs.
+    assert c["workspace"] == 128 * partials == 5_222_400, c
+    assert cfg(1024, dtype=torch.float64)["blocks"] == 128
+    for B in (133, 1056):
+        c = cfg(B)
+        assert (c["path"], c["rows_per_block"]) == (REGISTER_BWD, 8), (B, c)
+    # One row per block: H <= 64 at HP = 64 (128 threads), H <= 128 at
+    # HP = 128 (256); 8 rows per block at HP = 104 up to H = 104; the input
+    # not projected too.
+    for B, H, threads in ((16, 1, 128), (16, 64, 128), (16, 65, 224),
+                          (16, 104, 224), (16, 105, 256), (16, 128, 256),
+                          (1024, 1, 224), (1024, 104, 224)):
+        for project in (True, False):
+            c = cfg(B, H=H, project=project)
+            assert c["path"] == REGISTER_BWD and c["threads"] == threads, (
+                B, H, project, c)
+    for c in (cfg(1057), cfg(1024, H=105), cfg(16, H=129),
+              cfg(16, dtype=torch.float64), cfg(16, dtype=torch.bfloat16),
+              cfg(16, dtype=torch.float16), cfg(16, I=5), cfg(16, T=0)):
+        assert c["path"] == PERSISTENT, c
+    # The routing is the rule register_bwd_expected states, everywhere.
+    for table in (H200, emu.A100, FOUR_SMS):
+        for B, H, I, project in itertools.product(
+                (1, 4, 5, 32, 33, 108, 109, 132, 133, 864, 865, 1056, 1057),
+                (1, 64, 65, 100, 104, 105, 128, 129), (1, 4, 5),
+                (True, False)):
+            reg = register_bwd_expected(table, torch.float32, 784, B, I, H,
+                                        project)
+            c = cfg(B, H=H, I=I, project=project, table=table)
+            assert (c["path"] == REGISTER_BWD) == (reg is not None), (
+                B, H, I, project, c)
+            if reg:
+                assert c["rows_per_block"] == reg[1], (B, H, c)
+
+
+def _register_backward_cases():
+    """Every variant of the table: one row per block (B <= 4 SMs) at every
+    HP (H = 33, 64, 100, 104, 128, 120), 8 rows per block (B = 5-32, a
+    partial last block) at H = 1, 33, 100, 104; relu and tanh, both
+    directions, a projected input of width 1-4 and none, the gradient on
+    the sequence, on h_n or both, with and without biases, T from 1 to
+    beyond the prefetch ring (8 steps)."""
+    cases = []
+    for i, (H, relu, project) in enumerate(itertools.product(
+            (33, 64, 100, 104, 128, 120), (True, False), (True, False))):
+        cases.append(dict(
+            H=H, B=(1, 4, 3)[i % 3], I=1 + i % 4 if project else None,
+            nonlinearity="relu" if relu else "tanh", reverse=i % 3 != 1,
+            bias=i % 5 != 2, grads=("both", "seq", "last", "both")[i % 4],
+            T=(1, 2, 9, 13, 7, 8)[i % 6]))
+    for i, (H, relu) in enumerate(itertools.product((1, 33, 100, 104),
+                                                    (True, False))):
+        cases.append(dict(
+            H=H, B=(29, 13, 32, 5)[i % 4], I=1 + i % 4 if i % 3 else None,
+            nonlinearity="relu" if relu else "tanh", reverse=i % 3 == 1,
+            bias=i % 5 != 2, grads=("both", "seq", "last")[i % 3],
+            T=(3, 10, 1, 9)[i % 4]))
+    return cases
+
+
+@pytest.mark.parametrize("case", _register_backward_cases(),
+                         ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_register_backward_vs_reference(harness, case):
+    B, H = case["B"], case["H"]
+    _, bcfg = run_and_compare(
+        harness, FOUR_SMS, torch.float32, case["T"], B, case["I"] or 5, H,
+        case["nonlinearity"], case["reverse"], project=case["I"] is not None,
+        bias=case["bias"], grads=case["grads"], expect_path=PERSISTENT)
+    assert bcfg["path"] == REGISTER_BWD, bcfg
+
+
+@pytest.mark.parametrize("B", [4, 29])
+def test_register_backward_deterministic_across_block_orders(harness, B):
+    """Every gradient of the register-resident backward (one and 8 rows per
+    block) is bitwise equal with blocks run in two different orders."""
+    gen = torch.Generator().manual_seed(5)
+    T, H = 11, 100
+    v = make_inputs(torch.float32, T, B, 2, H, True, True, gen)
+    out, _, _ = harness.forward(FOUR_SMS, v["x"], v["h0"], v["w_ih"],
+                                v["w_hh"], v["b_ih"], v["b_hh"], True, True,
+                                True)
+    g_out = torch.randn(T, B, H, generator=gen)
+    g_hn = torch.randn(B, H, generator=gen)
+    runs = [harness.backward(FOUR_SMS, g_out, g_hn, v["x"], v["h0"], v["w_ih"],
+                             v["w_hh"], out, True, True, block_order_seed=seed)
+            for seed in (0, 4321)]
+    assert runs[0][5]["path"] == REGISTER_BWD
+    assert runs[0][5]["blocks"] == (B if B <= 4 else -(-B // 8)) >= 4
+    for a, b in zip(runs[0][:5], runs[1][:5]):
+        assert torch.equal(a, b)
+
+
 def test_empty_batch(harness):
     x = torch.randn(3, 0, 1)
     w_hh = torch.randn(8, 8)
@@ -400,24 +546,38 @@ def test_backward_deterministic_across_block_orders(harness, table, H):
         assert torch.equal(a, b)
 
 
-def test_nan_propagates(harness):
+@pytest.mark.parametrize("nan_step", [0, 1])
+def test_nan_propagates(harness, nan_step):
     """relu is `a < 0 ? 0 : a`: a NaN input stays NaN (fmax would drop it),
-    and the backward treats the NaN state as PyTorch does."""
+    and the backward treats the NaN state as PyTorch does, on the
+    register-resident backward (one and 8 rows per block) and today's. A NaN input
+    at the last step leaves a NaN state that only the last step sees: dW_hh
+    stays finite (that state is no step's h_{t-1})."""
     x = torch.randn(2, 3, 1)
-    x[0, 1, 0] = float("nan")
+    x[nan_step, 1, 0] = float("nan")
     out, h_n, _ = harness.forward(emu.H100, x, torch.zeros(3, 4),
                                   torch.ones(4, 1), torch.eye(4), None, None,
                                   True, False, True)
-    assert out[:, 1].isnan().all() and h_n[1].isnan().all()
+    assert out[nan_step:, 1].isnan().all() and h_n[1].isnan().all()
     assert not out[:, 0].isnan().any()
     # relu' on a NaN state passes the gradient (PyTorch's threshold_backward):
     # every gradient, NaN included, is the CPU op's (checked against autograd).
     g_out = torch.randn(2, 3, 4)
     args = (x, torch.zeros(3, 4), torch.ones(4, 1), torch.eye(4), out)
-    ours = harness.backward(emu.H100, g_out, None, *args, True, False)[:5]
     cpu = torch.ops.irnn_cuda.irnn_backward(g_out, None, *args, "relu", False)
-    for name, a, e in zip(("dx", "dh0", "dw_ih", "dw_hh", "db"), ours, cpu):
-        torch.testing.assert_close(a, e, equal_nan=True, msg=name)
+    if nan_step == 1:
+        assert not cpu[3].isnan().any()
+    # One row per block, 8 rows per block (B > SMs), and today's kernel (8 KB
+    # of shared memory cannot hold the register-resident backward's ring).
+    for table, path, rows in (
+            (emu.H100, REGISTER_BWD, 1),
+            (dict(emu.H100, sm_count=2), REGISTER_BWD, 8),
+            (dict(emu.H100, smem_per_block=8192, smem_per_block_optin=8192),
+             PERSISTENT, 1)):
+        *ours, cfg = harness.backward(table, g_out, None, *args, True, False)
+        assert (cfg["path"], cfg["rows_per_block"]) == (path, rows), cfg
+        for name, a, e in zip(("dx", "dh0", "dw_ih", "dw_hh", "db"), ours, cpu):
+            torch.testing.assert_close(a, e, equal_nan=True, msg=name)
 
 
 # ThreadSanitizer: a standalone executable (a TSan .so cannot be loaded into

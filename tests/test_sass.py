@@ -10,7 +10,8 @@ header) that holds a block barrier. The guard's verdict on it:
   there is no LDL/STL anywhere in the kernel (a spill shows as both);
 - no CALL in the step loop (a division or math routine);
 - no plain global load (LDG) in the step loop: its latency lands on the
-  critical path of every step; asynchronous copies (LDGSTS) are allowed;
+  critical path of every step; asynchronous copies (LDGSTS, and LDGDEPBAR,
+  which closes a group of them) are allowed;
 - exactly one block barrier in the step loop (or one cluster barrier);
 - no loop inside the step loop: its trip count is decided at run time, so
   the instructions per step are not bounded by the code;
@@ -19,7 +20,10 @@ header) that holds a block barrier. The guard's verdict on it:
 
 The register-resident forwards (irnn_fwd_reg_kernel) are in the build
 for every variant of IRNN_REG_FWD_VARIANTS, relu and tanh, and the guard
-passes each (test_register_forward_within_budget).
+passes each (test_register_forward_within_budget); so are the
+register-resident backwards (irnn_bwd_reg_kernel) of IRNN_REG_BWD_VARIANTS,
+relu and tanh, with and without the fused projection
+(test_register_backward_within_budget).
 
 The budgets (docs/cuda.md, "The SASS guard", derives them):
 - forward, register-resident W_hh, HP = H rounded up to 4:
@@ -28,7 +32,11 @@ The budgets (docs/cuda.md, "The SASS guard", derives them):
 - the same with tanh: + 16 per row (tanhf: two MUFU and 14 FFMA, FMUL,
   FSETP, FSEL), FMA share >= 0.55;
 - backward, K split in two: HP FFMA (HP/2 of the da chain, HP/2 of dW_hh) +
-  ceil(HP/8) LDS.128 + 40 (153 at HP = 100), FMA share >= 0.6.
+  ceil(HP/8) LDS.128 + 40 (153 at HP = 100, 157 at HP = 104);
+- the same with the fused projection (I <= 4): + 45 per row for dW_ih, the
+  warp sums of dx, their sum and store and the x_t copy (202 at HP = 104);
+- a backward's FMA share at least 0.9 times the share its budget holds
+  (HP, or HP + 4 with the projection, FMAs of the budget).
 
 Today's persistent kernels are the fallback for sizes the new kernels do not
 instantiate. The guard rejects them (test_guard_rejects_todays_kernels),
@@ -306,10 +314,21 @@ def forward_budget(H, rows_per_warp=1, relu=True):
 TANH_PER_ROW = 16
 
 
-def backward_budget(H, rows_per_warp=1):
+# Instructions per row of the backward's fused projection (docs/cuda.md).
+FUSED_PROJECTION_PER_ROW = 45
+
+
+def backward_budget(H, rows_per_warp=1, project=False):
     hp = 4 * math.ceil(H / 4)
-    return Budget(f"register-resident backward, HP = {hp}",
-                  hp + math.ceil(hp / 8) + 40, 0.6, rows_per_warp)
+    total = hp + math.ceil(hp / 8) + 40
+    fma = hp
+    if project:
+        total += FUSED_PROJECTION_PER_ROW
+        fma += 4
+    what = "register-resident backward" + (
+        " with the fused projection" if project else "")
+    return Budget(f"{what}, HP = {hp}", total,
+                  math.floor(90 * fma / total) / 100, rows_per_warp)
 
 
 def local_memory_problems(k):
@@ -332,8 +351,8 @@ def verdict(k, budget):
     calls = [i.target for i in loop.insns if i.op.startswith("CALL")]
     if calls:
         problems.append(f"{len(calls)} CALL in the step loop ({calls[0]})")
-    ldg = sum(op.startswith("LDG") and not op.startswith("LDGSTS")
-              for op in ops)
+    ldg = sum(op.startswith("LDG") and
+              not op.startswith(("LDGSTS", "LDGDEPBAR")) for op in ops)
     if ldg:
         problems.append(f"{ldg} LDG in the step loop")
     barriers = sum(is_block_barrier(op) for op in ops)
@@ -375,6 +394,30 @@ REG_FWD_TYPE_NAMES = {"float": "float", "irnn_half": "__half",
 def reg_fwd_budget(name):
     _, hp, rows, relu = REG_FWD.match(name).groups()
     return forward_budget(int(hp), int(rows), relu == "true")
+
+
+# The register-resident backwards: <S, HP, R rows per block, relu, project>.
+REG_BWD = re.compile(r"irnn_cuda::irnn_bwd_reg_kernel<(\w+), (\d+), (\d+), "
+                     r"(true|false), (true|false)>$")
+# Every variant of IRNN_REG_BWD_VARIANTS, each with relu and tanh, with and
+# without the fused projection.
+REG_BWD_VARIANTS = [("float", 64, 1), ("float", 104, 1), ("float", 104, 8),
+                    ("float", 128, 1)]
+
+
+def reg_bwd_budget(name):
+    _, hp, rows, _, project = REG_BWD.match(name).groups()
+    return backward_budget(int(hp), int(rows), project == "true")
+
+
+def table_variants(macro):
+    """(type, HP, R) of every X(...) line of a variant table in
+    csrc/cuda/irnn_cuda_api.h."""
+    text = (Path(__file__).resolve().parent.parent / "csrc" / "cuda" /
+            "irnn_cuda_api.h").read_text()
+    block = re.search(r"#define %s\(X\)((?:.*\\\n)*.*)" % macro, text).group(1)
+    return {(REG_FWD_TYPE_NAMES[t], int(hp), int(r)) for t, hp, r in
+            re.findall(r"X\(k\w+, (\w+), (\d+), (\d+)\)", block)}
 # Kernels without a step loop: only the local-memory check applies.
 PLAIN = re.compile(r"irnn_cuda::irnn_(reduce_partials|column_sum)_kernel<")
 
@@ -409,7 +452,7 @@ def test_missing_tools_fail_under_expect_cuda(monkeypatch):
 def test_every_kernel_is_classified(kernels):
     unknown = [n for n in kernels if n not in FALLBACK and
                not GEMM.match(n) and not PLAIN.match(n) and
-               not REG_FWD.match(n)]
+               not REG_FWD.match(n) and not REG_BWD.match(n)]
     assert not unknown, (
         "kernels the SASS guard does not know; give each its budget in "
         f"tests/test_sass.py and docs/cuda.md: {unknown}")
@@ -430,11 +473,7 @@ def test_register_forward_variants_built(kernels):
     expected = {f"irnn_cuda::irnn_fwd_reg_kernel<{t}, {hp}, {r}, {a}>"
                 for t, hp, r in REG_FWD_VARIANTS for a in ("true", "false")}
     assert built == expected, (built ^ expected)
-    table = (Path(__file__).resolve().parent.parent / "csrc" / "cuda" /
-             "irnn_cuda_api.h").read_text()
-    listed = {(REG_FWD_TYPE_NAMES[t], int(hp), int(r)) for t, hp, r in
-              re.findall(r"X\(k\w+, (\w+), (\d+), (\d+)\)", table)}
-    assert listed == set(REG_FWD_VARIANTS)
+    assert table_variants("IRNN_REG_FWD_VARIANTS") == set(REG_FWD_VARIANTS)
 
 
 @pytest.mark.parametrize("variant", [
@@ -452,6 +491,36 @@ def test_register_forward_within_budget(kernels, variant):
     if variant == ("float", 104, 1, "true"):
         assert budget.instructions_per_row_step == 170
         assert len(step_loop(k).insns) <= 170
+
+
+def test_register_backward_variants_built(kernels):
+    """The build holds every variant of the backward's table, relu and
+    tanh, with and without the fused projection, and no other."""
+    built = {n for n in kernels if REG_BWD.match(n)}
+    expected = {f"irnn_cuda::irnn_bwd_reg_kernel<{t}, {hp}, {r}, {a}, {p}>"
+                for t, hp, r in REG_BWD_VARIANTS for a in ("true", "false")
+                for p in ("true", "false")}
+    assert built == expected, (built ^ expected)
+    assert table_variants("IRNN_REG_BWD_VARIANTS") == set(REG_BWD_VARIANTS)
+
+
+@pytest.mark.parametrize("variant", [
+    (t, hp, r, a, p) for t, hp, r in REG_BWD_VARIANTS
+    for a in ("true", "false") for p in ("true", "false")],
+    ids=lambda v: "-".join(map(str, v)))
+def test_register_backward_within_budget(kernels, variant):
+    """The guard passes every selectable register-resident backward: no
+    local memory, one barrier, no LDG or inner loop in the step, and the
+    instructions per row-step within the budget (H = 100 runs at HP = 104:
+    at most 157, and 202 with the fused projection)."""
+    name = "irnn_cuda::irnn_bwd_reg_kernel<%s, %d, %d, %s, %s>" % variant
+    k = kernels[name]
+    budget = reg_bwd_budget(name)
+    assert verdict(k, budget) == [], (name, verdict(k, budget))
+    if variant[:3] == ("float", 104, 1):
+        limit = 202 if variant[4] == "true" else 157
+        assert budget.instructions_per_row_step == limit
+        assert len(step_loop(k).insns) <= limit
 
 
 @pytest.mark.parametrize("name", sorted(FALLBACK))
@@ -569,7 +638,8 @@ def test_verdict_passes_a_kernel_within_budget():
     assert _synthetic(design, budget) == []
     assert "LDG" in " ".join(_synthetic(design + ["LDG.E R9, desc[UR4][R6.64]"],
                                         budget))
-    assert _synthetic(design + ["LDGSTS [R3], desc[UR4][R6.64]"], budget) == []
+    assert _synthetic(design + ["LDGSTS [R3], desc[UR4][R6.64]",
+                                "LDGDEPBAR"], budget) == []
     assert "CALL" in " ".join(_synthetic(
         design + ["CALL.REL.NOINC `($__internal_0_$__cuda_sm3x_div_rn)"],
         budget))
@@ -591,7 +661,8 @@ def test_budgets_match_the_docs():
     assert forward_budget(104, relu=False).instructions_per_row_step == 186
     assert backward_budget(100).instructions_per_row_step == 153
     assert backward_budget(104).instructions_per_row_step == 157
+    assert backward_budget(104, project=True).instructions_per_row_step == 202
     doc = (Path(__file__).resolve().parent.parent / "docs" / "cuda.md"
            ).read_text()
-    for n in ("165", "170", "186", "153", "157"):
+    for n in ("165", "170", "186", "153", "157", "202"):
         assert f"**{n}**" in doc, f"docs/cuda.md does not state the budget {n}"

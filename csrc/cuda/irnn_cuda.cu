@@ -17,6 +17,13 @@ namespace irnn_cuda {
       const RegFwdParams<type>&, bool, const LaunchConfig&, irnn_stream);
 IRNN_REG_FWD_VARIANTS(IRNN_REG_FWD_EXTERN)
 #undef IRNN_REG_FWD_EXTERN
+// So are the register-resident backwards (irnn_bwd_reg_<type>_hp<HP>.cu).
+#define IRNN_REG_BWD_EXTERN(dt, type, HP, R)                         \
+  extern template irnn_error launch_bwd_reg<type, HP, R>(            \
+      const RegBwdParams<type>&, bool, bool, const LaunchConfig&,    \
+      irnn_stream);
+IRNN_REG_BWD_VARIANTS(IRNN_REG_BWD_EXTERN)
+#undef IRNN_REG_BWD_EXTERN
 
 int irnn_forward_cuda_launch(const FwdArgs& a, const LaunchConfig& c,
                              void* workspace, void* stream) {

@@ -65,7 +65,12 @@ inline bool steps_and_batch_fit(int64_t T, int64_t B) {
   return T <= kMaxStepsOrBatch && B <= kMaxStepsOrBatch;
 }
 
-enum class Path : int { kPersistent = 0, kLargeH = 1, kRegisterFwd = 2 };
+enum class Path : int {
+  kPersistent = 0,
+  kLargeH = 1,
+  kRegisterFwd = 2,
+  kRegisterBwd = 3
+};
 
 // The register-resident forward (irnn_fwd_reg_kernel): thread j of a block
 // keeps row j of W_hh in registers, padded with zeros to HP columns (HP a
@@ -116,20 +121,25 @@ inline int64_t reg_fwd_smem_bytes(int64_t T, int hp, int rows) {
   return 4 * (2 * rows * hp + reg_fwd_chunk(T, rows) * rows * kRegFwdMaxInput);
 }
 
+// Batch rows per block of a register-resident kernel: one while B <= the
+// SM count, else 8 while that fills at most one wave (B <= 8 * SMs); 0
+// beyond (or without SMs).
+inline int reg_rows_per_block(int64_t B, int sm_count) {
+  if (B < 1 || sm_count < 1) return 0;
+  const int64_t rows_needed = (B + sm_count - 1) / sm_count;
+  return rows_needed <= 1 ? 1 : rows_needed <= 8 ? 8 : 0;
+}
+
 // The register-resident variant for a forward call, or false: dtype and
 // H <= HP from the table, the input projected and at most kRegFwdMaxInput
-// wide, threads and shared memory within the device's limits; one row per block while B <= the SM count, else R = 8 rows while
-// that fills at most one wave (B <= 8 * SMs). HP is the smallest listed
-// size >= H.
+// wide, threads and shared memory within the device's limits, rows per
+// block from reg_rows_per_block. HP is the smallest listed size >= H.
 inline bool select_reg_fwd(int sm_count, int max_threads, int64_t smem_max,
                            DType dtype, int64_t T, int64_t B, int64_t I,
                            int64_t H, bool project, int* hp_out,
                            int* rows_out) {
-  if (!project || I > kRegFwdMaxInput || B < 1 || H < 1 || sm_count < 1)
-    return false;
-  const int64_t rows_needed = (B + sm_count - 1) / sm_count;
-  const int rows = rows_needed <= 1 ? 1 : 8;
-  if (rows_needed > 8) return false;
+  const int rows = reg_rows_per_block(B, sm_count);
+  if (!project || I > kRegFwdMaxInput || H < 1 || rows == 0) return false;
   int best = 0;
 #define IRNN_REG_FWD_PICK(dt, type, hp, r)                          \
   if (dtype == DType::dt && r == rows && hp >= H &&                 \
@@ -138,6 +148,91 @@ inline bool select_reg_fwd(int sm_count, int max_threads, int64_t smem_max,
     best = hp;
   IRNN_REG_FWD_VARIANTS(IRNN_REG_FWD_PICK)
 #undef IRNN_REG_FWD_PICK
+  if (best == 0) return false;
+  *hp_out = best;
+  *rows_out = rows;
+  return true;
+}
+
+// The register-resident backward (irnn_bwd_reg_kernel): thread pair
+// (k, 0), (k, 1) of a block holds column k of W_hh in registers, split in
+// two halves of HP/2 rows (zero beyond H), and the same slice of dW_hh;
+// the pair computes unit k of da for the block's R batch rows. Every
+// instantiation, as X(dtype enumerator, stored type, HP, R); one .cu per
+// (type, HP) in csrc/cuda/ instantiates it (irnn_bwd_reg_<type>_hp<HP>.cu).
+// make_launch_config selects from this table only; every other backward
+// runs today's kernels. 8 rows per block only at HP = 104: at HP = 64 and
+// 128 the 8 rows' accumulators and loads exceed 255 registers (ptxas
+// spills).
+#define IRNN_REG_BWD_VARIANTS(X) \
+  X(kFloat, float, 64, 1)        \
+  X(kFloat, float, 104, 1)       \
+  X(kFloat, float, 104, 8)       \
+  X(kFloat, float, 128, 1)
+// Steps of g_t and h_t the backward's prefetch ring holds: the copies for a
+// step are issued kRegBwdRing - 1 steps before it runs.
+constexpr int kRegBwdRing = 8;
+// Threads of a register-resident backward block: two per unit, rounded up
+// to whole warps (at most 8 warps for HP <= 128).
+constexpr int reg_bwd_threads(int hp) { return (2 * hp + 31) / 32 * 32; }
+constexpr int kRegBwdMaxWarps = 8;
+// Where the second half of a da row starts in shared memory: HP/2 floats
+// after the first, or 4 more when HP/2 is a multiple of 32 floats, so the
+// two broadcast addresses a warp reads fall in different banks.
+constexpr int reg_bwd_half_stride(int hp) {
+  return (hp / 2) % 32 == 0 ? hp / 2 + 4 : hp / 2;
+}
+// The smallest power of 2 >= N, as a constant device code can use too.
+template <int N>
+constexpr int kPow2AtLeast = 2 * kPow2AtLeast<(N + 1) / 2>;
+template <>
+constexpr int kPow2AtLeast<1> = 1;
+inline int pow2_at_least(int n) {
+  int p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+// Floats of one slot of the backward's prefetch ring: g_t and h_t of every
+// thread pair's unit (padding units included) and x_t, rounded up to a
+// power of 2 so that a slot's offset wraps with a mask.
+inline int reg_bwd_ring_slot(int hp) {
+  return pow2_at_least(reg_bwd_threads(hp) + kRegFwdMaxInput);
+}
+// Floats of one of the backward's two da buffers (both halves of a row),
+// rounded up to a power of 2 so that an xor flips between the buffers.
+inline int reg_bwd_da_stride(int hp) {
+  return pow2_at_least(2 * reg_bwd_half_stride(hp));
+}
+// Dynamic shared memory of a register-resident backward block: the
+// prefetch ring [ring][R][reg_bwd_ring_slot], the da double buffer
+// [2][R][reg_bwd_da_stride] and the warps' partial sums of the fused
+// projection's dx [2][R][4][8], all floats.
+inline int64_t reg_bwd_smem_bytes(int hp, int rows) {
+  return 4 * rows * (kRegBwdRing * reg_bwd_ring_slot(hp) +
+                     2 * reg_bwd_da_stride(hp) +
+                     2 * kRegFwdMaxInput * kRegBwdMaxWarps);
+}
+
+// The register-resident variant for a backward call, or false: dtype and
+// H <= HP from the table, the input projected and at most kRegFwdMaxInput
+// wide or not projected, T >= 1, threads and shared memory within the
+// device's limits, rows per block from reg_rows_per_block. HP is the
+// smallest size listed with those rows >= H.
+inline bool select_reg_bwd(int sm_count, int max_threads, int64_t smem_max,
+                           DType dtype, int64_t T, int64_t B, int64_t I,
+                           int64_t H, bool project, int* hp_out,
+                           int* rows_out) {
+  const int rows = reg_rows_per_block(B, sm_count);
+  if ((project && I > kRegFwdMaxInput) || T < 1 || H < 1 || rows == 0)
+    return false;
+  int best = 0;
+#define IRNN_REG_BWD_PICK(dt, type, hp, r)                                   \
+  if (dtype == DType::dt && r == rows && hp >= H &&                          \
+      reg_bwd_threads(hp) <= max_threads &&                                  \
+      reg_bwd_smem_bytes(hp, rows) <= smem_max && (best == 0 || hp < best))  \
+    best = hp;
+  IRNN_REG_BWD_VARIANTS(IRNN_REG_BWD_PICK)
+#undef IRNN_REG_BWD_PICK
   if (best == 0) return false;
   *hp_out = best;
   *rows_out = rows;
@@ -212,19 +307,29 @@ inline LaunchConfig make_launch_config(const DeviceProps& p, bool backward,
       c.workspace = store_sequence ? 0 : 2 * B * H * storage_bytes(dtype);
     return c;
   }
+  // A register-resident kernel: every thread computes its unit(s) of all
+  // reg_rows rows of its block.
   int reg_hp = 0, reg_rows = 0;
-  if (!backward &&
-      select_reg_fwd(p.sm_count, static_cast<int>(max_threads), smem_max,
-                     dtype, T, B, I, H, project, &reg_hp, &reg_rows)) {
-    c.path = Path::kRegisterFwd;
+  const bool reg =
+      backward
+          ? select_reg_bwd(p.sm_count, static_cast<int>(max_threads), smem_max,
+                           dtype, T, B, I, H, project, &reg_hp, &reg_rows)
+          : select_reg_fwd(p.sm_count, static_cast<int>(max_threads), smem_max,
+                           dtype, T, B, I, H, project, &reg_hp, &reg_rows);
+  if (reg) {
+    c.path = backward ? Path::kRegisterBwd : Path::kRegisterFwd;
     c.rows_per_block = reg_rows;
     c.row_groups = 1;
     c.rows_per_thread = reg_rows;
-    c.threads = reg_fwd_threads(reg_hp);
+    c.threads = backward ? reg_bwd_threads(reg_hp) : reg_fwd_threads(reg_hp);
     c.blocks = static_cast<int>((B + reg_rows - 1) / reg_rows);
-    c.smem = reg_fwd_smem_bytes(T, reg_hp, reg_rows);
+    c.smem = backward ? reg_bwd_smem_bytes(reg_hp, reg_rows)
+                      : reg_fwd_smem_bytes(T, reg_hp, reg_rows);
     c.smem_optin = c.smem > p.smem_per_block;
-    c.workspace = 0;
+    // The backward's blocks' partial gradients (float).
+    c.workspace = backward ? static_cast<int64_t>(c.blocks) *
+                                 partial_elems(H, I, project) * 4
+                           : 0;
     return c;
   }
   c.path = Path::kPersistent;

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "irnn_cuda_api.h"
 
@@ -300,6 +301,368 @@ irnn_fwd_reg_kernel(RegFwdParams<S> p) {
 #pragma unroll
   for (int r = 0; r < R; ++r)
     if (valid[r]) p.h_n[(int64_t)(row0 + r) * H + j] = h_last[r];
+}
+
+template <typename S>
+struct RegBwdParams {
+  const S* g_out;  // [T,B,H] or null
+  int64_t g_st, g_sb;
+  const S* g_hn;  // [B,H] or null
+  const S* x;     // [T,B,I], I <= kRegFwdMaxInput (read when projecting)
+  int64_t x_st, x_sb;
+  const S* h0;    // [B,H]
+  const S* w_ih;  // [H,I] (projecting) or null
+  const S* w_hh;  // [H,H]
+  const S* out;   // [T,B,H], the forward's sequence
+  int64_t o_st, o_sb;
+  S* dx;          // [T,B,I] (projecting) or [T,B,H], contiguous
+  S* dh0;         // [B,H]
+  float* partials;  // [blocks][partial_elems]
+  int T, B, I, H;
+  bool reverse;
+};
+
+struct alignas(8) Float2 {
+  float x, y;
+};
+
+// The element of type T at `bytes` past `base` (shared memory addressed by
+// byte offsets, which a step moves with one add or xor).
+template <typename T>
+IRNN_DEVICE T& at_bytes(unsigned char* base, int bytes) {
+  return *reinterpret_cast<T*>(base + bytes);
+}
+
+// The register-resident backward for H <= HP; a block owns the R batch rows
+// [blockIdx.x * R, +R). Iteration n = 0..T-1 computes step s = T-1-n:
+//   da_s = phi'(h_s) * (g_s + da_{s+1} W_hh),
+// from da_{s+1} in shared memory, read as 16-byte broadcasts. Thread
+// (k, half) (tid = 2k + half) holds W_hh[j, k] and dW_hh[j, k] for the HP/2
+// rows j of its half in registers (zero beyond H); the two halves of the dot
+// product are joined with one __shfl_xor_sync, so both threads of the pair
+// hold da_s[k] of each row. The loads of da_{s+1} also feed the weight
+// gradient of step s+1, dW[j, k] += da_{s+1}[j] h_s[k] (rows in order), off
+// the chain. db and dW_ih follow da_s; the fused projection's dx of step
+// s+1 is computed in iteration n+1 from da_{s+1} kept in registers:
+// dx_t[i] = sum_k da_t[k] W_ih[k, i] as a shuffle reduction within each
+// warp, whose 8 warp sums thread (r, i) adds one iteration later. g_t and
+// h_t (and x_t) come through a ring of cp.async copies issued
+// kRegBwdRing - 1 steps ahead, so no global load is on a step's path. One
+// barrier per step. After step 0, dh0 = da_0 W_hh and dW += da_0 h0. Each
+// gradient element is summed by one thread in step and row order, and the
+// blocks' partials are summed in block order by
+// irnn_reduce_partials_kernel: bitwise reproducible, no atomics.
+template <typename S, int HP, int R, bool RELU, bool PROJECT>
+IRNN_GLOBAL void IRNN_LAUNCH_BOUNDS((2 * HP + 31) / 32 * 32)
+irnn_bwd_reg_kernel(RegBwdParams<S> p) {
+  static_assert(sizeof(S) == 4, "the ring copies one 4-byte element per thread");
+  // reg_bwd_threads(HP), reg_bwd_half_stride(HP), reg_bwd_ring_slot(HP) and
+  // reg_bwd_da_stride(HP):
+  constexpr int NT = (2 * HP + 31) / 32 * 32, KH = HP / 2,
+                SS = KH % 32 == 0 ? KH + 4 : KH, NS = kRegBwdRing,
+                XI = kRegFwdMaxInput, NW = kRegBwdMaxWarps,
+                RS = kPow2AtLeast<NT + XI>, DS = kPow2AtLeast<2 * SS>;
+  static_assert(KH % 4 == 0, "da is read four floats at a time");
+  static_assert(XI == 4 && NW == 8, "x_t is one Float4, the warp sums two");
+  static_assert(NT / 32 <= NW, "one dx partial sum per warp");
+  static_assert((NS & (NS - 1)) == 0 && (R & (R - 1)) == 0,
+                "the ring index wraps with a mask");
+  static_assert(R * XI <= 32, "one warp adds the dx sums");
+  // Shared memory, in bytes: the ring [NS][R][RS] (per row: g_t, h_t of each
+  // unit as [NT/2][2], then x_t [XI]), the da double buffer [2][R][DS] (each
+  // row: the two halves, SS apart), the warps' dx sums [2][R][XI][NW].
+  constexpr int kRing = 0, kRow = 4 * RS, kSlot = R * kRow,
+                kDa = kRing + NS * kSlot, kDaRow = 4 * DS,
+                kDaBuf = R * kDaRow, kDxPart = kDa + 2 * kDaBuf,
+                kDxRow = 4 * XI * NW, kDxSlot = R * kDxRow,
+                kBytes = kDxPart + 2 * kDxSlot;
+  static_assert(kDa % (2 * kDaBuf) == 0, "an xor flips the da buffer");
+  static_assert(kDxPart % (2 * kDxSlot) == 0, "an xor flips the dx slot");
+  unsigned char* smem = irnn_dyn_smem<unsigned char>();
+  const int H = p.H, I = p.I, T = p.T;
+  const int tid = threadIdx.x, k = tid >> 1, half = tid & 1, lane = tid & 31;
+  const int row0 = blockIdx.x * R;
+  const bool unit = k < H;
+  bool valid[R];  // row r of the block is in the batch
+#pragma unroll
+  for (int r = 0; r < R; ++r) valid[r] = row0 + r < p.B;
+
+  float w[KH], dw[KH];
+#pragma unroll
+  for (int jj = 0; jj < KH; ++jj) {
+    const int j = half * KH + jj;
+    w[jj] = unit && j < H ? to_acc(p.w_hh[j * H + k]) : 0.f;
+    dw[jj] = 0.f;
+  }
+  // The fused projection: W_ih[k, i] for the two of the four (zero-padded)
+  // i whose sum this lane keeps and sends (previous_step).
+  float w_keep = 0.f, w_send = 0.f, dw_ih[XI] = {0.f, 0.f, 0.f, 0.f};
+  if (PROJECT) {
+    const int q = 2 * (lane & 1);  // the pair's halves: i in {0,1} / {2,3}
+    const int keep = q + ((lane >> 1) & 1), send = q + (((lane >> 1) & 1) ^ 1);
+    w_keep = unit && keep < I ? to_acc(p.w_ih[k * I + keep]) : 0.f;
+    w_send = unit && send < I ? to_acc(p.w_ih[k * I + send]) : 0.f;
+  }
+  float g_last[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+    g_last[r] = unit && valid[r] && p.g_hn
+                    ? to_acc(p.g_hn[(int64_t)(row0 + r) * H + k]) : 0.f;
+
+  // Zero everything (units past H, rows past B, absent inputs, i >= I),
+  // then start the ring: iteration m reads slot m % NS, copied by thread
+  // (k, 0) (g_t) and (k, 1) (h_t) for each row and, for x_t, by thread
+  // (r, i) = (tid / XI, tid % XI), i < I. Iteration m runs time step
+  // t(m) = reverse ? m : T-1-m; the copies' source addresses move by one
+  // step per iteration (as integers: past the last step they are not
+  // addresses of anything, and never read).
+  for (int e = 4 * tid; e < kBytes; e += 4 * NT) at_bytes<float>(smem, e) = 0.f;
+  __syncthreads();
+  const bool copies = unit && (half || p.g_out != nullptr);
+  const int x_row = tid / XI, x_i = tid % XI;
+  const bool copies_x = PROJECT && tid < R * XI && x_i < I && row0 + x_row < p.B;
+  const int t_first = p.reverse ? 0 : T - 1;
+  const int64_t t_dir = p.reverse ? 1 : -1;
+  uint64_t src = 0, x_src = 0;
+  int64_t src_step = 0, x_step = 0, src_row = 0;
+  if (copies) {
+    const int64_t st = half ? p.o_st : p.g_st, sb = half ? p.o_sb : p.g_sb;
+    src_step = t_dir * st * (int64_t)sizeof(S);
+    src_row = sb * (int64_t)sizeof(S);
+    src = reinterpret_cast<uint64_t>((half ? p.out : p.g_out) +
+                                     (int64_t)row0 * sb + k + t_first * st);
+  }
+  if (copies_x) {
+    x_step = t_dir * p.x_st * (int64_t)sizeof(S);
+    x_src = reinterpret_cast<uint64_t>(
+        p.x + (int64_t)(row0 + x_row) * p.x_sb + x_i + t_first * p.x_st);
+  }
+  // This thread's place in a slot: where it reads (g_t, h_t) of unit k and
+  // where it copies to (row 0; row r is r * kRow further), where it copies
+  // x_t to; the slot bits of a ring offset.
+  const int ring_read = 8 * k, ring_copy = 8 * k + 4 * half,
+            x_copy = x_row * kRow + 4 * (NT + x_i);
+  constexpr int kSlotBits = (NS - 1) * kSlot;
+  // The copies of iteration m into the slot at `slot` (+ this thread's
+  // place), as one group.
+  auto issue = [&](bool copy, int slot) {
+    if (copy) {
+      if (copies) {
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+          if (valid[r])
+            irnn_cp_async<4>(smem + slot + r * kRow,
+                             reinterpret_cast<const S*>(src + r * src_row));
+      }
+      if (copies_x)
+        irnn_cp_async<4>(smem + (slot & kSlotBits) + x_copy,
+                         reinterpret_cast<const S*>(x_src));
+    }
+    irnn_cp_async_commit();
+    src += src_step;
+    x_src += x_step;
+  };
+#pragma unroll
+  for (int m = 0; m < NS - 1; ++m) issue(m < T, kRing + m * kSlot + ring_copy);
+  irnn_cp_async_wait<NS - 2>();
+  __syncthreads();
+
+  // Ring offsets of this iteration's slot (read) and of the free one
+  // (copied to), each moved one slot per iteration; da offsets (row 0) of
+  // the buffer read (1 at iteration 0) and written (0), flipped per
+  // iteration.
+  int slot_read = kRing + ring_read;
+  int slot_copy = kRing + (NS - 1) * kSlot + ring_copy;
+  int da_read = kDa + kDaBuf + 4 * half * SS;
+  int da_write = kDa + 4 * (k < KH ? k : SS + k - KH);
+  // Where dx goes: when not projecting, dx_t = da_t of iteration n's step
+  // ([T,B,H], row 0; row r is r * H further); when projecting, iteration n
+  // (and the two after the last) stores iteration n-2's dx ([T,B,I],
+  // thread (r, i) with r < R, i < I), from t(-1) at n = 1 on. As integers
+  // too; a step of dx is at most 8 * SMs * HP elements (select_reg_bwd),
+  // so its bytes fit an int.
+  const int dx_row = PROJECT ? I : H;
+  const int dx_step = static_cast<int>(t_dir * p.B * dx_row * sizeof(S));
+  uint64_t dx_at = reinterpret_cast<uint64_t>(
+                       p.dx + (PROJECT ? (int64_t)(row0 + x_row) * I + x_i
+                                       : (int64_t)row0 * H + k)) +
+                   (PROJECT ? t_first - t_dir : t_first) * p.B * dx_row *
+                       (int64_t)sizeof(S);
+  const bool stores_dx = PROJECT && tid < R * XI && x_i < I &&
+                         row0 + x_row < p.B;
+  // The dx sums thread (r, i) adds and, for lane L < 4, where it writes its
+  // warp's sum for i = 2 (L & 1) + (L >> 1) (row 0; row r is r * kDxRow
+  // further); flipped per iteration between the two slots (iteration n
+  // writes slot n & 1).
+  int dx_sums = kDxPart + kDxSlot + 4 * ((lane / XI) * XI + (lane % XI)) * NW;
+  int dx_sum_write =
+      kDxPart + 4 * ((2 * (lane & 1) + ((lane >> 1) & 1)) * NW + tid / 32);
+  float d_prev[R];  // da of the previous iteration's step
+#pragma unroll
+  for (int r = 0; r < R; ++r) d_prev[r] = 0.f;
+  float db = 0.f;
+
+  // Iteration n-2's dx_t[i] of row r: thread (r, i) adds the warp sums
+  // (dx slot (n-1) & 1) in warp order and stores them.
+  auto store_dx = [&](int n) {
+    const Float4 lo = at_bytes<Float4>(smem, dx_sums);
+    const Float4 hi = at_bytes<Float4>(smem, dx_sums + 16);
+    const float dx = ((lo.x + lo.y) + (lo.z + lo.w)) +
+                     ((hi.x + hi.y) + (hi.z + hi.w));
+    if (n >= 2 && stores_dx) *reinterpret_cast<S*>(dx_at) = from_acc<S>(dx);
+    dx_at += dx_step;
+    dx_sums ^= kDxSlot;
+  };
+  // The previous iteration's da (step s+1) into the warp's sums of its dx
+  // (dx slot n & 1), off that iteration's path: the shuffles' latency
+  // overlaps this iteration's loads.
+  auto previous_step = [&](int n) {
+    if (PROJECT) {
+      store_dx(n);
+      // Sum over the warp's 16 units of d_prev * W_ih[k, i]: the pair's
+      // halves hold equal values, so each keeps two of the four i; xor 2
+      // exchanges one of them, xor 4, 8, 16 sum the rest. Lane L < 4 then
+      // holds the sum for i = 2 (L & 1) + (L >> 1).
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        float sum = d_prev[r] * w_keep +
+                    __shfl_xor_sync(0xffffffffu, d_prev[r] * w_send, 2);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 4);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 8);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 16);
+        if (lane < 4) at_bytes<float>(smem, dx_sum_write + r * kDxRow) = sum;
+      }
+      dx_sum_write ^= kDxSlot;
+    }
+  };
+  // dh[r] (this half's part, in: g_t on half 0, 0 on half 1) +=
+  // da_{s+1} W_hh over this thread's half, and dW[j, k] += da_{s+1}[j] *
+  // h_k[r] on the same loads (rows in order); then the pair's sums (the
+  // same on both: addition commutes). Two accumulators per row at R = 1,
+  // one when rows interleave.
+  auto recurrent_dot = [&](float (&dh)[R], const float (&h_k)[R]) {
+    constexpr int NA = R == 1 ? 2 : 1;
+    float acc[R][NA];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      acc[r][0] = dh[r];
+      if (NA == 2) acc[r][NA - 1] = 0.f;
+    }
+#pragma unroll
+    for (int jj = 0; jj < KH; jj += 4) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const Float4 v = at_bytes<Float4>(smem, da_read + r * kDaRow + 4 * jj);
+        acc[r][0] += w[jj] * v.x;
+        acc[r][NA - 1] += w[jj + 1] * v.y;
+        acc[r][0] += w[jj + 2] * v.z;
+        acc[r][NA - 1] += w[jj + 3] * v.w;
+        dw[jj] += v.x * h_k[r];
+        dw[jj + 1] += v.y * h_k[r];
+        dw[jj + 2] += v.z * h_k[r];
+        dw[jj + 3] += v.w * h_k[r];
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const float sum = NA == 2 ? acc[r][0] + acc[r][NA - 1] : acc[r][0];
+      dh[r] = sum + __shfl_xor_sync(0xffffffffu, sum, 1);
+    }
+  };
+  // Iteration n: step s = T-1-n from the ring; the first has no step s+1
+  // (and takes the gradient of h_n). The slot read last iteration is free
+  // (a barrier ago): it takes the copies of iteration n + NS - 1.
+  const int copy_end = T - (NS - 1);
+  auto step = [&](int n, auto first) {
+    float dh[R], h[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const Float2 gh = at_bytes<Float2>(smem, slot_read + r * kRow);
+      dh[r] = gh.x;
+      h[r] = gh.y;
+    }
+    if constexpr (decltype(first)::value) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) dh[r] += g_last[r];
+    } else {
+      previous_step(n);
+#pragma unroll
+      for (int r = 0; r < R; ++r) dh[r] = half ? 0.f : dh[r];
+      recurrent_dot(dh, h);
+    }
+    // da_s, then (off the path to the barrier's other side) db and dW_ih.
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const float d = activate_grad(dh[r], h[r], RELU);
+      if (half == 0 && unit && valid[r]) {
+        at_bytes<float>(smem, da_write + r * kDaRow) = d;
+        if (!PROJECT)
+          *reinterpret_cast<S*>(dx_at + r * H * sizeof(S)) = from_acc<S>(d);
+      }
+      d_prev[r] = d;
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      db += d_prev[r];
+      if (PROJECT) {
+        const Float4 xv = at_bytes<Float4>(
+            smem, (slot_read & kSlotBits) + r * kRow + 4 * NT);
+        dw_ih[0] += d_prev[r] * xv.x;
+        dw_ih[1] += d_prev[r] * xv.y;
+        dw_ih[2] += d_prev[r] * xv.z;
+        dw_ih[3] += d_prev[r] * xv.w;
+      }
+    }
+    if (!PROJECT) dx_at += dx_step;
+    issue(n < copy_end, slot_copy);
+    slot_read = ((slot_read + kSlot) & kSlotBits) | ring_read;
+    slot_copy = ((slot_copy + kSlot) & kSlotBits) | ring_copy;
+    da_read ^= kDaBuf;
+    da_write ^= kDaBuf;
+    irnn_cp_async_wait<NS - 2>();
+    __syncthreads();
+  };
+  step(0, std::true_type{});
+  for (int n = 1; n < T; ++n) step(n, std::false_type{});
+
+  // After step 0: its da into dx, dh0 = da_0 W_hh, and dW += da_0 h0; then
+  // the last dx.
+  irnn_cp_async_wait<0>();
+  previous_step(T);
+  float dh0[R], h_first[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    dh0[r] = 0.f;
+    h_first[r] = unit && valid[r] ? to_acc(p.h0[(int64_t)(row0 + r) * H + k])
+                                  : 0.f;
+  }
+  recurrent_dot(dh0, h_first);
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+    if (half == 0 && unit && valid[r])
+      p.dh0[(int64_t)(row0 + r) * H + k] = from_acc<S>(dh0[r]);
+  if (PROJECT) {
+    __syncthreads();
+    store_dx(T + 1);
+  }
+
+  const int PI = PROJECT ? H * I : 0;
+  float* part = p.partials + (int64_t)blockIdx.x * (H * H + PI + H);
+  if (unit) {
+#pragma unroll
+    for (int jj = 0; jj < KH; ++jj) {
+      const int j = half * KH + jj;
+      if (j < H) part[j * H + k] = dw[jj];
+    }
+    if (half == 0) {
+      if (PROJECT) {
+#pragma unroll
+        for (int i = 0; i < XI; ++i)
+          if (i < I) part[H * H + k * I + i] = dw_ih[i];
+      }
+      part[H * H + PI + k] = db;
+    }
+  }
 }
 
 template <typename S>

@@ -100,6 +100,68 @@ irnn_error run_forward_reg(const FwdArgs& a, const LaunchConfig& c,
   return kIrnnInvalidConfig;
 }
 
+// One register-resident backward. Instantiated for the variants of
+// IRNN_REG_BWD_VARIANTS only, each in its own translation unit on CUDA
+// (irnn_bwd_reg_<type>_hp<HP>.cu; irnn_cuda.cu declares them extern).
+template <typename S, int HP, int R>
+irnn_error launch_bwd_reg(const RegBwdParams<S>& p, bool relu, bool project,
+                          const LaunchConfig& c, irnn_stream stream) {
+#define IRNN_BWD_REG_LAUNCH(RELU, PROJECT)                                    \
+  do {                                                                        \
+    if (c.smem_optin)                                                         \
+      IRNN_SET_MAX_SMEM((irnn_bwd_reg_kernel<S, HP, R, RELU, PROJECT>),       \
+                        c.smem);                                              \
+    IRNN_LAUNCH((irnn_bwd_reg_kernel<S, HP, R, RELU, PROJECT>), c.blocks,     \
+                c.threads, static_cast<size_t>(c.smem), stream, p);           \
+  } while (0)
+  if (relu && project)
+    IRNN_BWD_REG_LAUNCH(true, true);
+  else if (relu)
+    IRNN_BWD_REG_LAUNCH(true, false);
+  else if (project)
+    IRNN_BWD_REG_LAUNCH(false, true);
+  else
+    IRNN_BWD_REG_LAUNCH(false, false);
+#undef IRNN_BWD_REG_LAUNCH
+  return kIrnnSuccess;
+}
+
+// The backward variant of the table that make_launch_config selected (R
+// the rows per block, HP the smallest size listed with R that is >= H).
+template <typename S>
+irnn_error run_backward_reg(const BwdArgs& a, const LaunchConfig& c,
+                            void* ws, irnn_stream stream) {
+  RegBwdParams<S> p{};
+  p.g_out = static_cast<const S*>(a.g_out); p.g_st = a.g_st; p.g_sb = a.g_sb;
+  p.g_hn = static_cast<const S*>(a.g_hn);
+  p.x = static_cast<const S*>(a.x); p.x_st = a.x_st; p.x_sb = a.x_sb;
+  p.h0 = static_cast<const S*>(a.h0);
+  p.w_ih = a.project ? static_cast<const S*>(a.w_ih) : nullptr;
+  p.w_hh = static_cast<const S*>(a.w_hh);
+  p.out = static_cast<const S*>(a.out); p.o_st = a.o_st; p.o_sb = a.o_sb;
+  p.dx = static_cast<S*>(a.dx);
+  p.dh0 = static_cast<S*>(a.dh0);
+  p.partials = static_cast<float*>(ws);
+  p.T = static_cast<int>(a.T); p.B = static_cast<int>(a.B);
+  p.I = static_cast<int>(a.I); p.H = static_cast<int>(a.H);
+  p.reverse = a.reverse;
+  int hp = 0;
+#define IRNN_REG_BWD_HP(dt, type, HP, R)                                \
+  if (std::is_same_v<S, type> && R == c.rows_per_block && HP >= a.H &&   \
+      (hp == 0 || HP < hp))                                              \
+    hp = HP;
+  IRNN_REG_BWD_VARIANTS(IRNN_REG_BWD_HP)
+#undef IRNN_REG_BWD_HP
+#define IRNN_REG_BWD_RUN(dt, type, HP, R)                                   \
+  if constexpr (std::is_same_v<S, type>) {                                  \
+    if (hp == HP && c.rows_per_block == R)                                  \
+      return launch_bwd_reg<type, HP, R>(p, a.relu, a.project, c, stream);  \
+  }
+  IRNN_REG_BWD_VARIANTS(IRNN_REG_BWD_RUN)
+#undef IRNN_REG_BWD_RUN
+  return kIrnnInvalidConfig;
+}
+
 template <typename S>
 irnn_error run_forward(const FwdArgs& a, const LaunchConfig& c, void* ws,
                        irnn_stream stream) {
@@ -183,8 +245,11 @@ irnn_error run_backward(const BwdArgs& a, const LaunchConfig& c, void* ws,
   S* db = static_cast<S*>(a.db);
   A* work = static_cast<A*>(ws);
 
-  if (c.path == Path::kPersistent) {
-    if (B > 0) {
+  if (c.path == Path::kPersistent || c.path == Path::kRegisterBwd) {
+    if (c.path == Path::kRegisterBwd) {
+      const irnn_error err = run_backward_reg<S>(a, c, ws, stream);
+      if (err != kIrnnSuccess) return err;
+    } else if (B > 0) {
       PersistentBwdParams<S> p{};
       p.g_out = g_out; p.g_st = a.g_st; p.g_sb = a.g_sb; p.g_hn = g_hn;
       p.x = x; p.x_st = a.x_st; p.x_sb = a.x_sb;

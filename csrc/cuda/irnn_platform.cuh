@@ -49,6 +49,44 @@ IRNN_DEVICE S from_acc(double v);
 template <>
 IRNN_DEVICE double from_acc<double>(double v) { return v; }
 
+// Asynchronous copies (cp.async, sm_80 and later): Bytes (4, 8 or 16) from
+// global to shared memory, grouped by irnn_cp_async_commit; after
+// irnn_cp_async_wait<N> at most N of this thread's groups are pending (other
+// threads see the bytes after a barrier). Before sm_80 the copy is a plain
+// load and store, complete when it returns.
+template <int Bytes>
+IRNN_DEVICE void irnn_cp_async(void* smem_dst, const void* global_src) {
+  static_assert(Bytes == 4 || Bytes == 8 || Bytes == 16,
+                "cp.async copies 4, 8 or 16 bytes");
+#if __CUDA_ARCH__ >= 800
+  const unsigned dst =
+      static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(dst),
+               "l"(global_src), "n"(Bytes)
+               : "memory");
+#else
+  if constexpr (Bytes == 4)
+    *static_cast<unsigned*>(smem_dst) = *static_cast<const unsigned*>(global_src);
+  else if constexpr (Bytes == 8)
+    *static_cast<uint2*>(smem_dst) = *static_cast<const uint2*>(global_src);
+  else
+    *static_cast<uint4*>(smem_dst) = *static_cast<const uint4*>(global_src);
+#endif
+}
+
+IRNN_DEVICE void irnn_cp_async_commit() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+template <int N>
+IRNN_DEVICE void irnn_cp_async_wait() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
 IRNN_DEVICE float irnn_tanh(float v) { return tanhf(v); }
 IRNN_DEVICE double irnn_tanh(double v) { return tanh(v); }
 

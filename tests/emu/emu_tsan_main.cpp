@@ -5,10 +5,11 @@
 //   emu_tsan race     runs a kernel with a planted race (a shared memory
 //                     write and a read by another thread with no barrier
 //                     between them); TSan must report it.
-//   emu_tsan kernels  runs the forward and backward kernels (persistent and
-//                     large-H paths, <= 256 threads per block) on a few
-//                     cases and checks that the two paths agree; TSan must
-//                     stay silent.
+//   emu_tsan kernels  runs the forward and backward kernels (register-
+//                     resident, persistent and large-H paths, <= 256
+//                     threads per block) on a few cases and checks that
+//                     they agree with the large-H path; TSan must stay
+//                     silent.
 #include "emu_harness.cpp"
 
 #include <cstring>
@@ -33,6 +34,7 @@ struct Case {
   DType dtype;
   int64_t T, B, I, H;
   bool project, relu, reverse;
+  irnn_cuda::Path backward;  // the backward's path on the first table
 };
 
 template <typename T>
@@ -83,11 +85,18 @@ int run_kernels() {
   // does not fit and the large-H path runs.
   const DeviceProps persistent{4, 256, 48 * 1024, 200 * 1024};
   const DeviceProps large_h{4, 256, 48 * 1024, 48 * 1024};
+  // B <= 4 (the SM count) runs the register-resident backward with one row
+  // per block (HP 128, 256 threads): projected, and not (tanh, reversed, T
+  // beyond the prefetch ring); B = 20 with 8 rows per block (HP 104, 224
+  // threads, a partial last block).
+  using irnn_cuda::Path;
   const Case cases[] = {
-      {DType::kFloat, 3, 11, 1, 120, true, true, false},
-      {DType::kFloat, 2, 10, 2, 112, true, false, true},
-      {DType::kFloat, 3, 4, 1, 110, true, true, false},
-      {DType::kDouble, 2, 9, 1, 80, false, true, false},
+      {DType::kFloat, 3, 11, 1, 120, true, true, false, Path::kPersistent},
+      {DType::kFloat, 2, 10, 2, 112, true, false, true, Path::kPersistent},
+      {DType::kFloat, 3, 4, 1, 110, true, true, false, Path::kRegisterBwd},
+      {DType::kFloat, 10, 3, 1, 112, false, false, true, Path::kRegisterBwd},
+      {DType::kFloat, 3, 20, 2, 100, true, true, false, Path::kRegisterBwd},
+      {DType::kDouble, 2, 9, 1, 80, false, true, false, Path::kPersistent},
   };
   int failures = 0;
   for (const Case& c : cases) {
@@ -105,13 +114,13 @@ int run_kernels() {
     const LaunchConfig pc = irnn_cuda::make_launch_config(
         persistent, true, c.dtype, c.T, c.B, c.I, c.H, c.project, true);
     const LaunchConfig lc = irnn_cuda::make_launch_config(
-        large_h, false, c.dtype, c.T, c.B, c.I, c.H, c.project, true);
-    const bool paths = pc.path == irnn_cuda::Path::kPersistent &&
-                       pc.blocks >= 3 && lc.path == irnn_cuda::Path::kLargeH;
-    std::printf("case H=%lld B=%lld (%d blocks of %d threads): persistent vs "
-                "large-H max |diff| %.3g %s\n",
-                (long long)c.H, (long long)c.B, pc.blocks, pc.threads,
-                max_diff, ok && paths ? "ok" : "FAIL");
+        large_h, true, c.dtype, c.T, c.B, c.I, c.H, c.project, true);
+    const bool paths = pc.path == c.backward && pc.blocks >= 3 &&
+                       lc.path == irnn_cuda::Path::kLargeH;
+    std::printf("case H=%lld B=%lld (backward path %d, %d blocks of %d "
+                "threads) vs large-H max |diff| %.3g %s\n",
+                (long long)c.H, (long long)c.B, static_cast<int>(pc.path),
+                pc.blocks, pc.threads, max_diff, ok && paths ? "ok" : "FAIL");
     failures += !paths;
     failures += !ok;
   }
