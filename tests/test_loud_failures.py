@@ -6,6 +6,7 @@ import glob
 import importlib.machinery
 import os
 import shutil
+import site
 import subprocess
 import sys
 
@@ -25,7 +26,12 @@ LIBRARY_SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 
 
 def _env(pythonpath):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=pythonpath)
+    """`pythonpath`, then this interpreter's site-packages: run_python starts
+    Python with -S, so no .pth file runs. An editable install of this
+    checkout adds a finder that would serve irnn_cuda._C from the checkout
+    to a package copied elsewhere."""
+    path = [pythonpath, *site.getsitepackages()]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(path))
     env.pop("IRNN_EXPECT_EXT", None)
     return env
 
@@ -44,7 +50,7 @@ def copy_package(dest, library_bytes=None):
 
 
 def run_python(code, cwd, pythonpath):
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd,
+    return subprocess.run([sys.executable, "-S", "-c", code], cwd=cwd,
                           env=_env(pythonpath), capture_output=True,
                           text=True, timeout=120)
 
