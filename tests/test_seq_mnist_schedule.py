@@ -86,12 +86,18 @@ from mnist_irnn import config  # noqa: E402
 def test_the_default_recipe_and_the_notebook_preset():
     default = config.resolve_config({})
     assert (default["optimizer"], default["lr"], default["clip_norm"],
-            default["batch_size"], default["epochs"]) == ("adam", 3e-5, 1.0,
-                                                          32, 10)
+            default["batch_size"], default["epochs"], default["lr_schedule"],
+            default["warmup_steps"]) == ("adam", 5e-5, 1.0, 32, 10, "cosine",
+                                         1000)
     notebook = config.resolve_config({"preset": "notebook"})
     assert (notebook["optimizer"], notebook["lr"], notebook["clip_norm"],
-            notebook["batch_size"], notebook["epochs"]) == ("rmsprop", 1e-6,
-                                                            None, 1024, 10)
+            notebook["batch_size"], notebook["epochs"],
+            notebook["lr_schedule"], notebook["warmup_steps"]) == (
+                "rmsprop", 1e-6, None, 1024, 10, "constant", 0)
+    # The published setups keep their constant lr.
+    for name in ("keras-example", "paper"):
+        c = config.resolve_config({"preset": name})
+        assert (c["lr_schedule"], c["warmup_steps"]) == ("constant", 0), name
     fast = config.resolve_config({"preset": "fast"})
     assert dict(fast, epochs=10, preset=None) == default
 
