@@ -77,23 +77,28 @@ def register_fwd_expected(table, dtype, B, I, H, project):
     return min(hp for hp in REG_FWD_HP if hp >= H), 1 if rows == 1 else 8
 
 
-# The register-resident backward's table (IRNN_REG_BWD_VARIANTS): float32;
+# The register-resident backward's table (IRNN_REG_BWD_VARIANTS): float32,
+# and float16 and bfloat16 with the input projected at HP 64 and 104 only;
 # one row per block while B <= SMs, at HP 64, 104 or 128; else 8 rows per
 # block while B <= 8 * SMs, at HP 104 only; the input projected and at most
 # 4 wide, or not projected; T >= 1.
 REG_BWD_HP = {1: (64, 104, 128), 8: (104,)}
+REG_BWD_16BIT_HP = {1: (64, 104), 8: (104,)}
 
 
 def register_bwd_expected(table, dtype, T, B, I, H, project):
     """(HP, rows per block) of the register-resident backward the routing
     must select, or None."""
-    if dtype != torch.float32 or (project and I > 4) or T < 1 or B < 1:
+    if dtype not in REG_FWD_DTYPES or (project and I > 4) or T < 1 or B < 1:
         return None
     rows = -(-B // table["sm_count"])
     if rows > 8:
         return None
     rows = 1 if rows == 1 else 8
-    fits = [hp for hp in REG_BWD_HP[rows] if hp >= H]
+    if dtype != torch.float32 and not project:
+        return None
+    sizes = REG_BWD_HP if dtype == torch.float32 else REG_BWD_16BIT_HP
+    fits = [hp for hp in sizes[rows] if hp >= H]
     return (min(fits), rows) if fits else None
 
 
@@ -401,7 +406,7 @@ def test_register_forward_chunks_and_determinism(harness, rows):
 
 def test_register_backward_routing(harness):
     """make_launch_config selects the register-resident backward from its
-    table (float32; one row per block at HP 64/104/128 while B <= SMs, 8
+    table (float32, float16, bfloat16; one row per block at HP 64/104/128 while B <= SMs, 8
     rows per block at HP 104 while B <= 8 * SMs) and routes everything else
     to today's kernels; the workspace at T = 784, B = 1024, H = 100 stays
     today's."""
@@ -439,20 +444,29 @@ def test_register_backward_routing(harness):
             assert c["path"] == REGISTER_BWD and c["threads"] == threads, (
                 B, H, project, c)
     for c in (cfg(1057), cfg(1024, H=105), cfg(16, H=129),
-              cfg(16, dtype=torch.float64), cfg(16, dtype=torch.bfloat16),
-              cfg(16, dtype=torch.float16), cfg(16, I=5), cfg(16, T=0)):
+              cfg(16, dtype=torch.float64), cfg(16, I=5), cfg(16, T=0)):
         assert c["path"] == PERSISTENT, c
+    # The 16-bit types at H = 100, projected: as float32, with the same
+    # workspace (float partial sums); not projected, or H > 104, today's.
+    for dtype in (torch.float16, torch.bfloat16):
+        for B, rows in ((16, 1), (1024, 8)):
+            c = cfg(B, dtype=dtype)
+            assert (c["path"], c["rows_per_block"], c["threads"]) == (
+                REGISTER_BWD, rows, 224), c
+            assert c["workspace"] == -(-B // rows) * partials, c
+        for c in (cfg(16, dtype=dtype, project=False), cfg(16, H=105, dtype=dtype),
+                  cfg(16, H=128, dtype=dtype)):
+            assert c["path"] == PERSISTENT, c
     # The routing is the rule register_bwd_expected states, everywhere.
     for table in (H200, emu.A100, FOUR_SMS):
-        for B, H, I, project in itertools.product(
+        for B, H, I, project, dtype in itertools.product(
                 (1, 4, 5, 32, 33, 108, 109, 132, 133, 864, 865, 1056, 1057),
                 (1, 64, 65, 100, 104, 105, 128, 129), (1, 4, 5),
-                (True, False)):
-            reg = register_bwd_expected(table, torch.float32, 784, B, I, H,
-                                        project)
-            c = cfg(B, H=H, I=I, project=project, table=table)
+                (True, False), (torch.float32, torch.bfloat16)):
+            reg = register_bwd_expected(table, dtype, 784, B, I, H, project)
+            c = cfg(B, H=H, I=I, project=project, table=table, dtype=dtype)
             assert (c["path"] == REGISTER_BWD) == (reg is not None), (
-                B, H, I, project, c)
+                B, H, I, project, dtype, c)
             if reg:
                 assert c["rows_per_block"] == reg[1], (B, H, c)
 
@@ -491,6 +505,163 @@ def test_register_backward_vs_reference(harness, case):
         case["nonlinearity"], case["reverse"], project=case["I"] is not None,
         bias=case["bias"], grads=case["grads"], expect_path=PERSISTENT)
     assert bcfg["path"] == REGISTER_BWD, bcfg
+
+
+def _register_backward_16bit_cases():
+    """Every variant for float16 and bfloat16: one row per block at HP 64
+    and 104, 8 rows per block at HP 104, input projected; odd and even
+    strides, so the 16-bit elements sit in either half of the 4-byte words
+    the ring copies."""
+    cases = []
+    for dtype in (torch.float16, torch.bfloat16):
+        for i, (H, B) in enumerate(((33, 3), (64, 4), (100, 1), (104, 2),
+                                    (65, 4), (100, 29), (33, 13), (104, 8))):
+            cases.append(dict(
+                dtype=dtype, H=H, B=B, I=(1, 2, 3, 4)[i % 4],
+                nonlinearity="tanh" if i % 3 == 2 else "relu",
+                reverse=i % 2 == 1, bias=i % 5 != 2,
+                grads=("both", "seq", "last")[i % 3], T=(9, 13, 1, 8)[i % 4]))
+    return cases
+
+
+def backward_from_sequence(out, h0, x, w_ih, w_hh, g_out, g_hn, relu,
+                           reverse):
+    """The backward in float64 from a stored forward sequence `out`: what a
+    backward kernel computes from the h_t it is given (phi' from the stored
+    h_t, relu' = 0 where h <= 0), so a 16-bit forward's rounding, which moves
+    the trajectory away from a float64 forward's, is not charged to the
+    backward. Returns dx, dh0, dw_ih (or None), dw_hh, db."""
+    d = lambda t: None if t is None else t.double()
+    out, h0, x, w_ih, w_hh = d(out), d(h0), d(x), d(w_ih), d(w_hh)
+    g_out, g_hn = d(g_out), d(g_hn)
+    T, B, H = out.shape
+    steps = list(range(T - 1, -1, -1) if reverse else range(T))
+    dx = torch.zeros(T, B, w_ih.shape[1] if w_ih is not None else H,
+                     dtype=torch.float64)
+    dw_hh = torch.zeros(H, H, dtype=torch.float64)
+    dw_ih = torch.zeros_like(w_ih) if w_ih is not None else None
+    db = torch.zeros(H, dtype=torch.float64)
+    da_next = torch.zeros(B, H, dtype=torch.float64)
+    for n in reversed(range(T)):
+        t = steps[n]
+        g = da_next @ w_hh
+        if g_out is not None:
+            g = g + g_out[t]
+        if n == T - 1 and g_hn is not None:
+            g = g + g_hn
+        h = out[t]
+        da = g * (~(h <= 0)).double() if relu else g * (1 - h * h)
+        h_prev = out[steps[n - 1]] if n > 0 else h0
+        dw_hh += da.T @ h_prev
+        db += da.sum(0)
+        if w_ih is not None:
+            dw_ih += da.T @ x[t]
+            dx[t] = da @ w_ih
+        else:
+            dx[t] = da
+        da_next = da
+    return dx, da_next @ w_hh, dw_ih, dw_hh, db
+
+
+@pytest.mark.parametrize("relu,reverse,project", [
+    (True, False, True), (False, True, True), (True, True, False)])
+def test_backward_from_sequence_is_autograd(relu, reverse, project):
+    """The oracle of the 16-bit backward equals float64 autograd through the
+    reference layer, both gradients arriving."""
+    gen = torch.Generator().manual_seed(2)
+    T, B, I, H = 6, 3, 2, 9
+    v = make_inputs(torch.float64, T, B, I, H, project, True, gen)
+    ref = {k: (t.clone().requires_grad_() if t is not None else None)
+           for k, t in v.items()}
+    out, h_n = irnn_layer_reference(ref["x"], ref["h0"], ref["w_ih"],
+                                    ref["w_hh"], ref["b_ih"], ref["b_hh"],
+                                    "relu" if relu else "tanh", reverse)
+    g_out = torch.randn(T, B, H, generator=gen, dtype=torch.float64)
+    g_hn = torch.randn(B, H, generator=gen, dtype=torch.float64)
+    wrt = [ref["x"], ref["h0"], ref["w_ih"], ref["w_hh"], ref["b_ih"]]
+    if not project:
+        wrt[2] = ref["x"]  # placeholder, not compared
+    grads = torch.autograd.grad((out * g_out).sum() + (h_n * g_hn).sum(),
+                                wrt, allow_unused=True)
+    mine = backward_from_sequence(out.detach(), v["h0"], v["x"], v["w_ih"],
+                                  v["w_hh"], g_out, g_hn, relu, reverse)
+    for name, a, e in zip(("dx", "dh0", "dw_ih", "dw_hh", "db"), mine, grads):
+        if name == "dw_ih" and not project:
+            assert a is None
+            continue
+        assert torch.allclose(a, e, rtol=1e-10, atol=1e-12), name
+
+
+@pytest.mark.parametrize("case", _register_backward_16bit_cases(),
+                         ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_register_backward_16bit_vs_reference(harness, case):
+    """The 16-bit backward against backward_from_sequence on the emulated
+    forward's own sequence (float64 throughout), every gradient."""
+    dtype, T, B, H = case["dtype"], case["T"], case["B"], case["H"]
+    project, relu = case["I"] is not None, case["nonlinearity"] == "relu"
+    gen = torch.Generator().manual_seed(3)
+    v = make_inputs(dtype, T, B, case["I"] or 5, H, project, case["bias"], gen)
+    out, _, _ = harness.forward(FOUR_SMS, v["x"], v["h0"], v["w_ih"],
+                                v["w_hh"], v["b_ih"], v["b_hh"], relu,
+                                case["reverse"], True)
+    g_out = (torch.randn(B, T, H, generator=gen).to(dtype).transpose(0, 1)
+             if case["grads"] in ("seq", "both") else None)
+    g_hn = (torch.randn(B, H, generator=gen).to(dtype)
+            if case["grads"] in ("last", "both") else None)
+    *got, bcfg = harness.backward(FOUR_SMS, g_out, g_hn, v["x"], v["h0"],
+                                  v["w_ih"], v["w_hh"], out, relu,
+                                  case["reverse"])
+    assert bcfg["path"] == REGISTER_BWD, bcfg
+    assert bcfg["rows_per_block"] == (1 if B <= 4 else 8), bcfg
+    expected = backward_from_sequence(out, v["h0"], v["x"], v["w_ih"],
+                                      v["w_hh"], g_out, g_hn, relu,
+                                      case["reverse"])
+    for name, a, e in zip(("dx", "dh0", "dw_ih", "dw_hh", "db"), got,
+                          expected):
+        if e is None:
+            continue
+        assert a.dtype == dtype and a.shape == e.shape, name
+        err = max_rel_err(a, e)
+        assert err <= TOL[dtype], (name, err, bcfg)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_register_backward_16bit_odd_offsets(harness, dtype):
+    """16-bit tensors that start 2 bytes into a 4-byte word (storage offset
+    1): the ring copies the word holding each element and reads the half the
+    address selects. The gradients equal those of the same values stored
+    aligned, bitwise."""
+    gen = torch.Generator().manual_seed(11)
+    T, B, I, H = 7, 5, 3, 100
+
+    def shifted(t):
+        """t's values in a tensor of t's strides whose storage starts 1
+        element later."""
+        t = t.contiguous()
+        flat = torch.zeros(t.numel() + 1, dtype=t.dtype)
+        out = flat[1:].view(t.shape)
+        out.copy_(t)
+        assert out.data_ptr() % 4 == 2
+        return out
+    v = make_inputs(dtype, T, B, I, H, True, True, gen)
+    out, _, _ = harness.forward(FOUR_SMS, v["x"], v["h0"], v["w_ih"],
+                                v["w_hh"], v["b_ih"], v["b_hh"], True, False,
+                                True)
+    g_out = torch.randn(T, B, H, generator=gen).to(dtype)
+    g_hn = torch.randn(B, H, generator=gen).to(dtype)
+    x = v["x"].contiguous()
+    aligned = harness.backward(FOUR_SMS, g_out, g_hn, x, v["h0"], v["w_ih"],
+                               v["w_hh"], out.contiguous(), True, False)
+    odd = harness.backward(FOUR_SMS, shifted(g_out), g_hn, shifted(x),
+                           v["h0"], v["w_ih"], v["w_hh"], shifted(out), True,
+                           False)
+    assert aligned[5]["path"] == odd[5]["path"] == REGISTER_BWD
+    for a, b in zip(aligned[:5], odd[:5]):
+        assert torch.equal(a, b)
+    expected = backward_from_sequence(out, v["h0"], x, v["w_ih"], v["w_hh"],
+                                      g_out, g_hn, True, False)
+    for a, e in zip(odd[:5], expected):
+        assert max_rel_err(a, e) <= TOL[dtype]
 
 
 @pytest.mark.parametrize("B", [4, 29])

@@ -316,16 +316,23 @@ TANH_PER_ROW = 16
 
 # Instructions per row of the backward's fused projection (docs/cuda.md).
 FUSED_PROJECTION_PER_ROW = 45
+# Instructions per element a 16-bit backward widens in its ring slot each
+# step (docs/cuda.md): the shared load and store, bit 1 of the source
+# address (an add, a test), the half's select and conversion, and the
+# branch on the row's validity.
+WIDEN_PER_ELEMENT = 8
 
 
-def backward_budget(H, rows_per_warp=1, project=False):
+def backward_budget(H, rows_per_warp=1, project=False, narrow=False):
     hp = 4 * math.ceil(H / 4)
     total = hp + math.ceil(hp / 8) + 40
     fma = hp
     if project:
         total += FUSED_PROJECTION_PER_ROW
         fma += 4
-    what = "register-resident backward" + (
+    if narrow:  # g_t or h_t per row, and x_t with the projection
+        total += WIDEN_PER_ELEMENT * (2 if project else 1)
+    what = ("16-bit " if narrow else "") + "register-resident backward" + (
         " with the fused projection" if project else "")
     return Budget(f"{what}, HP = {hp}", total,
                   math.floor(90 * fma / total) / 100, rows_per_warp)
@@ -402,12 +409,21 @@ REG_BWD = re.compile(r"irnn_cuda::irnn_bwd_reg_kernel<(\w+), (\d+), (\d+), "
 # Every variant of IRNN_REG_BWD_VARIANTS, each with relu and tanh, with and
 # without the fused projection.
 REG_BWD_VARIANTS = [("float", 64, 1), ("float", 104, 1), ("float", 104, 8),
-                    ("float", 128, 1)]
+                    ("float", 128, 1)] + [
+    (t, hp, r) for t in ("__half", "__nv_bfloat16")
+    for hp, r in ((64, 1), (104, 1), (104, 8))]
+
+
+def reg_bwd_projections(dtype):
+    """The fused-projection settings built: the 16-bit types only with it
+    (kRegBwd16Project)."""
+    return ("true",) if dtype != "float" else ("true", "false")
 
 
 def reg_bwd_budget(name):
-    _, hp, rows, _, project = REG_BWD.match(name).groups()
-    return backward_budget(int(hp), int(rows), project == "true")
+    dtype, hp, rows, _, project = REG_BWD.match(name).groups()
+    return backward_budget(int(hp), int(rows), project == "true",
+                           dtype != "float")
 
 
 def table_variants(macro):
@@ -495,18 +511,19 @@ def test_register_forward_within_budget(kernels, variant):
 
 def test_register_backward_variants_built(kernels):
     """The build holds every variant of the backward's table, relu and
-    tanh, with and without the fused projection, and no other."""
+    tanh, with and without the fused projection (16-bit: with it only), and
+    no other."""
     built = {n for n in kernels if REG_BWD.match(n)}
     expected = {f"irnn_cuda::irnn_bwd_reg_kernel<{t}, {hp}, {r}, {a}, {p}>"
                 for t, hp, r in REG_BWD_VARIANTS for a in ("true", "false")
-                for p in ("true", "false")}
+                for p in reg_bwd_projections(t)}
     assert built == expected, (built ^ expected)
     assert table_variants("IRNN_REG_BWD_VARIANTS") == set(REG_BWD_VARIANTS)
 
 
 @pytest.mark.parametrize("variant", [
     (t, hp, r, a, p) for t, hp, r in REG_BWD_VARIANTS
-    for a in ("true", "false") for p in ("true", "false")],
+    for a in ("true", "false") for p in reg_bwd_projections(t)],
     ids=lambda v: "-".join(map(str, v)))
 def test_register_backward_within_budget(kernels, variant):
     """The guard passes every selectable register-resident backward: no

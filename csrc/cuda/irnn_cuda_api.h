@@ -163,12 +163,24 @@ inline bool select_reg_fwd(int sm_count, int max_threads, int64_t smem_max,
 // make_launch_config selects from this table only; every other backward
 // runs today's kernels. 8 rows per block only at HP = 104: at HP = 64 and
 // 128 the 8 rows' accumulators and loads exceed 255 registers (ptxas
-// spills).
+// spills). The 16-bit types only with the input projected (kRegBwd16Project)
+// and not at HP = 128: there the widening of their ring slots (irnn_kernels.cuh)
+// takes the step loop over its instruction budget, and without the
+// projection 8 rows spill (docs/cuda.md).
 #define IRNN_REG_BWD_VARIANTS(X) \
   X(kFloat, float, 64, 1)        \
   X(kFloat, float, 104, 1)       \
   X(kFloat, float, 104, 8)       \
-  X(kFloat, float, 128, 1)
+  X(kFloat, float, 128, 1)       \
+  X(kHalf, irnn_half, 64, 1)     \
+  X(kHalf, irnn_half, 104, 1)    \
+  X(kHalf, irnn_half, 104, 8)    \
+  X(kBFloat16, irnn_bf16, 64, 1)  \
+  X(kBFloat16, irnn_bf16, 104, 1) \
+  X(kBFloat16, irnn_bf16, 104, 8)
+// The 16-bit register-resident backwards are built for a projected input
+// only.
+constexpr bool kRegBwd16Project = true;
 // Steps of g_t and h_t the backward's prefetch ring holds: the copies for a
 // step are issued kRegBwdRing - 1 steps before it runs.
 constexpr int kRegBwdRing = 8;
@@ -224,6 +236,9 @@ inline bool select_reg_bwd(int sm_count, int max_threads, int64_t smem_max,
                            int* rows_out) {
   const int rows = reg_rows_per_block(B, sm_count);
   if ((project && I > kRegFwdMaxInput) || T < 1 || H < 1 || rows == 0)
+    return false;
+  if ((dtype == DType::kHalf || dtype == DType::kBFloat16) &&
+      kRegBwd16Project && !project)
     return false;
   int best = 0;
 #define IRNN_REG_BWD_PICK(dt, type, hp, r)                                   \

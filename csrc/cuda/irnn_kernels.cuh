@@ -355,7 +355,13 @@ IRNN_DEVICE T& at_bytes(unsigned char* base, int bytes) {
 template <typename S, int HP, int R, bool RELU, bool PROJECT>
 IRNN_GLOBAL void IRNN_LAUNCH_BOUNDS((2 * HP + 31) / 32 * 32)
 irnn_bwd_reg_kernel(RegBwdParams<S> p) {
-  static_assert(sizeof(S) == 4, "the ring copies one 4-byte element per thread");
+  // A 4-byte S is copied as itself. A 16-bit S is copied as the aligned
+  // 4-byte word that holds it, the other half (a neighbour in the same
+  // allocation, never used) included; the thread that copied it widens it
+  // to float in place before the barrier that publishes the slot (widen),
+  // so every reader sees floats, as for float32.
+  constexpr bool kNarrow = sizeof(S) == 2;
+  static_assert(sizeof(S) == 4 || kNarrow, "4-byte or 16-bit elements");
   // reg_bwd_threads(HP), reg_bwd_half_stride(HP), reg_bwd_ring_slot(HP) and
   // reg_bwd_da_stride(HP):
   constexpr int NT = (2 * HP + 31) / 32 * 32, KH = HP / 2,
@@ -437,6 +443,12 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
     x_src = reinterpret_cast<uint64_t>(
         p.x + (int64_t)(row0 + x_row) * p.x_sb + x_i + t_first * p.x_st);
   }
+  // The source of a copy: the element's address, or for a 16-bit S its
+  // word's.
+  auto word_of = [](uint64_t address) {
+    return reinterpret_cast<const void*>(kNarrow ? address & ~uint64_t{3}
+                                                 : address);
+  };
   // This thread's place in a slot: where it reads (g_t, h_t) of unit k and
   // where it copies to (row 0; row r is r * kRow further), where it copies
   // x_t to; the slot bits of a ring offset.
@@ -451,20 +463,50 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
 #pragma unroll
         for (int r = 0; r < R; ++r)
           if (valid[r])
-            irnn_cp_async<4>(smem + slot + r * kRow,
-                             reinterpret_cast<const S*>(src + r * src_row));
+            irnn_cp_async<4>(smem + slot + r * kRow, word_of(src + r * src_row));
       }
       if (copies_x)
-        irnn_cp_async<4>(smem + (slot & kSlotBits) + x_copy,
-                         reinterpret_cast<const S*>(x_src));
+        irnn_cp_async<4>(smem + (slot & kSlotBits) + x_copy, word_of(x_src));
     }
     irnn_cp_async_commit();
     src += src_step;
     x_src += x_step;
   };
+  // 16-bit S: this thread's copies into the slot at `slot`, landed (its
+  // wait), widened to floats before the barrier that publishes them. They
+  // are the copies issued NS - 1 groups ago, whose sources lie NS - 1 steps
+  // behind src and x_src; bit 1 of a source's address says whether the
+  // element is the high half of its word (the sources themselves, as
+  // integers, so no register holds the halves; their low 32 bits carry
+  // bit 1).
+  auto widen = [&](int slot) {
+    if constexpr (kNarrow) {
+      if (copies) {
+        const uint32_t from = static_cast<uint32_t>(src) -
+                              (NS - 1) * static_cast<uint32_t>(src_step);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          if (valid[r]) {
+            const int at = slot + ring_copy + r * kRow;
+            const unsigned word = at_bytes<unsigned>(smem, at);
+            at_bytes<float>(smem, at) = word_to_acc<S>(
+                word, (from + r * static_cast<uint32_t>(src_row)) & 2);
+          }
+        }
+      }
+      if (copies_x) {
+        const int at = slot + x_copy;
+        const unsigned word = at_bytes<unsigned>(smem, at);
+        at_bytes<float>(smem, at) = word_to_acc<S>(
+            word, (static_cast<uint32_t>(x_src) -
+                   (NS - 1) * static_cast<uint32_t>(x_step)) & 2);
+      }
+    }
+  };
 #pragma unroll
   for (int m = 0; m < NS - 1; ++m) issue(m < T, kRing + m * kSlot + ring_copy);
   irnn_cp_async_wait<NS - 2>();
+  widen(kRing);
   __syncthreads();
 
   // Ring offsets of this iteration's slot (read) and of the free one
@@ -620,6 +662,7 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
     da_read ^= kDaBuf;
     da_write ^= kDaBuf;
     irnn_cp_async_wait<NS - 2>();
+    if (n + 1 < T) widen(slot_read & kSlotBits);
     __syncthreads();
   };
   step(0, std::true_type{});

@@ -114,14 +114,23 @@ irnn_error launch_bwd_reg(const RegBwdParams<S>& p, bool relu, bool project,
     IRNN_LAUNCH((irnn_bwd_reg_kernel<S, HP, R, RELU, PROJECT>), c.blocks,     \
                 c.threads, static_cast<size_t>(c.smem), stream, p);           \
   } while (0)
-  if (relu && project)
-    IRNN_BWD_REG_LAUNCH(true, true);
-  else if (relu)
-    IRNN_BWD_REG_LAUNCH(true, false);
-  else if (project)
-    IRNN_BWD_REG_LAUNCH(false, true);
-  else
-    IRNN_BWD_REG_LAUNCH(false, false);
+  if constexpr (sizeof(S) == 2 && kRegBwd16Project) {
+    // Built (and selected, select_reg_bwd) with the input projected only.
+    if (!project) return kIrnnInvalidConfig;
+    if (relu)
+      IRNN_BWD_REG_LAUNCH(true, true);
+    else
+      IRNN_BWD_REG_LAUNCH(false, true);
+  } else {
+    if (relu && project)
+      IRNN_BWD_REG_LAUNCH(true, true);
+    else if (relu)
+      IRNN_BWD_REG_LAUNCH(true, false);
+    else if (project)
+      IRNN_BWD_REG_LAUNCH(false, true);
+    else
+      IRNN_BWD_REG_LAUNCH(false, false);
+  }
 #undef IRNN_BWD_REG_LAUNCH
   return kIrnnSuccess;
 }

@@ -49,6 +49,20 @@ IRNN_DEVICE S from_acc(double v);
 template <>
 IRNN_DEVICE double from_acc<double>(double v) { return v; }
 
+// The value of the 16-bit element S in the low (high = false) or the high
+// half of a 4-byte word, as float.
+template <typename S>
+IRNN_DEVICE float word_to_acc(unsigned word, bool high);
+template <>
+IRNN_DEVICE float word_to_acc<__half>(unsigned word, bool high) {
+  return __half2float(
+      __ushort_as_half(static_cast<unsigned short>(high ? word >> 16 : word)));
+}
+template <>
+IRNN_DEVICE float word_to_acc<__nv_bfloat16>(unsigned word, bool high) {
+  return __uint_as_float(high ? word & 0xffff0000u : word << 16);
+}
+
 // Asynchronous copies (cp.async, sm_80 and later): Bytes (4, 8 or 16) from
 // global to shared memory, grouped by irnn_cp_async_commit; after
 // irnn_cp_async_wait<N> at most N of this thread's groups are pending (other

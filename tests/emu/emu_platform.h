@@ -497,6 +497,16 @@ inline irnn_bf16 from_acc<irnn_bf16>(float v) {
     r.bits = static_cast<uint16_t>((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
   return r;
 }
+// The value of the 16-bit element S in the low (high = false) or the high
+// half of a 4-byte word, as float.
+template <typename S>
+inline float word_to_acc(uint32_t word, bool high) {
+  static_assert(sizeof(S) == 2, "a 16-bit type");
+  S v;
+  v.bits = static_cast<uint16_t>(high ? word >> 16 : word);
+  return to_acc(v);
+}
+
 template <typename S>
 inline S from_acc(double v);
 template <>

@@ -37,11 +37,20 @@ struct Case {
   irnn_cuda::Path backward;  // the backward's path on the first table
 };
 
+// A value as the stored type T (16-bit types rounded to nearest even).
+template <typename T>
+T stored(double v) {
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>)
+    return static_cast<T>(v);
+  else
+    return irnn_cuda::from_acc<T>(static_cast<float>(v));
+}
+
 template <typename T>
 std::vector<T> random_vec(size_t n, double scale, std::mt19937& rng) {
   std::normal_distribution<double> nd(0.0, scale);
   std::vector<T> v(n);
-  for (auto& e : v) e = static_cast<T>(nd(rng));
+  for (auto& e : v) e = stored<T>(nd(rng));
   return v;
 }
 
@@ -88,7 +97,8 @@ int run_kernels() {
   // B <= 4 (the SM count) runs the register-resident backward with one row
   // per block (HP 128, 256 threads): projected, and not (tanh, reversed, T
   // beyond the prefetch ring); B = 20 with 8 rows per block (HP 104, 224
-  // threads, a partial last block).
+  // threads, a partial last block); bfloat16 at one row per block (HP 104,
+  // T beyond the ring) and float16 at 8 (HP 104, odd strides).
   using irnn_cuda::Path;
   const Case cases[] = {
       {DType::kFloat, 3, 11, 1, 120, true, true, false, Path::kPersistent},
@@ -96,21 +106,38 @@ int run_kernels() {
       {DType::kFloat, 3, 4, 1, 110, true, true, false, Path::kRegisterBwd},
       {DType::kFloat, 10, 3, 1, 112, false, false, true, Path::kRegisterBwd},
       {DType::kFloat, 3, 20, 2, 100, true, true, false, Path::kRegisterBwd},
+      {DType::kBFloat16, 9, 3, 1, 100, true, true, false, Path::kRegisterBwd},
+      {DType::kHalf, 3, 29, 3, 101, true, true, true, Path::kRegisterBwd},
       {DType::kDouble, 2, 9, 1, 80, false, true, false, Path::kPersistent},
   };
   int failures = 0;
   for (const Case& c : cases) {
-    double max_diff = 0;
+    // The largest difference between the two paths, relative to the
+    // largest value for the 16-bit types (whose paths round differently).
+    double max_diff = 0, max_abs = 0;
+    auto compare = [&](auto a, auto b) {
+      for (size_t i = 0; i < a.size(); ++i) {
+        const double u = irnn_cuda::to_acc(a[i]), v = irnn_cuda::to_acc(b[i]);
+        max_diff = std::max(max_diff, std::isnan(u - v) ? INFINITY : std::fabs(u - v));
+        max_abs = std::max(max_abs, std::fabs(u));
+      }
+    };
+    double tol = 1e-3;
     if (c.dtype == DType::kFloat) {
-      const auto a = run_case<float>(c, persistent), b = run_case<float>(c, large_h);
-      for (size_t i = 0; i < a.size(); ++i)
-        max_diff = std::max(max_diff, std::fabs(double(a[i]) - double(b[i])));
+      compare(run_case<float>(c, persistent), run_case<float>(c, large_h));
+    } else if (c.dtype == DType::kDouble) {
+      compare(run_case<double>(c, persistent), run_case<double>(c, large_h));
+      tol = 1e-9;
+    } else if (c.dtype == DType::kHalf) {
+      compare(run_case<irnn_cuda::irnn_half>(c, persistent),
+              run_case<irnn_cuda::irnn_half>(c, large_h));
+      tol = 2e-2 * max_abs;
     } else {
-      const auto a = run_case<double>(c, persistent), b = run_case<double>(c, large_h);
-      for (size_t i = 0; i < a.size(); ++i)
-        max_diff = std::max(max_diff, std::fabs(a[i] - b[i]));
+      compare(run_case<irnn_cuda::irnn_bf16>(c, persistent),
+              run_case<irnn_cuda::irnn_bf16>(c, large_h));
+      tol = 8e-2 * max_abs;
     }
-    const bool ok = max_diff < (c.dtype == DType::kFloat ? 1e-3 : 1e-9);
+    const bool ok = max_diff < tol;
     const LaunchConfig pc = irnn_cuda::make_launch_config(
         persistent, true, c.dtype, c.T, c.B, c.I, c.H, c.project, true);
     const LaunchConfig lc = irnn_cuda::make_launch_config(
@@ -118,9 +145,10 @@ int run_kernels() {
     const bool paths = pc.path == c.backward && pc.blocks >= 3 &&
                        lc.path == irnn_cuda::Path::kLargeH;
     std::printf("case H=%lld B=%lld (backward path %d, %d blocks of %d "
-                "threads) vs large-H max |diff| %.3g %s\n",
+                "threads) vs large-H max |diff| %.3g (max |value| %.3g) %s\n",
                 (long long)c.H, (long long)c.B, static_cast<int>(pc.path),
-                pc.blocks, pc.threads, max_diff, ok && paths ? "ok" : "FAIL");
+                pc.blocks, pc.threads, max_diff, max_abs,
+                ok && paths ? "ok" : "FAIL");
     failures += !paths;
     failures += !ok;
   }

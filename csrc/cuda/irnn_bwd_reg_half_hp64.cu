@@ -1,0 +1,12 @@
+// The register-resident backward for irnn_half with HP = 64 (one translation
+// unit per type and HP, so the build compiles them in parallel).
+#include "irnn_platform.cuh"
+
+#include "irnn_launch.cuh"
+
+namespace irnn_cuda {
+
+template irnn_error launch_bwd_reg<irnn_half, 64, 1>(
+    const RegBwdParams<irnn_half>&, bool, bool, const LaunchConfig&, irnn_stream);
+
+}  // namespace irnn_cuda
