@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
+#include <array>
 #include <string>
 
 namespace irnn_cuda {
@@ -119,5 +120,23 @@ inline IrnnSizes check_backward_args(
 inline bool has(const c10::optional<at::Tensor>& t) {
   return t.has_value() && t->defined();
 }
+
+// The dtype and shape of the optional `lengths` (int64 [B]). Its values are
+// checked where they are read (1..T, non-increasing).
+inline void check_lengths_arg(const c10::optional<at::Tensor>& lengths,
+                              const IrnnSizes& s) {
+  if (!has(lengths)) return;
+  TORCH_CHECK(lengths->scalar_type() == at::kLong,
+              "lengths must be an int64 tensor of shape [B] (the number of "
+              "steps of each batch row), got dtype ", lengths->scalar_type());
+  TORCH_CHECK(lengths->dim() == 1 && lengths->size(0) == s.B,
+              "lengths must have shape [B] = [", s.B,
+              "] (one length per batch row), got ", lengths->sizes());
+}
+
+// Which of irnn_backward's five gradients are wanted (grad_input, grad_h0,
+// grad_weight_ih, grad_weight_hh, grad_bias); an unwanted one is returned
+// as an empty [0] tensor.
+using OutputMask = std::array<bool, 5>;
 
 }  // namespace irnn_cuda

@@ -55,15 +55,20 @@ TORCH_LIBRARY(irnn_cuda, m) {
   m.def(
       "irnn_forward(Tensor input, Tensor h0, Tensor? weight_ih, "
       "Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, str nonlinearity, "
-      "bool reverse, bool store_sequence) -> (Tensor output, Tensor h_n)");
+      "bool reverse, bool store_sequence, Tensor? lengths=None) -> "
+      "(Tensor output, Tensor h_n)");
   // output: the [T,B,H] sequence saved by irnn_forward(store_sequence=True).
   // Undefined (None) incoming gradients count as zeros. grad_weight_ih is an
   // empty [0] tensor when weight_ih is None; grad_bias serves both biases.
+  // output_mask (revision 2) names the gradients wanted; the others are
+  // returned as empty [0] tensors and not computed where a backend can.
   m.def(
       "irnn_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor input, "
       "Tensor h0, Tensor? weight_ih, Tensor weight_hh, Tensor output, "
-      "str nonlinearity, bool reverse) -> (Tensor grad_input, Tensor grad_h0, "
-      "Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias)");
+      "str nonlinearity, bool reverse, Tensor? lengths=None, "
+      "bool[5] output_mask=[True, True, True, True, True]) -> "
+      "(Tensor grad_input, Tensor grad_h0, Tensor grad_weight_ih, "
+      "Tensor grad_weight_hh, Tensor grad_bias)");
 }
 
 }  // namespace irnn_cuda

@@ -136,11 +136,26 @@ def warn_fallback(device_type):
                   f"reference on {device_type}.", RuntimeWarning, stacklevel=3)
 
 
+def warn_variable_length_fallback(device_type):
+    """Warns once that variable-length input on `device_type` runs the
+    reference, because those kernels do not take lengths yet."""
+    key = (device_type, "lengths")
+    if key in _warned:
+        return
+    _warned.add(key)
+    warnings.warn(f"irnn_cuda: the {device_type} kernels do not take "
+                  "variable lengths yet; this variable-length input runs the "
+                  "slow pure-PyTorch reference. Pad the batch and drop "
+                  "lengths for the fused kernels.", RuntimeWarning,
+                  stacklevel=3)
+
+
 if extension_loaded():
 
     @torch.library.register_fake("irnn_cuda::irnn_forward")
     def _irnn_forward_fake(input, h0, weight_ih, weight_hh, bias_ih, bias_hh,
-                           nonlinearity, reverse, store_sequence):
+                           nonlinearity, reverse, store_sequence,
+                           lengths=None):
         T, B = input.shape[0], input.shape[1]
         H = weight_hh.shape[0]
         output = input.new_empty((T if store_sequence else 0, B, H))
@@ -148,21 +163,24 @@ if extension_loaded():
 
     @torch.library.register_fake("irnn_cuda::irnn_backward")
     def _irnn_backward_fake(grad_output, grad_h_n, input, h0, weight_ih,
-                            weight_hh, output, nonlinearity, reverse):
+                            weight_hh, output, nonlinearity, reverse,
+                            lengths=None, output_mask=(True,) * 5):
         H = weight_hh.shape[0]
-        grad_weight_ih = (weight_ih.new_empty(weight_ih.shape) if weight_ih is not None
-                          else input.new_empty((0,)))
-        return (input.new_empty(input.shape), h0.new_empty(h0.shape), grad_weight_ih,
-                weight_hh.new_empty(weight_hh.shape), input.new_empty((H,)))
+        shapes = (input.shape, h0.shape,
+                  weight_ih.shape if weight_ih is not None else (0,),
+                  weight_hh.shape, (H,))
+        return tuple(input.new_empty(shape if wanted else (0,))
+                     for shape, wanted in zip(shapes, output_mask))
 
     def _forward_setup_context(ctx, inputs, output):
         (input, h0, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity,
-         reverse, store_sequence) = inputs
+         reverse, store_sequence, lengths) = inputs
         ctx.nonlinearity = nonlinearity
         ctx.reverse = reverse
         ctx.store_sequence = store_sequence
         ctx.has_weight_ih = weight_ih is not None
-        ctx.save_for_backward(input, h0, weight_ih, weight_hh, output[0])
+        ctx.save_for_backward(input, h0, weight_ih, weight_hh, output[0],
+                              lengths)
 
     def _forward_backward(ctx, grad_output, grad_h_n):
         if not ctx.store_sequence:
@@ -170,19 +188,21 @@ if extension_loaded():
                 "irnn_cuda.irnn_forward: backward needs the hidden-state "
                 "sequence, but the op was called with store_sequence=False; "
                 "call it with store_sequence=True when gradients are needed")
-        input, h0, weight_ih, weight_hh, output = ctx.saved_tensors
+        input, h0, weight_ih, weight_hh, output, lengths = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        # Only what autograd asks for is computed (the op's output_mask).
+        mask = [need[0], need[1], need[2], need[3], need[4] or need[5]]
         (grad_input, grad_h0, grad_weight_ih, grad_weight_hh,
          grad_bias) = torch.ops.irnn_cuda.irnn_backward(
             grad_output, grad_h_n, input, h0, weight_ih, weight_hh, output,
-            ctx.nonlinearity, ctx.reverse)
-        need = ctx.needs_input_grad
+            ctx.nonlinearity, ctx.reverse, lengths, mask)
         return (grad_input if need[0] else None,
                 grad_h0 if need[1] else None,
                 grad_weight_ih if need[2] else None,
                 grad_weight_hh if need[3] else None,
                 grad_bias if need[4] else None,
                 grad_bias if need[5] else None,
-                None, None, None)
+                None, None, None, None)
 
     torch.library.register_autograd(
         "irnn_cuda::irnn_forward", _forward_backward,

@@ -11,7 +11,8 @@ import warnings
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils.rnn import (PackedSequence, pack_padded_sequence,
+                                pad_packed_sequence)
 
 from .functional import rnn_forward
 
@@ -31,6 +32,9 @@ class FusedIRNN(nn.Module):
     forward(input, hx=None, return_sequence=True) -> (output, h_n) as
     nn.RNN; with return_sequence=False output is None and no [T,B,H]
     sequence is written unless autograd needs it for the backward.
+    A PackedSequence goes in and comes out as with nn.RNN (hx and h_n in the
+    caller's batch order); its padding is never computed. For a padded
+    tensor plus lengths, see irnn_cuda.rnn_forward.
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1,
@@ -165,17 +169,9 @@ class FusedIRNN(nn.Module):
 
     def forward(self, input, hx=None, return_sequence=True):
         if isinstance(input, PackedSequence):
-            raise NotImplementedError(
-                "FusedIRNN does not support PackedSequence input: pad it with "
-                "torch.nn.utils.rnn.pad_packed_sequence (and take each "
-                "sequence's last state yourself), or use torch.nn.RNN")
-        weights = list(self._flat_weights)
-        if torch.is_autocast_enabled(input.device.type):
-            # As nn.RNN under autocast: compute in the autocast dtype.
-            dtype = torch.get_autocast_dtype(input.device.type)
-            input = input.to(dtype) if input.is_floating_point() else input
-            hx = hx.to(dtype) if hx is not None and hx.is_floating_point() else hx
-            weights = [w.to(dtype) for w in weights]
+            return self._forward_packed(input, hx, return_sequence)
+        input, hx, weights = self._autocast(input, hx,
+                                            list(self._flat_weights))
         unbatched = self._check_input_and_hx(input, hx, weights[0])
         batch_dim = 0 if self.batch_first else 1
         if unbatched:
@@ -194,6 +190,50 @@ class FusedIRNN(nn.Module):
             output = output.squeeze(batch_dim) if output is not None else None
             h_n = h_n.squeeze(1)
         return output, h_n
+
+    def _autocast(self, input, hx, weights):
+        """As nn.RNN under autocast: compute in the autocast dtype."""
+        if not torch.is_autocast_enabled(input.device.type):
+            return input, hx, weights
+        dtype = torch.get_autocast_dtype(input.device.type)
+        input = input.to(dtype) if input.is_floating_point() else input
+        hx = hx.to(dtype) if hx is not None and hx.is_floating_point() else hx
+        return input, hx, [w.to(dtype) for w in weights]
+
+    def _forward_packed(self, packed, hx, return_sequence):
+        """nn.RNN's forward on a PackedSequence: the rows are run padded, in
+        the packed (length-sorted) order, with their lengths, and the output
+        is packed again with the input's batch_sizes and permutation."""
+        data, batch_sizes, sorted_indices, unsorted_indices = packed
+        data, hx, weights = self._autocast(data, hx, list(self._flat_weights))
+        if data.dim() != 2:
+            raise ValueError(f"FusedIRNN: Expected the PackedSequence's data to "
+                             f"be 2D [sum(lengths), input_size], got "
+                             f"{data.dim()}D tensor instead")
+        self._check_input_and_hx(data, None, weights[0])
+        padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+        batch = padded.shape[1]
+        num_dirs = 2 if self.bidirectional else 1
+        if hx is None:
+            hx = padded.new_zeros(self.num_layers * num_dirs, batch,
+                                  self.hidden_size)
+        else:
+            self._check_hx(hx, data, False, batch)
+            if sorted_indices is not None:
+                # nn.RNN's permute_hidden: hx is in the caller's order.
+                hx = hx.index_select(1, sorted_indices)
+        output, h_n = rnn_forward(padded, hx, weights, self.nonlinearity,
+                                  self.num_layers, self.bidirectional, False,
+                                  self.dropout, self.training,
+                                  return_sequence=return_sequence,
+                                  lengths=lengths, enforce_sorted=True)
+        if unsorted_indices is not None:
+            h_n = h_n.index_select(1, unsorted_indices)
+        if output is None:
+            return None, h_n
+        packed_out = pack_padded_sequence(output, lengths, enforce_sorted=True)
+        return PackedSequence(packed_out.data, batch_sizes, sorted_indices,
+                              unsorted_indices), h_n
 
     def _check_input_and_hx(self, input, hx, weight):
         """Raises what nn.RNN raises for bad input, before any launch.
@@ -225,6 +265,12 @@ class FusedIRNN(nn.Module):
                                "in RNN (input has 0 time steps)")
         if hx is None:
             return unbatched
+        batch = 1 if unbatched else input.shape[0 if self.batch_first else 1]
+        self._check_hx(hx, input, unbatched, batch)
+        return unbatched
+
+    def _check_hx(self, hx, input, unbatched, batch):
+        """Raises what nn.RNN raises for a bad hx."""
         if unbatched and hx.dim() != 2:
             raise RuntimeError(f"For unbatched 2-D input, hx should also be "
                                f"2-D but got {hx.dim()}-D tensor")
@@ -241,11 +287,9 @@ class FusedIRNN(nn.Module):
                                f"dtype ({input.dtype}); convert hx: "
                                f"hx.to({input.dtype})")
         num_dirs = 2 if self.bidirectional else 1
-        batch = 1 if unbatched else input.shape[0 if self.batch_first else 1]
         expected = (self.num_layers * num_dirs, batch, self.hidden_size)
         if unbatched:
             expected = (expected[0], expected[2])
         if tuple(hx.shape) != expected:
             raise RuntimeError(f"Expected hidden size {expected}, got "
                                f"{list(hx.shape)} (argument hx)")
-        return unbatched

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 def network_forward(layer_fn, input, hx, weights, nonlinearity, num_layers,
                     bidirectional, batch_first, dropout, training,
-                    return_sequence=True):
+                    return_sequence=True, lengths=None):
     """A batched forward with torch.nn.RNN's conventions.
 
     layer_fn(input [T,B,I], h0 [B,H], weight_ih, weight_hh, bias_ih, bias_hh,
@@ -19,7 +19,11 @@ def network_forward(layer_fn, input, hx, weights, nonlinearity, num_layers,
     h_n [B,H]) runs one layer and direction.
     input: [T,B,I] ([B,T,I] if batch_first); hx: [L*D,B,H];
     weights: nn.RNN's `_flat_weights` order. Returns (output or None, h_n).
+    lengths: None, or [B] steps per row, passed to every layer_fn call as
+    `lengths=` (the output is zero at padded steps, so the next layer's
+    padding stays clean).
     """
+    extra = {} if lengths is None else {"lengths": lengths}
     if batch_first:
         input = input.transpose(0, 1)
     num_dirs = 2 if bidirectional else 1
@@ -35,7 +39,7 @@ def network_forward(layer_fn, input, hx, weights, nonlinearity, num_layers,
             b_ih, b_hh = (w[2], w[3]) if per_cell == 4 else (None, None)
             out, h = layer_fn(layer_input, hx[k], w[0], w[1], b_ih, b_hh,
                               nonlinearity, direction == 1,
-                              return_sequence or not last)
+                              return_sequence or not last, **extra)
             outputs.append(out)
             h_n.append(h)
         if last and not return_sequence:

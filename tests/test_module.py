@@ -251,13 +251,6 @@ def test_nan_propagates():
     assert not out[:, 1].isnan().any()
 
 
-def test_packed_sequence_is_rejected_clearly():
-    fused = FusedIRNN(1, 4)
-    packed = nn.utils.rnn.pack_padded_sequence(torch.randn(5, 2, 1), [5, 3])
-    with pytest.raises(NotImplementedError, match="PackedSequence"):
-        fused(packed)
-
-
 def raises_like_nn_rnn(call, *args, match, **kw):
     """FusedIRNN raises the class nn.RNN raises, naming the argument."""
     rnn = nn.RNN(5, 4, nonlinearity="relu", **kw)

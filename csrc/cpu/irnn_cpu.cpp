@@ -8,6 +8,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
@@ -20,6 +21,7 @@
 #include <cstring>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "../irnn_checks.h"
 #include "irnn_cpu_denormals.h"
@@ -105,18 +107,78 @@ void advise_huge_pages(const at::Tensor& t) {
 
 // The batch is split into one contiguous slice per thread; per-slice partial
 // gradients are summed in slice order, so results depend only on the thread
-// count.
+// count (and the lengths).
 int64_t num_slices(int64_t B) {
   return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B));
 }
 
+// Slice k is rows [bounds[k], bounds[k+1]). Without lengths the rows are
+// split evenly; with lengths the steps are: each slice gets about the same
+// sum of lengths, so a thread whose rows end early has more of them.
+std::vector<int64_t> slice_bounds(int64_t B, int64_t slices,
+                                  const int64_t* lengths) {
+  std::vector<int64_t> bounds(slices + 1);
+  for (int64_t k = 0; k <= slices; ++k) bounds[k] = k * B / slices;
+  if (lengths == nullptr) return bounds;
+  int64_t total = 0;
+  for (int64_t b = 0; b < B; ++b) total += lengths[b];
+  int64_t b = 0, done = 0;
+  for (int64_t k = 1; k < slices; ++k) {
+    // Move the boundary past every row whose midpoint lies before k/slices
+    // of the total.
+    while (b < B && 2 * (done + lengths[b]) - lengths[b] <= 2 * total * k / slices) {
+      done += lengths[b];
+      ++b;
+    }
+    bounds[k] = b;
+  }
+  return bounds;
+}
+
 // Each thread runs its float32 slices with denormals flushed to zero.
 template <typename S, class F>
-void for_each_slice(int64_t B, int64_t slices, const F& f) {
+void for_each_slice(const std::vector<int64_t>& bounds, const F& f) {
+  const int64_t slices = static_cast<int64_t>(bounds.size()) - 1;
   at::parallel_for(0, slices, 1, [&](int64_t begin, int64_t end) {
     const FlushDenormalsGuard flush(std::is_same_v<S, float>);
-    for (int64_t s = begin; s < end; ++s) f(s, s * B / slices, (s + 1) * B / slices);
+    for (int64_t s = begin; s < end; ++s) f(s, bounds[s], bounds[s + 1]);
   });
+}
+
+// The lengths argument on the CPU: int64 [B] (checked by
+// check_lengths_arg), each in 1..T and non-increasing. Returns a contiguous
+// copy, or an undefined tensor when absent.
+at::Tensor cpu_lengths(const c10::optional<at::Tensor>& lengths,
+                       const IrnnSizes& s) {
+  if (!has(lengths)) return at::Tensor();
+  TORCH_CHECK(lengths->device().is_cpu(),
+              "lengths must be on the CPU for CPU input, got ",
+              lengths->device());
+  at::Tensor l = lengths->contiguous();
+  const int64_t* v = l.data_ptr<int64_t>();
+  for (int64_t b = 0; b < s.B; ++b) {
+    TORCH_CHECK(v[b] >= 1 && v[b] <= s.T, "lengths must be in 1..T = 1..",
+                s.T, " (every row runs at least one step, as nn.RNN "
+                "requires), got lengths[", b, "] = ", v[b]);
+    TORCH_CHECK(b == 0 || v[b] <= v[b - 1],
+                "lengths must be sorted in decreasing order, as a "
+                "PackedSequence's are, got lengths[", b - 1, "] = ", v[b - 1],
+                " < lengths[", b, "] = ", v[b],
+                "; sort the batch by length first (irnn_cuda.rnn_forward "
+                "does, and pack_padded_sequence(enforce_sorted=False) gives "
+                "the order)");
+  }
+  return l;
+}
+
+const int64_t* lengths_ptr(const at::Tensor& l) {
+  return l.defined() ? l.data_ptr<int64_t>() : nullptr;
+}
+
+// [T,B,1] true where step t of row b is padding (t >= lengths[b]).
+at::Tensor padding_mask(const at::Tensor& lengths, int64_t T) {
+  return at::arange(T, lengths.options()).view({T, 1, 1}).ge(
+      lengths.view({1, -1, 1}));
 }
 
 // Sum over dim 0 of a [slices, ...] tensor, in slice order.
@@ -131,14 +193,20 @@ std::tuple<at::Tensor, at::Tensor> irnn_forward_cpu(
     const c10::optional<at::Tensor>& weight_ih, const at::Tensor& weight_hh,
     const c10::optional<at::Tensor>& bias_ih,
     const c10::optional<at::Tensor>& bias_hh, c10::string_view nonlinearity,
-    bool reverse, bool store_sequence) {
+    bool reverse, bool store_sequence,
+    const c10::optional<at::Tensor>& lengths) {
   const IrnnSizes s =
       check_forward_args(input, h0, weight_ih, weight_hh, bias_ih, bias_hh,
                          std::string(nonlinearity));
+  check_lengths_arg(lengths, s);
+  const at::Tensor len = cpu_lengths(lengths, s);
   const auto ct = compute_type(input.scalar_type());
   const auto opts = input.options().dtype(ct);
   const at::Tensor x = input.to(ct).contiguous(), h0c = h0.to(ct).contiguous();
-  at::Tensor out = at::empty({store_sequence ? s.T : 0, s.B, s.H}, opts);
+  // With lengths the padded steps are zero, as pad_packed_sequence gives.
+  const int64_t out_t = store_sequence ? s.T : 0;
+  at::Tensor out = len.defined() ? at::zeros({out_t, s.B, s.H}, opts)
+                                 : at::empty({out_t, s.B, s.H}, opts);
   advise_huge_pages(out);
   at::Tensor h_n = at::empty({s.B, s.H}, opts);
   at::Tensor scratch = store_sequence ? at::Tensor() : at::empty({s.B, s.H}, opts);
@@ -166,9 +234,10 @@ std::tuple<at::Tensor, at::Tensor> irnn_forward_cpu(
     p.out = store_sequence ? out.data_ptr<scalar_t>() : nullptr;
     p.h_n = h_n.data_ptr<scalar_t>();
     p.scratch = ptr_or_null<scalar_t>(scratch);
-    for_each_slice<scalar_t>(s.B, num_slices(s.B), [&](int64_t, int64_t b0, int64_t b1) {
-      k.forward(p, s.relu, b0, b1);
-    });
+    p.lengths = lengths_ptr(len);
+    for_each_slice<scalar_t>(
+        slice_bounds(s.B, num_slices(s.B), p.lengths),
+        [&](int64_t, int64_t b0, int64_t b1) { k.forward(p, s.relu, b0, b1); });
   });
   return {out.to(input.scalar_type()), h_n.to(input.scalar_type())};
 }
@@ -179,40 +248,57 @@ irnn_backward_cpu(const c10::optional<at::Tensor>& grad_output,
                   const at::Tensor& input, const at::Tensor& h0,
                   const c10::optional<at::Tensor>& weight_ih,
                   const at::Tensor& weight_hh, const at::Tensor& output,
-                  c10::string_view nonlinearity, bool reverse) {
+                  c10::string_view nonlinearity, bool reverse,
+                  const c10::optional<at::Tensor>& lengths,
+                  OutputMask output_mask) {
   const IrnnSizes s =
       check_backward_args(grad_output, grad_h_n, input, h0, weight_ih,
                           weight_hh, output, std::string(nonlinearity));
+  check_lengths_arg(lengths, s);
+  const at::Tensor len = cpu_lengths(lengths, s);
   const auto ct = compute_type(input.scalar_type());
   const auto opts = input.options().dtype(ct);
   const int64_t T = s.T, B = s.B, I = s.I, H = s.H;
+  const bool want_dx = output_mask[0], want_dh0 = output_mask[1],
+             want_dwih = output_mask[2] && s.project,
+             want_dwhh = output_mask[3], want_db = output_mask[4];
   const bool fuse_ih = s.project && I <= kMaxFusedInput;
   const at::Tensor g_out = as_compute(grad_output, ct),
                    g_hn = as_compute(grad_h_n, ct),
                    h0c = h0.to(ct).contiguous(),
-                   out = output.to(ct).contiguous(),
-                   x = s.project ? input.to(ct).contiguous() : at::Tensor();
+                   out = output.to(ct).contiguous();
+  at::Tensor x = (s.project && (want_dwih || (want_dx && !fuse_ih)))
+                     ? input.to(ct).contiguous()
+                     : at::Tensor();
   // Every step's da is kept only where it is an output (the gradient of a
-  // projected input) or feeds the GEMMs of a large input.
-  const bool keep_da = !fuse_ih;
-  at::Tensor da = keep_da ? at::empty({T, B, H}, opts) : at::Tensor();
+  // projected input) or feeds the GEMMs of a large input. With lengths its
+  // padded steps stay zero.
+  const bool keep_da = s.project ? (!fuse_ih && (want_dx || want_dwih)) : want_dx;
+  const auto buffer = [&](at::IntArrayRef size) {
+    return len.defined() ? at::zeros(size, opts) : at::empty(size, opts);
+  };
+  at::Tensor da = keep_da ? buffer({T, B, H}) : at::Tensor();
   if (keep_da) advise_huge_pages(da);
   at::Tensor da_scratch = keep_da ? at::Tensor() : at::empty({2, B, H}, opts);
-  at::Tensor dh0 = at::empty({B, H}, opts);
-  at::Tensor dx = fuse_ih ? at::empty({T, B, I}, opts) : at::Tensor();
+  at::Tensor dh0 = want_dh0 ? at::empty({B, H}, opts) : at::Tensor();
+  at::Tensor dx = (fuse_ih && want_dx) ? buffer({T, B, I}) : at::Tensor();
   at::Tensor db, dw_ih_t, dw_hh;
   AT_DISPATCH_FLOATING_TYPES(ct, "irnn_backward_cpu", [&] {
     const KernelTable<scalar_t> k = kernels<scalar_t>();
     const int64_t hp = (H + k.lanes - 1) / k.lanes * k.lanes;
-    const int64_t slices = num_slices(B);
+    const auto bounds = slice_bounds(B, num_slices(B), lengths_ptr(len));
+    const int64_t slices = static_cast<int64_t>(bounds.size()) - 1;
     const at::Tensor whh = pack_rows(weight_hh, hp, ct);
-    const at::Tensor wih_t =
-        fuse_ih ? pack_rows(weight_ih->t(), hp, ct) : at::Tensor();
-    at::Tensor db_part = at::zeros({slices, hp}, opts);
-    at::Tensor dwhh_part = at::zeros({slices, H, hp}, opts);
+    const at::Tensor wih_t = (fuse_ih && want_dx)
+                                 ? pack_rows(weight_ih->t(), hp, ct)
+                                 : at::Tensor();
+    at::Tensor db_part = want_db ? at::zeros({slices, hp}, opts) : at::Tensor();
+    at::Tensor dwhh_part =
+        want_dwhh ? at::zeros({slices, H, hp}, opts) : at::Tensor();
     at::Tensor gather = at::empty({slices, 2, kBackwardChunk, H}, opts);
-    at::Tensor dwih_part =
-        fuse_ih ? at::zeros({slices, I, hp}, opts) : at::Tensor();
+    at::Tensor dwih_part = (fuse_ih && want_dwih)
+                               ? at::zeros({slices, I, hp}, opts)
+                               : at::Tensor();
     BwdParams<scalar_t> p{};
     p.T = T;
     p.B = B;
@@ -222,7 +308,7 @@ irnn_backward_cpu(const c10::optional<at::Tensor>& grad_output,
     p.reverse = reverse;
     p.g_out = ptr_or_null<scalar_t>(g_out);
     p.g_hn = ptr_or_null<scalar_t>(g_hn);
-    p.x = ptr_or_null<scalar_t>(x);
+    p.x = (fuse_ih && want_dwih) ? x.data_ptr<scalar_t>() : nullptr;
     p.h0 = h0c.data_ptr<scalar_t>();
     p.wih_t = ptr_or_null<scalar_t>(wih_t);
     p.whh = whh.data_ptr<scalar_t>();
@@ -230,33 +316,42 @@ irnn_backward_cpu(const c10::optional<at::Tensor>& grad_output,
     p.da = ptr_or_null<scalar_t>(da);
     p.da_scratch = ptr_or_null<scalar_t>(da_scratch);
     p.dx = ptr_or_null<scalar_t>(dx);
-    p.dh0 = dh0.data_ptr<scalar_t>();
-    p.db_part = db_part.data_ptr<scalar_t>();
-    p.dwhh_part = dwhh_part.data_ptr<scalar_t>();
+    p.dh0 = ptr_or_null<scalar_t>(dh0);
+    p.db_part = ptr_or_null<scalar_t>(db_part);
+    p.dwhh_part = ptr_or_null<scalar_t>(dwhh_part);
     p.gather = gather.data_ptr<scalar_t>();
     p.dwih_part = ptr_or_null<scalar_t>(dwih_part);
-    for_each_slice<scalar_t>(B, slices, [&](int64_t slice, int64_t b0, int64_t b1) {
+    p.lengths = lengths_ptr(len);
+    for_each_slice<scalar_t>(bounds, [&](int64_t slice, int64_t b0, int64_t b1) {
       k.backward(p, s.relu, b0, b1, slice);
     });
-    db = sum_slices(db_part).narrow(0, 0, H);
-    dw_hh = sum_slices(dwhh_part).narrow(1, 0, H);
-    if (fuse_ih) dw_ih_t = sum_slices(dwih_part).narrow(1, 0, H);
+    if (want_db) db = sum_slices(db_part).narrow(0, 0, H);
+    if (want_dwhh) dw_hh = sum_slices(dwhh_part).narrow(1, 0, H);
+    if (fuse_ih && want_dwih) dw_ih_t = sum_slices(dwih_part).narrow(1, 0, H);
   });
   at::Tensor dw_ih;
   if (!s.project) {
     dx = da;
-    dw_ih = at::empty({0}, opts);
   } else if (fuse_ih) {
-    dw_ih = dw_ih_t.t();
+    if (want_dwih) dw_ih = dw_ih_t.t();
   } else {
-    // A large input's gradients are GEMMs over all steps.
-    const at::Tensor w_ih = weight_ih->to(ct);
-    dx = at::mm(da.view({T * B, H}), w_ih).view({T, B, I});
-    dw_ih = at::mm(da.view({T * B, H}).t(), x.view({T * B, I}));
+    // A large input's gradients are GEMMs over all steps. da is zero at
+    // padded steps; x there may hold anything (NaN included), so it is
+    // zeroed before it meets da.
+    const at::Tensor da2 = da.defined() ? da.view({T * B, H}) : at::Tensor();
+    if (want_dx) dx = at::mm(da2, weight_ih->to(ct)).view({T, B, I});
+    if (want_dwih) {
+      const at::Tensor xv = len.defined() ? x.masked_fill(padding_mask(len, T), 0) : x;
+      dw_ih = at::mm(da2.t(), xv.view({T * B, I}));
+    }
   }
   const auto dt = input.scalar_type();
-  return {row_major(dx, dt), row_major(dh0, dt), row_major(dw_ih, dt),
-          row_major(dw_hh, dt), row_major(db, dt)};
+  // An unwanted gradient (or dW_ih without weight_ih) is an empty [0].
+  const auto result = [&](const at::Tensor& t, bool wanted) {
+    return wanted ? row_major(t, dt) : at::empty({0}, input.options());
+  };
+  return {result(dx, want_dx), result(dh0, want_dh0), result(dw_ih, want_dwih),
+          result(dw_hh, want_dwhh), result(db, want_db)};
 }
 
 }  // namespace

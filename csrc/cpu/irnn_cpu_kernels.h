@@ -152,27 +152,51 @@ inline void prefetch_rows(const S* base, int64_t b, int64_t rows, int64_t H,
   }
 }
 
-// Forward of rows [b0, b1) over all steps.
+// Prefetches one row of H values (null: nothing); see prefetch_rows.
+template <typename S>
+inline void prefetch_row(const S* row, int64_t H, bool for_write = false) {
+  prefetch_rows(row, 0, 1, H, for_write);
+}
+
+// Steps row b runs, and the time index of its step s (irnn_cpu_params.h).
+template <class P>
+inline int64_t row_length(const P& p, int64_t b) {
+  return p.lengths ? p.lengths[b] : p.T;
+}
+template <class P>
+inline int64_t row_time(const P& p, int64_t b, int64_t s) {
+  return p.reverse ? row_length(p, b) - 1 - s : s;
+}
+
+// Forward of rows [b0, b1) over all steps. With lengths, only the rows still
+// running are computed: at step s, the first n of the slice.
 template <class V, bool kRelu>
 void forward_slice(const FwdParams<typename V::S>& p, int64_t b0, int64_t b1) {
   using S = typename V::S;
   using R = typename V::R;
   const int64_t T = p.T, B = p.B, H = p.H, Hp = p.Hp;
   const int64_t ix = p.wih_t ? p.I : H;  // row length of x
-  const S* prev = p.h0;
+  // The state row b writes at step s. Without a sequence the states
+  // ping-pong between scratch and h_n, arranged so that the row's last step
+  // lands in h_n.
+  auto state = [&](int64_t b, int64_t s) -> S* {
+    if (p.out) return p.out + (row_time(p, b, s) * B + b) * H;
+    return (((row_length(p, b) - 1 - s) & 1) ? p.scratch : p.h_n) + b * H;
+  };
+  auto x_row = [&](int64_t b, int64_t s) {
+    return p.x + (row_time(p, b, s) * B + b) * ix;
+  };
+  int64_t n = b1 - b0;  // rows [b0, b0 + n) are still running
   for (int64_t s = 0; s < T; ++s) {
-    const int64_t t = p.reverse ? T - 1 - s : s;
-    // Without a sequence the states ping-pong between scratch and h_n,
-    // arranged so that the last step lands in h_n.
-    S* cur = p.out ? p.out + t * B * H
-                   : (((T - 1 - s) & 1) ? p.scratch : p.h_n);
-    const S* xt = p.x + t * B * ix;
-    for (int64_t b = b0; b < b1; b += kMaxRows) {
-      const int mr = static_cast<int>(b1 - b < kMaxRows ? b1 - b : kMaxRows);
-      const int64_t next = b + kMaxRows, next_rows = b1 - next < kMaxRows ? b1 - next : kMaxRows;
-      if (next_rows > 0) {
-        if (!p.wih_t) prefetch_rows(xt, next, next_rows, H);
-        if (p.out) prefetch_rows<S>(cur, next, next_rows, H, true);
+    while (n > 0 && row_length(p, b0 + n - 1) <= s) --n;
+    if (n == 0) break;
+    const int64_t e = b0 + n;
+    for (int64_t b = b0; b < e; b += kMaxRows) {
+      const int mr = static_cast<int>(e - b < kMaxRows ? e - b : kMaxRows);
+      const int64_t next = b + kMaxRows, next_rows = e - next < kMaxRows ? e - next : kMaxRows;
+      for (int64_t r = 0; r < next_rows; ++r) {
+        if (!p.wih_t) prefetch_row(x_row(next + r, s), H);
+        if (p.out) prefetch_row<S>(state(next + r, s), H, true);
       }
       with_rows<kMaxRows>(mr, [&](auto mr_c) {
         constexpr int MR = decltype(mr_c)::value;
@@ -180,9 +204,9 @@ void forward_slice(const FwdParams<typename V::S>& p, int64_t b0, int64_t b1) {
         const S* ax[MR];
         S* dst[MR];
         for (int r = 0; r < MR; ++r) {
-          ah[r] = prev + (b + r) * H;
-          ax[r] = xt + (b + r) * ix;
-          dst[r] = cur + (b + r) * H;
+          ah[r] = s == 0 ? p.h0 + (b + r) * H : state(b + r, s - 1);
+          ax[r] = x_row(b + r, s);
+          dst[r] = state(b + r, s);
         }
         over_columns<V, MR>(H, [&]<int NV>(int64_t col) {
           R acc[MR][NV];
@@ -204,10 +228,12 @@ void forward_slice(const FwdParams<typename V::S>& p, int64_t b0, int64_t b1) {
         });
       });
     }
-    prev = cur;
   }
   if (p.out) {
-    for (int64_t i = b0 * H; i < b1 * H; ++i) p.h_n[i] = prev[i];
+    for (int64_t b = b0; b < b1; ++b) {
+      const S* last = state(b, row_length(p, b) - 1);
+      for (int64_t i = 0; i < H; ++i) p.h_n[b * H + i] = last[i];
+    }
   }
 }
 
@@ -255,82 +281,116 @@ void accumulate_dw(typename V::S* dw, const typename V::S* da,
 }
 
 // Backward of rows [b0, b1) over all steps, in reverse walking order.
-// slice: index of this slice's partial-gradient rows.
+// slice: index of this slice's partial-gradient rows. With lengths, step s
+// computes only the rows that reach it: the first n of the slice, of which
+// the first n_next continue from step s+1 and the rest start there (s is
+// their last step, where the gradient of h_n arrives).
 template <class V, bool kRelu>
 void backward_slice(const BwdParams<typename V::S>& p, int64_t b0, int64_t b1,
                     int64_t slice) {
   using S = typename V::S;
   using R = typename V::R;
   const int64_t T = p.T, B = p.B, H = p.H, Hp = p.Hp, I = p.I;
-  const bool fuse_ih = p.wih_t != nullptr;
-  S* db = p.db_part + slice * Hp;
-  S* dwhh = p.dwhh_part + slice * H * Hp;
-  S* dwih = fuse_ih ? p.dwih_part + slice * I * Hp : nullptr;
-  // da of step s: the full sequence when the caller keeps it, else two
-  // alternating [B,H] buffers.
-  auto da_of = [&](int64_t s) {
-    const int64_t t = p.reverse ? T - 1 - s : s;
-    return p.da ? p.da + t * B * H : p.da_scratch + (s & 1) * B * H;
+  if (b1 <= b0) return;
+  S* db = p.db_part ? p.db_part + slice * Hp : nullptr;
+  S* dwhh = p.dwhh_part ? p.dwhh_part + slice * H * Hp : nullptr;
+  // The fused projection: dx through W_ih, dW_ih from x (each when wanted).
+  const bool want_dx = p.dx != nullptr;
+  S* dwih = p.dwih_part ? p.dwih_part + slice * I * Hp : nullptr;
+  const int64_t fused_i = (want_dx || dwih) ? I : 0;
+  // Row b's da at step s: the full sequence when the caller keeps it, else
+  // two alternating [B,H] buffers.
+  auto da_row = [&](int64_t b, int64_t s) -> S* {
+    return p.da ? p.da + (row_time(p, b, s) * B + b) * H
+                : p.da_scratch + ((s & 1) * B + b) * H;
+  };
+  // Row b's state before step s.
+  auto h_prev_row = [&](int64_t b, int64_t s) -> const S* {
+    return s == 0 ? p.h0 + b * H : p.out + (row_time(p, b, s - 1) * B + b) * H;
   };
   // Per-row, per-input partial dot products for dx (fused small I only).
   S dxacc[kMaxRows][kMaxFusedInput * V::kL];
+  // The rows of one step share their da and h_prev buffers' layout (one
+  // time index) unless lengths are walked in reverse; then a chunk's rows
+  // are copied together before their dW_hh update.
+  const bool same_time = p.lengths == nullptr || !p.reverse;
   // A slice of fewer than kChunk rows gathers the da and h_prev rows of
   // several steps and adds them to dW_hh together, so that each pass over
   // the dW_hh partial does kChunk rank-1 updates, not a handful.
   const bool gather = b1 - b0 < kChunk;
-  S* da_gather = gather ? p.gather + slice * 2 * kChunk * H : nullptr;
-  S* h_gather = gather ? da_gather + kChunk * H : nullptr;
+  S* da_gather = p.gather + slice * 2 * kChunk * H;
+  S* h_gather = da_gather + kChunk * H;
   int64_t gathered = 0;
+  auto stage = [&](int64_t c0, int64_t c1, int64_t s) {
+    for (int64_t b = c0; b < c1; ++b, ++gathered) {
+      const S* d = da_row(b, s);
+      const S* h = h_prev_row(b, s);
+      for (int64_t i = 0; i < H; ++i) {
+        da_gather[gathered * H + i] = d[i];
+        h_gather[gathered * H + i] = h[i];
+      }
+    }
+  };
+  int64_t n = 0;  // rows [b0, b0 + n) reach step s
   for (int64_t s = T - 1; s >= -1; --s) {
     // s == -1 is the extra step that carries da at the first walked step
     // back to h0: dh0 = da W_hh.
     const bool to_h0 = s < 0;
-    const int64_t t = to_h0 ? -1 : (p.reverse ? T - 1 - s : s);
-    const S* da_next = s == T - 1 ? nullptr : da_of(s + 1);
-    const S* ht = to_h0 ? nullptr : p.out + t * B * H;
-    const S* gt = (!to_h0 && p.g_out) ? p.g_out + t * B * H : nullptr;
-    const S* gn = (s == T - 1) ? p.g_hn : nullptr;
-    S* dst_base = to_h0 ? p.dh0 : da_of(s);
-    const S* xt = (fuse_ih && !to_h0) ? p.x + t * B * I : nullptr;
-    S* dxt = (fuse_ih && !to_h0) ? p.dx + t * B * I : nullptr;
-    // dW_hh += da_t^T h_prev, h_prev the state before step t; per chunk of
-    // rows, right after the chunk's da.
-    const int64_t t_prev = p.reverse ? t + 1 : t - 1;
-    const S* h_prev = to_h0 ? nullptr : (s == 0 ? p.h0 : p.out + t_prev * B * H);
-    for (int64_t c0 = b0; c0 < b1; c0 += kChunk) {
-      const int64_t c1 = b1 - c0 < kChunk ? b1 : c0 + kChunk;
-      for (int64_t b = c0; b < c1; b += kMaxRows) {
-        const int mr = static_cast<int>(c1 - b < kMaxRows ? c1 - b : kMaxRows);
-        const int64_t next = b + kMaxRows, next_rows = b1 - next < kMaxRows ? b1 - next : kMaxRows;
-        if (next_rows > 0) {
-          prefetch_rows(gt, next, next_rows, H);
-          prefetch_rows(ht, next, next_rows, H);
-          prefetch_rows(h_prev, next, next_rows, H);
+    if (to_h0 && p.dh0 == nullptr) break;
+    const int64_t n_next = n;
+    while (!to_h0 && b0 + n < b1 && row_length(p, b0 + n) > s) ++n;
+    if (n == 0) continue;
+    const int64_t split = b0 + n_next, e = b0 + n;
+    for (int64_t c0 = b0; c0 < e; c0 += kChunk) {
+      const int64_t c1 = e - c0 < kChunk ? e : c0 + kChunk;
+      for (int64_t b = c0; b < c1; ) {
+        // A tile never mixes continuing and starting rows.
+        const int64_t tile_end = b < split && split < c1 ? split : c1;
+        const int mr = static_cast<int>(tile_end - b < kMaxRows ? tile_end - b : kMaxRows);
+        const bool continues = b < split;
+        const int64_t next = b + mr, next_rows = e - next < kMaxRows ? e - next : kMaxRows;
+        for (int64_t r = 0; r < next_rows && !to_h0; ++r) {
+          const int64_t t = row_time(p, next + r, s);
+          if (p.g_out) prefetch_row(p.g_out + (t * B + next + r) * H, H);
+          prefetch_row(p.out + (t * B + next + r) * H, H);
+          if (dwhh) prefetch_row(h_prev_row(next + r, s), H);
         }
         with_rows<kMaxRows>(mr, [&](auto mr_c) {
           constexpr int MR = decltype(mr_c)::value;
           const S* an[MR];
+          const S* gt[MR];
+          const S* gn[MR];
+          const S* ht[MR];
+          const S* xr[MR];
+          S* dxr[MR];
           S* dst[MR];
           for (int r = 0; r < MR; ++r) {
-            an[r] = da_next ? da_next + (b + r) * H : nullptr;
-            dst[r] = dst_base + (b + r) * H;
+            const int64_t row = b + r;
+            const int64_t t = to_h0 ? 0 : row_time(p, row, s);
+            an[r] = continues ? da_row(row, s + 1) : nullptr;
+            gn[r] = (!continues && p.g_hn) ? p.g_hn + row * H : nullptr;
+            gt[r] = (!to_h0 && p.g_out) ? p.g_out + (t * B + row) * H : nullptr;
+            ht[r] = to_h0 ? nullptr : p.out + (t * B + row) * H;
+            xr[r] = (!to_h0 && dwih) ? p.x + (t * B + row) * I : nullptr;
+            dxr[r] = (!to_h0 && want_dx) ? p.dx + (t * B + row) * I : nullptr;
+            dst[r] = to_h0 ? p.dh0 + row * H : da_row(row, s);
           }
-          if (xt) {
+          const int64_t ni = to_h0 ? 0 : fused_i;
+          if (want_dx && !to_h0) {
             for (int r = 0; r < MR; ++r)
               for (int64_t i = 0; i < I * V::kL; ++i) dxacc[r][i] = S(0);
           }
           over_columns<V, MR>(H, [&]<int NV>(int64_t col) {
             R acc[MR][NV];
             for (int r = 0; r < MR; ++r) {
-              const int64_t row = (b + r) * H;
               for (int v = 0; v < NV; ++v) {
                 const int64_t c = col + v * V::kL;
-                R g = gt ? load_cols<V>(gt + row, c, H) : V::zero();
-                if (gn) g = V::add(g, load_cols<V>(gn + row, c, H));
+                R g = gt[r] ? load_cols<V>(gt[r], c, H) : V::zero();
+                if (gn[r]) g = V::add(g, load_cols<V>(gn[r], c, H));
                 acc[r][v] = g;
               }
             }
-            if (da_next) gemm_tile<V, MR, NV>(acc, an, 1, H, p.whh + col, Hp);
+            if (continues) gemm_tile<V, MR, NV>(acc, an, 1, H, p.whh + col, Hp);
             // Per column block: da for the MR rows, then their sums into the
             // slice's db and dW_ih partials (one update per block, not per row).
             for (int v = 0; v < NV; ++v) {
@@ -339,46 +399,59 @@ void backward_slice(const BwdParams<typename V::S>& p, int64_t b0, int64_t b1,
               for (int r = 0; r < MR; ++r) {
                 d[r] = acc[r][v];
                 if (!to_h0) {
-                  const R h = load_cols<V>(ht + (b + r) * H, c, H);
+                  const R h = load_cols<V>(ht[r], c, H);
                   d[r] = kRelu ? V::relu_grad(d[r], h)
                                : V::mul(d[r], V::sub(V::set1(S(1)), V::mul(h, h)));
                 }
                 store_cols<V>(dst[r], c, H, d[r]);
               }
               if (to_h0) continue;
-              R dsum = d[0];
-              for (int r = 1; r < MR; ++r) dsum = V::add(dsum, d[r]);
-              V::store(db + c, V::add(V::load(db + c), dsum));
-              for (int64_t i = 0; i < (xt ? I : 0); ++i) {
-                const R w = V::load(p.wih_t + i * Hp + c);
-                R dw = V::load(dwih + i * Hp + c);
-                for (int r = 0; r < MR; ++r) {
-                  S* dxa = dxacc[r] + i * V::kL;
-                  V::store(dxa, V::fma(d[r], w, V::load(dxa)));
-                  dw = V::fma(d[r], V::set1(xt[(b + r) * I + i]), dw);
+              if (db) {
+                R dsum = d[0];
+                for (int r = 1; r < MR; ++r) dsum = V::add(dsum, d[r]);
+                V::store(db + c, V::add(V::load(db + c), dsum));
+              }
+              for (int64_t i = 0; i < ni; ++i) {
+                if (want_dx) {
+                  const R w = V::load(p.wih_t + i * Hp + c);
+                  for (int r = 0; r < MR; ++r) {
+                    S* dxa = dxacc[r] + i * V::kL;
+                    V::store(dxa, V::fma(d[r], w, V::load(dxa)));
+                  }
                 }
-                V::store(dwih + i * Hp + c, dw);
+                if (dwih) {
+                  R dw = V::load(dwih + i * Hp + c);
+                  for (int r = 0; r < MR; ++r) dw = V::fma(d[r], V::set1(xr[r][i]), dw);
+                  V::store(dwih + i * Hp + c, dw);
+                }
               }
             }
           });
-          if (xt) {
+          if (want_dx && !to_h0) {
             for (int r = 0; r < MR; ++r)
               for (int64_t i = 0; i < I; ++i)
-                dxt[(b + r) * I + i] = V::hsum(V::load(dxacc[r] + i * V::kL));
+                dxr[r][i] = V::hsum(V::load(dxacc[r] + i * V::kL));
           }
         });
+        b += mr;
       }
-      if (!to_h0 && !gather) {
-        accumulate_dw<V>(dwhh, dst_base, h_prev, c0, c1, H, Hp);
+      // dW_hh += da_t^T h_prev, h_prev the state before step t; per chunk
+      // of rows, right after the chunk's da.
+      if (!to_h0 && dwhh && !gather) {
+        if (same_time) {
+          // Rows c0..c1 of one [B,H] block: offsets from row c0 back to 0.
+          accumulate_dw<V>(dwhh, da_row(c0, s) - c0 * H,
+                           h_prev_row(c0, s) - c0 * H, c0, c1, H, Hp);
+        } else {
+          gathered = 0;
+          stage(c0, c1, s);
+          accumulate_dw<V>(dwhh, da_gather, h_gather, 0, gathered, H, Hp);
+          gathered = 0;
+        }
       }
     }
-    if (!to_h0 && gather) {
-      const int64_t n = (b1 - b0) * H;
-      for (int64_t i = 0; i < n; ++i) {
-        da_gather[gathered * H + i] = dst_base[b0 * H + i];
-        h_gather[gathered * H + i] = h_prev[b0 * H + i];
-      }
-      gathered += b1 - b0;
+    if (!to_h0 && dwhh && gather) {
+      stage(b0, e, s);
       if (gathered + (b1 - b0) > kChunk || s == 0) {
         accumulate_dw<V>(dwhh, da_gather, h_gather, 0, gathered, H, Hp);
         gathered = 0;

@@ -2,6 +2,11 @@
 // kernels (irnn_cpu_kernels.h): sizes, flags and raw pointers to contiguous
 // buffers. Hp is H rounded up to the kernel's vector width; every packed
 // buffer ([.., Hp]) is zero in its padding columns.
+//
+// Variable length: with `lengths` (non-increasing, each in 1..T) row b runs
+// only its first lengths[b] steps, so the rows still running at step s of a
+// slice are a prefix of it. Walking forward, row b's step s is time s;
+// reversed, it is time lengths[b]-1-s. Without lengths every row runs T.
 #pragma once
 
 #include <cstdint>
@@ -27,27 +32,31 @@ struct FwdParams {
   S* out;           // [T,B,H] or null (last state only)
   S* h_n;           // [B,H]
   S* scratch;       // [B,H] second state buffer when out is null
+  const int64_t* lengths;  // [B] steps per row, or null (all T)
 };
 
+// A null result pointer means that gradient is not wanted (the op's output
+// mask) and its work is skipped.
 template <typename S>
 struct BwdParams {
   int64_t T, B, I, H, Hp;
   bool reverse;
   const S* g_out;   // [T,B,H] or null (zeros)
   const S* g_hn;    // [B,H] or null (zeros)
-  const S* x;       // [T,B,I] (read only with wih_t)
+  const S* x;       // [T,B,I] for the fused dW_ih (with dwih_part), or null
   const S* h0;      // [B,H]
-  const S* wih_t;   // [I,Hp] W_ih^T for the fused dx and dW_ih, or null
+  const S* wih_t;   // [I,Hp] W_ih^T for the fused dx (with dx), or null
   const S* whh;     // [H,Hp] W_hh
   const S* out;     // [T,B,H] the forward's states
   S* da;            // [T,B,H] da_t for every step, or null: then
   S* da_scratch;    // [2,B,H] holds the last two steps' da
-  S* dx;            // [T,B,I] (written only with wih_t)
-  S* dh0;           // [B,H]
-  S* db_part;       // [slices,Hp] per-slice sum of da, zero-initialised
-  S* dwhh_part;     // [slices,H,Hp] per-slice dW_hh, zero-initialised
-  S* dwih_part;     // [slices,I,Hp] per-slice dW_ih^T, zero-initialised
+  S* dx;            // [T,B,I] fused dx (with wih_t), or null
+  S* dh0;           // [B,H], or null
+  S* db_part;       // [slices,Hp] per-slice sum of da, zero-initialised, or null
+  S* dwhh_part;     // [slices,H,Hp] per-slice dW_hh, zero-initialised, or null
+  S* dwih_part;     // [slices,I,Hp] per-slice dW_ih^T, zero-initialised, or null
   S* gather;        // [slices,2,kBackwardChunk,H] per-slice scratch
+  const int64_t* lengths;  // [B] steps per row, or null (all T)
 };
 
 // One implementation per instruction set; `relu` false means tanh.

@@ -73,15 +73,29 @@ void check_launch(int err, const char* op) {
               irnn_cuda_error_string(err));
 }
 
+// The CUDA kernels do not walk variable lengths yet: a call with lengths is
+// refused, naming the ways that work.
+void check_no_lengths(const c10::optional<at::Tensor>& lengths,
+                      const IrnnSizes& s, const char* op) {
+  check_lengths_arg(lengths, s);
+  TORCH_CHECK_NOT_IMPLEMENTED(
+      !has(lengths), "irnn_cuda.", op, ": lengths (variable-length "
+      "sequences) are not supported by the CUDA kernels yet; "
+      "irnn_cuda.FusedIRNN and irnn_cuda.rnn_forward run such input on "
+      "CUDA through the reference, or call the op on CPU tensors");
+}
+
 std::tuple<at::Tensor, at::Tensor> irnn_forward_cuda(
     const at::Tensor& input, const at::Tensor& h0,
     const c10::optional<at::Tensor>& weight_ih, const at::Tensor& weight_hh,
     const c10::optional<at::Tensor>& bias_ih,
     const c10::optional<at::Tensor>& bias_hh, c10::string_view nonlinearity,
-    bool reverse, bool store_sequence) {
+    bool reverse, bool store_sequence,
+    const c10::optional<at::Tensor>& lengths) {
   const IrnnSizes s =
       check_forward_args(input, h0, weight_ih, weight_hh, bias_ih, bias_hh,
                          std::string(nonlinearity));
+  check_no_lengths(lengths, s, "irnn_forward");
   check_steps_and_batch(s, "irnn_forward");
   const c10::cuda::CUDAGuard guard(input.device());
   const DType dt = dtype_of(input);
@@ -119,10 +133,13 @@ irnn_backward_cuda(const c10::optional<at::Tensor>& grad_output,
                    const at::Tensor& input, const at::Tensor& h0,
                    const c10::optional<at::Tensor>& weight_ih,
                    const at::Tensor& weight_hh, const at::Tensor& output,
-                   c10::string_view nonlinearity, bool reverse) {
+                   c10::string_view nonlinearity, bool reverse,
+                   const c10::optional<at::Tensor>& lengths,
+                   OutputMask output_mask) {
   const IrnnSizes s =
       check_backward_args(grad_output, grad_h_n, input, h0, weight_ih,
                           weight_hh, output, std::string(nonlinearity));
+  check_no_lengths(lengths, s, "irnn_backward");
   check_steps_and_batch(s, "irnn_backward");
   const c10::cuda::CUDAGuard guard(input.device());
   const DType dt = dtype_of(input);
@@ -161,7 +178,14 @@ irnn_backward_cuda(const c10::optional<at::Tensor>& grad_output,
                    a, cfg, ws.data_ptr(),
                    c10::cuda::getCurrentCUDAStream(input.get_device()).stream()),
                "irnn_backward");
-  return {dx, dh0, dw_ih, dw_hh, db};
+  // The kernels compute every gradient; an unwanted one is returned as the
+  // empty [0] the schema promises.
+  const auto result = [&](const at::Tensor& t, bool wanted) {
+    return wanted ? t : at::empty({0}, input.options());
+  };
+  return {result(dx, output_mask[0]), result(dh0, output_mask[1]),
+          result(dw_ih, output_mask[2] && s.project),
+          result(dw_hh, output_mask[3]), result(db, output_mask[4])};
 }
 
 }  // namespace
