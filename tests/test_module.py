@@ -1,8 +1,6 @@
 """FusedIRNN as a drop-in torch.nn.RNN: API, state_dict, shapes, options,
 initialisation, dtypes, autocast, edge cases and bad input."""
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -77,8 +75,6 @@ def test_last_state_only_allocates_no_sequence():
 
 
 def test_state_dict_loads_both_ways():
-    c = dict(I=3, H=4, num_layers=2, nonlinearity="relu", bias=True,
-             batch_first=False, bidirectional=True)
     rnn = nn.RNN(3, 4, 2, nonlinearity="relu", bidirectional=True)
     fused = FusedIRNN(3, 4, 2, bidirectional=True)
     assert list(rnn.state_dict()) == list(fused.state_dict())
