@@ -10,6 +10,7 @@ gives a floor for every row: the time its matrix products alone would take.
     python bench/bench_rnn.py --device cuda --tf32 off --json bench_cuda.json
     python bench/bench_rnn.py --smoke --json /tmp/smoke.json   # CI
     python bench/bench_rnn.py --shapes 784x16x1x100,28x128x28x100
+    python bench/bench_rnn.py --varlen-only --threads 2   # variable length
 
 Rows (relu, single layer):
   fwd       forward under no_grad, full output sequence;
@@ -22,6 +23,16 @@ Rows (relu, single layer):
             back in time and reach denormal floats, which cost a CPU many
             times a normal float's time unless they are flushed to zero
             (the fp32 CPU kernels do; docs/cpu.md).
+Variable-length rows (--varlen, --varlen-only; shape --varlen-shape,
+default 784x256x1x100): lengths uniform in [T/4, T] (seed 0, in random
+order), forward+backward of a loss on every valid output, weights needing
+grad. Four contenders: FusedIRNN on the PackedSequence, FusedIRNN on the
+same batch padded to T, nn.RNN padded, nn.RNN on the PackedSequence (the
+packing itself is done once, outside the timing). Each row of the table is
+one contender, with its time and the fused packed run's speedup over it;
+max_err compares FusedIRNN packed with nn.RNN packed (output and every
+weight gradient).
+
 Floors: forward = T * 2*B*H*(I+H) FLOP at the rate of a [1024,H]x[H,H]
 GEMM; forward+backward adds the same again (dh and dx through the weights)
 plus dW = sum_t da_t^T [x_t, h_{t-1}] as one GEMM over all T*B rows at that
@@ -181,6 +192,73 @@ def bench_shape(timer, device, dtype, T, B, I, H, repeats, rates, flop_per_sampl
     return rows
 
 
+VARLEN = ("fused:packed", "fused:padded", "torch:padded", "torch:packed")
+
+
+def varlen_batch(T, B, I, dtype, device):
+    """Input [T,B,I], lengths [B] uniform in [T/4, T] (seed 0, not sorted)
+    and a gradient for every output step."""
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(max(1, T // 4), T + 1, (B,), generator=g)
+    x = torch.randn(T, B, I, generator=g, dtype=dtype).to(device)
+    return x, lengths
+
+
+def bench_varlen(timer, device, dtype, T, B, I, H, repeats):
+    """The four variable-length contenders (VARLEN), timed round robin."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+    torch.manual_seed(0)
+    rnn = torch.nn.RNN(I, H, nonlinearity="relu", device=device, dtype=dtype)
+    fused = FusedIRNN.from_rnn(rnn)
+    x, lengths = varlen_batch(T, B, I, dtype, device)
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    # The loss weighs each valid output by a fixed random value; padded
+    # outputs get weight 0 in the padded runs (they are not part of the data).
+    w_packed = torch.randn(packed.data.shape[0], H, dtype=dtype, device=device)
+    w_padded = torch.nn.utils.rnn.pad_packed_sequence(
+        packed._replace(data=w_packed), total_length=T)[0]
+
+    def make(model, use_packed):
+        params = list(model.parameters())
+
+        def step():
+            for p in params:
+                p.grad = None
+            if use_packed:
+                out, _ = model(packed)
+                (out.data * w_packed).sum().backward()
+                return [out.data.detach()] + [p.grad for p in params]
+            out, _ = model(x)
+            (out * w_padded).sum().backward()
+            return [out.detach()] + [p.grad for p in params]
+        return step
+
+    steps = {"fused:packed": make(fused, True), "fused:padded": make(fused, False),
+             "torch:padded": make(rnn, False), "torch:packed": make(rnn, True)}
+    max_err = largest_rel_err(steps["fused:packed"](), steps["torch:packed"]())
+    times = {name: [] for name in VARLEN}
+    for rep in range(repeats):
+        order = VARLEN[rep % 4:] + VARLEN[:rep % 4]
+        for name in order:
+            times[name].append(timer.time_ms(steps[name]))
+    med = {name: statistics.median(t) for name, t in times.items()}
+    best = {name: min(t) for name, t in times.items()}
+    valid = int(lengths.sum())
+    rows = []
+    for name in VARLEN:
+        rows.append({"T": T, "B": B, "I": I, "H": H, "mode": f"varlen:{name}",
+                     "ms": med[name], "min_ms": best[name],
+                     "packed_speedup": med[name] / med["fused:packed"],
+                     "packed_speedup_min": best[name] / best["fused:packed"],
+                     "valid_steps": valid, "padded_steps": T * B,
+                     "max_err": max_err})
+        print(f"{T:>5} {B:>5} {I:>3} {H:>4} {name:>13} {med[name]:>10.2f} "
+              f"{med[name] / med['fused:packed']:>8.2f}x "
+              f"{best[name] / best['fused:packed']:>8.2f}x {max_err:>8.1e}",
+              flush=True)
+    return rows
+
+
 def parse_shape(ap, text):
     """'TxBxIxH' -> (T, B, I, H), each a positive int."""
     try:
@@ -213,6 +291,13 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU: torch.set_num_threads (default: torch's)")
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    ap.add_argument("--varlen", action="store_true",
+                    help="also run the variable-length rows")
+    ap.add_argument("--varlen-only", action="store_true",
+                    help="run only the variable-length rows")
+    ap.add_argument("--varlen-shape", default=None,
+                    help="TxBxIxH of the variable-length batch (default "
+                         "784x256x1x100; smoke 20x5x1x16)")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
@@ -253,17 +338,30 @@ def main(argv=None):
 
     timer = Timer(device)
     rates = {}
-    print(f"{'T':>5} {'B':>5} {'I':>3} {'H':>4} {'mode':>8} {'fused_ms':>10} "
-          f"{'torch_ms':>10} {'speedup':>9} {'floor_ms':>9} {'x_floor':>7} "
-          f"{'best:spd':>9} {'x_floor':>7} {'max_err':>8}")
+    if args.varlen_only:
+        shapes = []
+    else:
+        print(f"{'T':>5} {'B':>5} {'I':>3} {'H':>4} {'mode':>8} {'fused_ms':>10} "
+              f"{'torch_ms':>10} {'speedup':>9} {'floor_ms':>9} {'x_floor':>7} "
+              f"{'best:spd':>9} {'x_floor':>7} {'max_err':>8}")
     rows = []
     for T, B, I, H in shapes:
         rows += bench_shape(timer, device, dtype, T, B, I, H, repeats, rates,
                             2e6 if args.smoke else 2e8)
+    if args.varlen or args.varlen_only:
+        shape = args.varlen_shape or ("20x5x1x16" if args.smoke else "784x256x1x100")
+        T, B, I, H = parse_shape(ap, shape)
+        print("variable length, lengths uniform in [T/4, T]; packed_x: "
+              "FusedIRNN packed's speedup over the row (medians; best: "
+              "fastest repeats)")
+        print(f"{'T':>5} {'B':>5} {'I':>3} {'H':>4} {'contender':>13} "
+              f"{'ms':>10} {'packed_x':>9} {'best:x':>9} {'max_err':>8}")
+        rows += bench_varlen(timer, device, dtype, T, B, I, H, repeats)
     info["gemm"] = rates
     info["gemm_gflops"] = {k: v["gflops"] for k, v in rates.items()}
-    print("GEMM rates (GFLOP/s): " + ", ".join(
-        f"{k}={v:.1f}" for k, v in info["gemm_gflops"].items()))
+    if rates:
+        print("GEMM rates (GFLOP/s): " + ", ".join(
+            f"{k}={v:.1f}" for k, v in info["gemm_gflops"].items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"info": info, "rows": rows}, f, indent=1)
