@@ -25,7 +25,7 @@ Rows (relu, single layer):
             (the fp32 CPU kernels do; docs/cpu.md).
 Variable-length rows (--varlen, --varlen-only; shape --varlen-shape,
 default 784x256x1x100): lengths uniform in [T/4, T] (seed 0, in random
-order), forward+backward of a loss on every valid output, weights needing
+order), forward+backward with a gradient on every valid output, weights needing
 grad. Four contenders: FusedIRNN on the PackedSequence, FusedIRNN on the
 same batch padded to T, nn.RNN padded, nn.RNN on the PackedSequence (the
 packing itself is done once, outside the timing). Each row of the table is
@@ -212,8 +212,8 @@ def bench_varlen(timer, device, dtype, T, B, I, H, repeats):
     fused = FusedIRNN.from_rnn(rnn)
     x, lengths = varlen_batch(T, B, I, dtype, device)
     packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
-    # The loss weighs each valid output by a fixed random value; padded
-    # outputs get weight 0 in the padded runs (they are not part of the data).
+    # The gradient of each valid output is a fixed random value; padded
+    # outputs get 0 in the padded runs (they are not part of the data).
     w_packed = torch.randn(packed.data.shape[0], H, dtype=dtype, device=device)
     w_padded = torch.nn.utils.rnn.pad_packed_sequence(
         packed._replace(data=w_packed), total_length=T)[0]
@@ -226,10 +226,10 @@ def bench_varlen(timer, device, dtype, T, B, I, H, repeats):
                 p.grad = None
             if use_packed:
                 out, _ = model(packed)
-                (out.data * w_packed).sum().backward()
+                out.data.backward(w_packed)
                 return [out.data.detach()] + [p.grad for p in params]
             out, _ = model(x)
-            (out * w_padded).sum().backward()
+            out.backward(w_padded)
             return [out.detach()] + [p.grad for p in params]
         return step
 

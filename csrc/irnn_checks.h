@@ -39,24 +39,36 @@ inline bool parse_nonlinearity(const std::string& nonlinearity) {
   return nonlinearity == "relu";
 }
 
+// A packed input ([N, I] rows in PackedSequence order, with lengths): its T
+// (the longest length) and B (the number of lengths), read by the backend.
+struct PackedShape {
+  int64_t T, B;
+};
+
+// `packed`: null for the padded layout [T, B, *].
 inline IrnnSizes check_forward_args(const at::Tensor& input,
                                     const at::Tensor& h0,
                                     const c10::optional<at::Tensor>& weight_ih,
                                     const at::Tensor& weight_hh,
                                     const c10::optional<at::Tensor>& bias_ih,
                                     const c10::optional<at::Tensor>& bias_hh,
-                                    const std::string& nonlinearity) {
+                                    const std::string& nonlinearity,
+                                    const PackedShape* packed = nullptr) {
   IrnnSizes s{};
   s.relu = parse_nonlinearity(nonlinearity);
-  TORCH_CHECK(input.dim() == 3, "input must be [T, B, I], got ", input.dim(),
-              "-D tensor of shape ", input.sizes());
+  TORCH_CHECK(input.dim() == (packed ? 2 : 3),
+              packed ? "a packed input must be [N, I] (PackedSequence.data), got "
+                     : "input must be [T, B, I] (or [N, I] packed, with "
+                       "lengths, on the CPU), got ",
+              input.dim(), "-D tensor of shape ", input.sizes());
   TORCH_CHECK(at::isFloatingType(input.scalar_type()),
               "input must be a floating point tensor, got ",
               input.scalar_type());
   TORCH_CHECK(weight_hh.dim() == 2 && weight_hh.size(0) == weight_hh.size(1),
               "weight_hh must be [H, H], got ", weight_hh.sizes());
-  s.T = input.size(0);
-  s.B = input.size(1);
+  s.T = packed ? packed->T : input.size(0);
+  s.B = packed ? packed->B : input.size(1);
+  const int64_t features = input.size(-1);
   s.H = weight_hh.size(0);
   TORCH_CHECK(s.T >= 1, "input must have at least one time step, got T = ",
               s.T);
@@ -67,7 +79,7 @@ inline IrnnSizes check_forward_args(const at::Tensor& input,
   check_shape(h0, {s.B, s.H}, "h0");
   s.project = weight_ih.has_value() && weight_ih->defined();
   if (s.project) {
-    s.I = input.size(2);
+    s.I = features;
     // nn.RNN refuses input_size 0 as well; the kernels index x_t[0].
     TORCH_CHECK(s.I >= 1,
                 "input must have at least one feature when weight_ih is "
@@ -76,10 +88,10 @@ inline IrnnSizes check_forward_args(const at::Tensor& input,
     check_shape(*weight_ih, {s.H, s.I}, "weight_ih");
   } else {
     s.I = s.H;
-    TORCH_CHECK(input.size(2) == s.H,
+    TORCH_CHECK(features == s.H,
                 "input must be the projected input [T, B, H] = [", s.T, ", ",
-                s.B, ", ", s.H, "] when weight_ih is None, got ",
-                input.sizes());
+                s.B, ", ", s.H, "] (or [N, H] packed) when weight_ih is None, "
+                "got ", input.sizes());
   }
   if (bias_ih.has_value() && bias_ih->defined()) {
     check_same(input, *bias_ih, "bias_ih");
@@ -97,10 +109,25 @@ inline IrnnSizes check_backward_args(
     const c10::optional<at::Tensor>& grad_h_n, const at::Tensor& input,
     const at::Tensor& h0, const c10::optional<at::Tensor>& weight_ih,
     const at::Tensor& weight_hh, const at::Tensor& output,
-    const std::string& nonlinearity) {
+    const std::string& nonlinearity, const PackedShape* packed = nullptr) {
   IrnnSizes s = check_forward_args(input, h0, weight_ih, weight_hh,
-                                   c10::nullopt, c10::nullopt, nonlinearity);
+                                   c10::nullopt, c10::nullopt, nonlinearity,
+                                   packed);
   check_same(input, output, "output");
+  if (packed) {
+    // Packed: every step's rows are [N, H], like the input's [N, *].
+    const int64_t n = input.size(0);
+    check_shape(output, {n, s.H}, "output");
+    if (grad_output.has_value() && grad_output->defined()) {
+      check_same(input, *grad_output, "grad_output");
+      check_shape(*grad_output, {n, s.H}, "grad_output");
+    }
+    if (grad_h_n.has_value() && grad_h_n->defined()) {
+      check_same(input, *grad_h_n, "grad_h_n");
+      check_shape(*grad_h_n, {s.B, s.H}, "grad_h_n");
+    }
+    return s;
+  }
   TORCH_CHECK(output.dim() == 3 && output.size(0) == s.T,
               "output must be the [T, B, H] = [", s.T, ", ", s.B, ", ", s.H,
               "] sequence saved by irnn_forward(store_sequence=True), got ",

@@ -156,9 +156,11 @@ if extension_loaded():
     def _irnn_forward_fake(input, h0, weight_ih, weight_hh, bias_ih, bias_hh,
                            nonlinearity, reverse, store_sequence,
                            lengths=None):
-        T, B = input.shape[0], input.shape[1]
-        H = weight_hh.shape[0]
-        output = input.new_empty((T if store_sequence else 0, B, H))
+        B, H = h0.shape[0], weight_hh.shape[0]
+        if input.dim() == 2:  # packed [N, I] with lengths: output [N, H]
+            output = input.new_empty((input.shape[0] if store_sequence else 0, H))
+        else:
+            output = input.new_empty((input.shape[0] if store_sequence else 0, B, H))
         return output, input.new_empty((B, H))
 
     @torch.library.register_fake("irnn_cuda::irnn_backward")

@@ -66,12 +66,14 @@ def irnn_layer(input, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None,
     With return_sequence=False no [T,B,H] output is allocated unless autograd
     needs the sequence for the backward. lengths: None, or int64 [B] on the
     input's device, sorted in decreasing order, each in 1..T (the op's
-    variable-length argument, docs/ops.md). Runs the compiled ops, which
+    variable-length argument, docs/ops.md); with lengths, input may also be
+    packed, [N,I] in PackedSequence.data's order, and the output is then
+    [N,H] packed the same way (CPU only). Runs the compiled ops, which
     must have kernels for the input's device (`layer_function` picks the
     reference where they do not).
     """
     if weight_ih.shape[1] > FUSED_INPUT_MAX:
-        if lengths is not None:
+        if lengths is not None and input.dim() == 3:
             # Padded steps may hold anything; zeros keep them out of dW_ih.
             input = input.masked_fill(padding_mask(lengths, input.shape[0]), 0)
         input = torch.matmul(input, weight_ih.t())

@@ -14,7 +14,8 @@ from torch import nn
 from torch.nn.utils.rnn import (PackedSequence, pack_padded_sequence,
                                 pad_packed_sequence)
 
-from .functional import rnn_forward
+from .functional import irnn_layer, layer_function, rnn_forward
+from .network import network_forward
 
 _INITS = ("irnn", "torch")
 
@@ -201,9 +202,11 @@ class FusedIRNN(nn.Module):
         return input, hx, [w.to(dtype) for w in weights]
 
     def _forward_packed(self, packed, hx, return_sequence):
-        """nn.RNN's forward on a PackedSequence: the rows are run padded, in
-        the packed (length-sorted) order, with their lengths, and the output
-        is packed again with the input's batch_sizes and permutation."""
+        """nn.RNN's forward on a PackedSequence. On the CPU the packed rows
+        go to the ops as they are (the kernels read and write the packed
+        layout); elsewhere they are padded, run with their lengths and
+        packed again. Either way the output has the input's batch_sizes and
+        permutation."""
         data, batch_sizes, sorted_indices, unsorted_indices = packed
         data, hx, weights = self._autocast(data, hx, list(self._flat_weights))
         if data.dim() != 2:
@@ -211,28 +214,39 @@ class FusedIRNN(nn.Module):
                              f"be 2D [sum(lengths), input_size], got "
                              f"{data.dim()}D tensor instead")
         self._check_input_and_hx(data, None, weights[0])
-        padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
-        batch = padded.shape[1]
+        batch = int(batch_sizes[0])
+        # lengths[b]: the steps whose batch size exceeds b (sorted order).
+        lengths = (batch_sizes.unsqueeze(1) > torch.arange(batch)).sum(0)
         num_dirs = 2 if self.bidirectional else 1
         if hx is None:
-            hx = padded.new_zeros(self.num_layers * num_dirs, batch,
-                                  self.hidden_size)
+            hx = data.new_zeros(self.num_layers * num_dirs, batch,
+                                self.hidden_size)
         else:
             self._check_hx(hx, data, False, batch)
             if sorted_indices is not None:
                 # nn.RNN's permute_hidden: hx is in the caller's order.
                 hx = hx.index_select(1, sorted_indices)
-        output, h_n = rnn_forward(padded, hx, weights, self.nonlinearity,
-                                  self.num_layers, self.bidirectional, False,
-                                  self.dropout, self.training,
-                                  return_sequence=return_sequence,
-                                  lengths=lengths, enforce_sorted=True)
+        layer_fn = layer_function(data.device.type, variable_length=True)
+        if layer_fn is irnn_layer:
+            output, h_n = network_forward(
+                irnn_layer, data, hx, weights, self.nonlinearity,
+                self.num_layers, self.bidirectional, False, self.dropout,
+                self.training, return_sequence, lengths)
+        else:
+            padded, _ = pad_packed_sequence(PackedSequence(data, batch_sizes))
+            output, h_n = rnn_forward(padded, hx, weights, self.nonlinearity,
+                                      self.num_layers, self.bidirectional,
+                                      False, self.dropout, self.training,
+                                      layer_fn=layer_fn,
+                                      return_sequence=return_sequence,
+                                      lengths=lengths, enforce_sorted=True)
+            if output is not None:
+                output = pack_padded_sequence(output, lengths).data
         if unsorted_indices is not None:
             h_n = h_n.index_select(1, unsorted_indices)
         if output is None:
             return None, h_n
-        packed_out = pack_padded_sequence(output, lengths, enforce_sorted=True)
-        return PackedSequence(packed_out.data, batch_sizes, sorted_indices,
+        return PackedSequence(output, batch_sizes, sorted_indices,
                               unsorted_indices), h_n
 
     def _check_input_and_hx(self, input, hx, weight):

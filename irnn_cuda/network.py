@@ -44,7 +44,7 @@ def network_forward(layer_fn, input, hx, weights, nonlinearity, num_layers,
             h_n.append(h)
         if last and not return_sequence:
             return None, torch.stack(h_n)
-        layer_input = outputs[0] if num_dirs == 1 else torch.cat(outputs, 2)
+        layer_input = outputs[0] if num_dirs == 1 else torch.cat(outputs, -1)
         if dropout > 0 and training and not last:
             layer_input = F.dropout(layer_input, dropout, training=True)
     output = layer_input.transpose(0, 1) if batch_first else layer_input

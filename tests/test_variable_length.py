@@ -401,3 +401,50 @@ def test_cuda_packed_runs_the_reference_and_says_so():
         ops.irnn_forward(x, torch.zeros(3, 4, device="cuda"), fused.weight_ih_l0,
                          fused.weight_hh_l0, None, None, "relu", False, True,
                          torch.tensor([6, 4, 1], device="cuda"))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("project,I", [(True, 1), (True, 12), (False, None)])
+def test_packed_layout_equals_padded(reverse, project, I):
+    """The ops on packed rows ([N, *] in PackedSequence.data's order, with
+    lengths) give the padded call's valid rows, gradients included, bitwise:
+    the kernels run the same code on either layout. (A large input's dW_ih
+    is a GEMM over N rows instead of T*B, summed in another order.)"""
+    T, B, H = 9, 70, 6
+    args = layer_args(T, B, I or H, H, torch.float32, project)
+    lengths = random_lengths(B, T, seed=9)
+    g = torch.Generator().manual_seed(10)
+    g_out = torch.randn(T, B, H, generator=g)
+    g_h = torch.randn(B, H, generator=g)
+    pack = lambda t: pack_padded_sequence(t, lengths).data  # noqa: E731
+    out, h_n = ops.irnn_forward(*args, "relu", reverse, True, lengths)
+    p_out, p_h = ops.irnn_forward(pack(args[0]), *args[1:], "relu", reverse,
+                                  True, lengths)
+    assert torch.equal(p_out, pack(out)) and torch.equal(p_h, h_n)
+    _, p_h_only = ops.irnn_forward(pack(args[0]), *args[1:], "relu", reverse,
+                                   False, lengths)
+    assert torch.equal(p_h_only, h_n)
+    grads = ops.irnn_backward(g_out, g_h, args[0], args[1], args[2], args[3],
+                              out, "relu", reverse, lengths)
+    p_grads = ops.irnn_backward(pack(g_out), g_h, pack(args[0]), args[1],
+                                args[2], args[3], p_out, "relu", reverse,
+                                lengths)
+    assert torch.equal(p_grads[0], pack(grads[0]))
+    for i in range(1, 5):
+        if i == 2 and I == 12:
+            assert_close_rel(p_grads[i], grads[i], 1e-6, "dW_ih")
+        else:
+            assert torch.equal(p_grads[i], grads[i]), i
+
+
+def test_packed_layout_errors():
+    args = layer_args(4, 3, 1, 2, torch.float32, True)
+    data = torch.randn(7, 1)
+    with pytest.raises(RuntimeError, match=r"sum\(lengths\) = 8 rows, got 7"):
+        ops.irnn_forward(data, *args[1:], "relu", False, True,
+                         torch.tensor([4, 2, 2]))
+    with pytest.raises(RuntimeError, match="lengths must be sorted"):
+        ops.irnn_forward(data, *args[1:], "relu", False, True,
+                         torch.tensor([2, 4, 1]))
+    with pytest.raises(RuntimeError, match=r"input must be \[T, B, I\] \(or \[N, I\] packed"):
+        ops.irnn_forward(data, *args[1:], "relu", False, True)

@@ -171,6 +171,36 @@ at::Tensor cpu_lengths(const c10::optional<at::Tensor>& lengths,
   return l;
 }
 
+// A packed input ([N, *] with lengths): T is the longest length, B the
+// number of lengths. The lengths' other checks follow in cpu_lengths.
+c10::optional<PackedShape> packed_shape(const at::Tensor& input,
+                                        const c10::optional<at::Tensor>& lengths) {
+  if (input.dim() != 2 || !has(lengths)) return c10::nullopt;
+  TORCH_CHECK(lengths->scalar_type() == at::kLong && lengths->dim() == 1 &&
+                  lengths->numel() >= 1 && lengths->device().is_cpu(),
+              "lengths of a packed input must be a non-empty int64 CPU tensor "
+              "of shape [B], got ", lengths->scalar_type(), " ",
+              lengths->sizes(), " on ", lengths->device());
+  return PackedShape{lengths->max().item<int64_t>(), lengths->size(0)};
+}
+
+// offsets[t]: the packed row where time t starts (the valid steps before
+// t), for lengths checked by cpu_lengths; their sum must be the N rows.
+std::vector<int64_t> packed_offsets(const at::Tensor& len, const IrnnSizes& s,
+                                    int64_t rows) {
+  const int64_t* v = len.data_ptr<int64_t>();
+  std::vector<int64_t> offsets(s.T);
+  int64_t running = s.B, total = 0;  // rows with length > t
+  for (int64_t t = 0; t < s.T; ++t) {
+    while (running > 0 && v[running - 1] <= t) --running;
+    offsets[t] = total;
+    total += running;
+  }
+  TORCH_CHECK(total == rows, "a packed input must have sum(lengths) = ", total,
+              " rows, got ", rows);
+  return offsets;
+}
+
 const int64_t* lengths_ptr(const at::Tensor& l) {
   return l.defined() ? l.data_ptr<int64_t>() : nullptr;
 }
@@ -195,18 +225,27 @@ std::tuple<at::Tensor, at::Tensor> irnn_forward_cpu(
     const c10::optional<at::Tensor>& bias_hh, c10::string_view nonlinearity,
     bool reverse, bool store_sequence,
     const c10::optional<at::Tensor>& lengths) {
+  const auto packed = packed_shape(input, lengths);
   const IrnnSizes s =
       check_forward_args(input, h0, weight_ih, weight_hh, bias_ih, bias_hh,
-                         std::string(nonlinearity));
+                         std::string(nonlinearity), packed ? &*packed : nullptr);
   check_lengths_arg(lengths, s);
   const at::Tensor len = cpu_lengths(lengths, s);
+  const std::vector<int64_t> offsets =
+      packed ? packed_offsets(len, s, input.size(0)) : std::vector<int64_t>();
   const auto ct = compute_type(input.scalar_type());
   const auto opts = input.options().dtype(ct);
   const at::Tensor x = input.to(ct).contiguous(), h0c = h0.to(ct).contiguous();
-  // With lengths the padded steps are zero, as pad_packed_sequence gives.
-  const int64_t out_t = store_sequence ? s.T : 0;
-  at::Tensor out = len.defined() ? at::zeros({out_t, s.B, s.H}, opts)
-                                 : at::empty({out_t, s.B, s.H}, opts);
+  // Padded with lengths: the padded steps are zero, as pad_packed_sequence
+  // gives. Packed: [N, H], one row per valid step.
+  at::Tensor out;
+  if (packed) {
+    out = at::empty({store_sequence ? input.size(0) : 0, s.H}, opts);
+  } else {
+    const int64_t out_t = store_sequence ? s.T : 0;
+    out = len.defined() ? at::zeros({out_t, s.B, s.H}, opts)
+                        : at::empty({out_t, s.B, s.H}, opts);
+  }
   advise_huge_pages(out);
   at::Tensor h_n = at::empty({s.B, s.H}, opts);
   at::Tensor scratch = store_sequence ? at::Tensor() : at::empty({s.B, s.H}, opts);
@@ -235,6 +274,7 @@ std::tuple<at::Tensor, at::Tensor> irnn_forward_cpu(
     p.h_n = h_n.data_ptr<scalar_t>();
     p.scratch = ptr_or_null<scalar_t>(scratch);
     p.lengths = lengths_ptr(len);
+    p.offsets = packed ? offsets.data() : nullptr;
     for_each_slice<scalar_t>(
         slice_bounds(s.B, num_slices(s.B), p.lengths),
         [&](int64_t, int64_t b0, int64_t b1) { k.forward(p, s.relu, b0, b1); });
@@ -251,11 +291,21 @@ irnn_backward_cpu(const c10::optional<at::Tensor>& grad_output,
                   c10::string_view nonlinearity, bool reverse,
                   const c10::optional<at::Tensor>& lengths,
                   OutputMask output_mask) {
+  const auto packed = packed_shape(input, lengths);
   const IrnnSizes s =
       check_backward_args(grad_output, grad_h_n, input, h0, weight_ih,
-                          weight_hh, output, std::string(nonlinearity));
+                          weight_hh, output, std::string(nonlinearity),
+                          packed ? &*packed : nullptr);
   check_lengths_arg(lengths, s);
   const at::Tensor len = cpu_lengths(lengths, s);
+  const std::vector<int64_t> offsets =
+      packed ? packed_offsets(len, s, input.size(0)) : std::vector<int64_t>();
+  // The per-step buffers: [T, B, *] padded, or [N, *] packed.
+  const int64_t steps = packed ? input.size(0) : s.T * s.B;
+  const auto per_step = [&](int64_t f) {
+    return packed ? std::vector<int64_t>{steps, f}
+                  : std::vector<int64_t>{s.T, s.B, f};
+  };
   const auto ct = compute_type(input.scalar_type());
   const auto opts = input.options().dtype(ct);
   const int64_t T = s.T, B = s.B, I = s.I, H = s.H;
@@ -275,13 +325,13 @@ irnn_backward_cpu(const c10::optional<at::Tensor>& grad_output,
   // padded steps stay zero.
   const bool keep_da = s.project ? (!fuse_ih && (want_dx || want_dwih)) : want_dx;
   const auto buffer = [&](at::IntArrayRef size) {
-    return len.defined() ? at::zeros(size, opts) : at::empty(size, opts);
+    return len.defined() && !packed ? at::zeros(size, opts) : at::empty(size, opts);
   };
-  at::Tensor da = keep_da ? buffer({T, B, H}) : at::Tensor();
+  at::Tensor da = keep_da ? buffer(per_step(H)) : at::Tensor();
   if (keep_da) advise_huge_pages(da);
   at::Tensor da_scratch = keep_da ? at::Tensor() : at::empty({2, B, H}, opts);
   at::Tensor dh0 = want_dh0 ? at::empty({B, H}, opts) : at::Tensor();
-  at::Tensor dx = (fuse_ih && want_dx) ? buffer({T, B, I}) : at::Tensor();
+  at::Tensor dx = (fuse_ih && want_dx) ? buffer(per_step(I)) : at::Tensor();
   at::Tensor db, dw_ih_t, dw_hh;
   AT_DISPATCH_FLOATING_TYPES(ct, "irnn_backward_cpu", [&] {
     const KernelTable<scalar_t> k = kernels<scalar_t>();
@@ -322,6 +372,7 @@ irnn_backward_cpu(const c10::optional<at::Tensor>& grad_output,
     p.gather = gather.data_ptr<scalar_t>();
     p.dwih_part = ptr_or_null<scalar_t>(dwih_part);
     p.lengths = lengths_ptr(len);
+    p.offsets = packed ? offsets.data() : nullptr;
     for_each_slice<scalar_t>(bounds, [&](int64_t slice, int64_t b0, int64_t b1) {
       k.backward(p, s.relu, b0, b1, slice);
     });
@@ -338,11 +389,13 @@ irnn_backward_cpu(const c10::optional<at::Tensor>& grad_output,
     // A large input's gradients are GEMMs over all steps. da is zero at
     // padded steps; x there may hold anything (NaN included), so it is
     // zeroed before it meets da.
-    const at::Tensor da2 = da.defined() ? da.view({T * B, H}) : at::Tensor();
-    if (want_dx) dx = at::mm(da2, weight_ih->to(ct)).view({T, B, I});
+    const at::Tensor da2 = da.defined() ? da.view({steps, H}) : at::Tensor();
+    if (want_dx) dx = at::mm(da2, weight_ih->to(ct)).view(per_step(I));
     if (want_dwih) {
-      const at::Tensor xv = len.defined() ? x.masked_fill(padding_mask(len, T), 0) : x;
-      dw_ih = at::mm(da2.t(), xv.view({T * B, I}));
+      const at::Tensor xv = len.defined() && !packed
+                                ? x.masked_fill(padding_mask(len, T), 0)
+                                : x;
+      dw_ih = at::mm(da2.t(), xv.view({steps, I}));
     }
   }
   const auto dt = input.scalar_type();

@@ -167,6 +167,11 @@ template <class P>
 inline int64_t row_time(const P& p, int64_t b, int64_t s) {
   return p.reverse ? row_length(p, b) - 1 - s : s;
 }
+// The row of time t, batch row b in the per-step buffers (padded or packed).
+template <class P>
+inline int64_t pos(const P& p, int64_t t, int64_t b) {
+  return p.offsets ? p.offsets[t] + b : t * p.B + b;
+}
 
 // Forward of rows [b0, b1) over all steps. With lengths, only the rows still
 // running are computed: at step s, the first n of the slice.
@@ -174,17 +179,17 @@ template <class V, bool kRelu>
 void forward_slice(const FwdParams<typename V::S>& p, int64_t b0, int64_t b1) {
   using S = typename V::S;
   using R = typename V::R;
-  const int64_t T = p.T, B = p.B, H = p.H, Hp = p.Hp;
+  const int64_t T = p.T, H = p.H, Hp = p.Hp;
   const int64_t ix = p.wih_t ? p.I : H;  // row length of x
   // The state row b writes at step s. Without a sequence the states
   // ping-pong between scratch and h_n, arranged so that the row's last step
   // lands in h_n.
   auto state = [&](int64_t b, int64_t s) -> S* {
-    if (p.out) return p.out + (row_time(p, b, s) * B + b) * H;
+    if (p.out) return p.out + pos(p, row_time(p, b, s), b) * H;
     return (((row_length(p, b) - 1 - s) & 1) ? p.scratch : p.h_n) + b * H;
   };
   auto x_row = [&](int64_t b, int64_t s) {
-    return p.x + (row_time(p, b, s) * B + b) * ix;
+    return p.x + pos(p, row_time(p, b, s), b) * ix;
   };
   int64_t n = b1 - b0;  // rows [b0, b0 + n) are still running
   for (int64_t s = 0; s < T; ++s) {
@@ -301,12 +306,12 @@ void backward_slice(const BwdParams<typename V::S>& p, int64_t b0, int64_t b1,
   // Row b's da at step s: the full sequence when the caller keeps it, else
   // two alternating [B,H] buffers.
   auto da_row = [&](int64_t b, int64_t s) -> S* {
-    return p.da ? p.da + (row_time(p, b, s) * B + b) * H
+    return p.da ? p.da + pos(p, row_time(p, b, s), b) * H
                 : p.da_scratch + ((s & 1) * B + b) * H;
   };
   // Row b's state before step s.
   auto h_prev_row = [&](int64_t b, int64_t s) -> const S* {
-    return s == 0 ? p.h0 + b * H : p.out + (row_time(p, b, s - 1) * B + b) * H;
+    return s == 0 ? p.h0 + b * H : p.out + pos(p, row_time(p, b, s - 1), b) * H;
   };
   // Per-row, per-input partial dot products for dx (fused small I only).
   S dxacc[kMaxRows][kMaxFusedInput * V::kL];
@@ -351,8 +356,8 @@ void backward_slice(const BwdParams<typename V::S>& p, int64_t b0, int64_t b1,
         const int64_t next = b + mr, next_rows = e - next < kMaxRows ? e - next : kMaxRows;
         for (int64_t r = 0; r < next_rows && !to_h0; ++r) {
           const int64_t t = row_time(p, next + r, s);
-          if (p.g_out) prefetch_row(p.g_out + (t * B + next + r) * H, H);
-          prefetch_row(p.out + (t * B + next + r) * H, H);
+          if (p.g_out) prefetch_row(p.g_out + pos(p, t, next + r) * H, H);
+          prefetch_row(p.out + pos(p, t, next + r) * H, H);
           if (dwhh) prefetch_row(h_prev_row(next + r, s), H);
         }
         with_rows<kMaxRows>(mr, [&](auto mr_c) {
@@ -369,10 +374,11 @@ void backward_slice(const BwdParams<typename V::S>& p, int64_t b0, int64_t b1,
             const int64_t t = to_h0 ? 0 : row_time(p, row, s);
             an[r] = continues ? da_row(row, s + 1) : nullptr;
             gn[r] = (!continues && p.g_hn) ? p.g_hn + row * H : nullptr;
-            gt[r] = (!to_h0 && p.g_out) ? p.g_out + (t * B + row) * H : nullptr;
-            ht[r] = to_h0 ? nullptr : p.out + (t * B + row) * H;
-            xr[r] = (!to_h0 && dwih) ? p.x + (t * B + row) * I : nullptr;
-            dxr[r] = (!to_h0 && want_dx) ? p.dx + (t * B + row) * I : nullptr;
+            const int64_t at = to_h0 ? 0 : pos(p, t, row);
+            gt[r] = (!to_h0 && p.g_out) ? p.g_out + at * H : nullptr;
+            ht[r] = to_h0 ? nullptr : p.out + at * H;
+            xr[r] = (!to_h0 && dwih) ? p.x + at * I : nullptr;
+            dxr[r] = (!to_h0 && want_dx) ? p.dx + at * I : nullptr;
             dst[r] = to_h0 ? p.dh0 + row * H : da_row(row, s);
           }
           const int64_t ni = to_h0 ? 0 : fused_i;

@@ -7,6 +7,12 @@
 // only its first lengths[b] steps, so the rows still running at step s of a
 // slice are a prefix of it. Walking forward, row b's step s is time s;
 // reversed, it is time lengths[b]-1-s. Without lengths every row runs T.
+//
+// Layout of the per-step buffers (x, out, g_out, da, dx): padded, row b of
+// time t at row t*B + b of a [T*B, *] block; or packed (with `offsets`, as
+// PackedSequence.data), at row offsets[t] + b, where offsets[t] is the
+// number of valid steps before time t. The kernels touch valid steps only,
+// so both layouts run the same code.
 #pragma once
 
 #include <cstdint>
@@ -33,6 +39,7 @@ struct FwdParams {
   S* h_n;           // [B,H]
   S* scratch;       // [B,H] second state buffer when out is null
   const int64_t* lengths;  // [B] steps per row, or null (all T)
+  const int64_t* offsets;  // [T] packed layout, or null (padded)
 };
 
 // A null result pointer means that gradient is not wanted (the op's output
@@ -57,6 +64,7 @@ struct BwdParams {
   S* dwih_part;     // [slices,I,Hp] per-slice dW_ih^T, zero-initialised, or null
   S* gather;        // [slices,2,kBackwardChunk,H] per-slice scratch
   const int64_t* lengths;  // [B] steps per row, or null (all T)
+  const int64_t* offsets;  // [T] packed layout, or null (padded)
 };
 
 // One implementation per instruction set; `relu` false means tanh.
