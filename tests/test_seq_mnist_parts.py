@@ -11,6 +11,8 @@ import sys
 import pytest
 import torch
 
+import irnn_cuda
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 PACKAGE = os.path.join(BENCH, "mnist_irnn")
@@ -125,6 +127,50 @@ def test_every_impl_gives_the_same_logits(impl):
     other = model.SeqMNISTModel(4, impl, "irnn")
     assert other.state_dict().keys() == fused.state_dict().keys()
     torch.testing.assert_close(other(pixels), fused(pixels))
+
+
+def test_crop_lengths_end_after_the_last_nonzero_row():
+    pixels = torch.zeros(4, data.STEPS)
+    pixels[0, 5] = 0.5              # row 0 only
+    pixels[1, 27 * 28 + 3] = 1.0    # the last row
+    pixels[2, 10 * 28 + 27] = 0.1   # row 10, last column; row 3 too
+    pixels[2, 3 * 28] = 0.2
+    # pixels[3] is blank: at least one row
+    assert model.crop_lengths(pixels).tolist() == [28, 784, 11 * 28, 28]
+    assert model.mean_length((pixels > 0).to(torch.uint8)) == (
+        28 + 784 + 11 * 28 + 28) / 4
+
+
+@pytest.mark.parametrize("impl", ["fused", "torch", "reference"])
+def test_variable_length_logits_are_each_image_cropped(impl):
+    """--variable-length: every image's logits are those of the same model
+    on that image alone, cut after its last non-zero row."""
+    g = torch.Generator().manual_seed(2)
+    pixels = torch.rand(3, data.STEPS, generator=g)
+    pixels[0, 20 * 28:] = 0
+    pixels[2, 9 * 28:] = 0
+    torch.manual_seed(1)
+    cropped = model.SeqMNISTModel(4, impl, "torch", variable_length=True)
+    logits = cropped(pixels)
+    plain = model.SeqMNISTModel(4, impl, "torch")
+    plain.load_state_dict(cropped.state_dict())
+    for b, n in enumerate(model.crop_lengths(pixels).tolist()):
+        rows = pixels[b:b + 1, :n]
+        x = rows.t().unsqueeze(-1)
+        rnn = plain.rnn
+        h0 = x.new_zeros(1, 1, rnn.hidden_size)
+        _, h_n = irnn_cuda.irnn_reference(
+            x, h0, [rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0,
+                    rnn.bias_hh_l0])
+        torch.testing.assert_close(logits[b], plain.fc(h_n[-1])[0])
+
+
+def test_variable_length_needs_pixel_order():
+    with pytest.raises(ConfigError, match="drop --permute or --variable-length"):
+        config.resolve_config({"variable_length": True, "permute": True})
+    saved = config.resolve_config({})
+    del saved["variable_length"]  # a checkpoint from before the flag
+    assert config.resolve_config({}, saved)["variable_length"] is False
 
 
 def test_evaluate_counts_every_image_once():

@@ -25,10 +25,11 @@ DEFAULTS = {
     "val_split": 0, "max_steps": None, "eval_batch_size": 1024,
     "device": "auto", "data_dir": None, "out": None, "resume": None,
     "eval_only": None, "on_nonfinite": "stop", "max_rollbacks": 3,
-    "preset": None, "progress": True,
+    "preset": None, "progress": True, "variable_length": False,
 }
 # Settings a checkpoint written before they existed was trained with.
-LEGACY = {"lr_schedule": "constant", "warmup_steps": 0, "max_rollbacks": 3}
+LEGACY = {"lr_schedule": "constant", "warmup_steps": 0, "max_rollbacks": 3,
+          "variable_length": False}
 # Each preset's source is in docs/seq_mnist.md ("Recipes").
 PRESETS = {
     # The Keras notebook's setup with the IRNN initialisation restored:
@@ -110,6 +111,10 @@ def build_parser():
     model.add_argument("--permute", action="store_true",
                        help="permuted pixel MNIST, one fixed permutation "
                             "drawn from the seed")
+    model.add_argument("--variable-length", action="store_true",
+                       help="each image ends after its last row holding a "
+                            "non-zero pixel (a variable-length batch, run "
+                            "as a PackedSequence); pixel order only")
     model.add_argument("--lr-schedule", choices=["constant", "cosine"],
                        help="cosine (default): decay to zero at the run's "
                             "last step, after the warm-up; or constant")
@@ -221,6 +226,10 @@ def check(config):
             math.isfinite(config["clip_norm"]) and config["clip_norm"] > 0):
         raise ConfigError(f"--clip-norm must be a positive finite number, "
                           f"got {config['clip_norm']}")
+    if config["variable_length"] and config["permute"]:
+        raise ConfigError("--variable-length crops each image after its last "
+                          "non-zero pixel row, which only has a meaning in "
+                          "pixel order; drop --permute or --variable-length")
     if not 0 <= config["seed"] <= MAX_SEED:
         raise ConfigError(f"--seed must be between 0 and {MAX_SEED}, got "
                           f"{config['seed']}")

@@ -1,6 +1,7 @@
 """The classifier and its optimiser."""
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import irnn_cuda
 import mnist_data
@@ -16,9 +17,10 @@ class SeqMNISTModel(nn.Module):
     them.
     """
 
-    def __init__(self, hidden, impl, init):
+    def __init__(self, hidden, impl, init, variable_length=False):
         super().__init__()
         self.impl = impl
+        self.variable_length = variable_length
         rnn = irnn_cuda.FusedIRNN(1, hidden, nonlinearity="relu",
                                   init="irnn" if init == "irnn" else "torch")
         if init == "keras-default":
@@ -36,8 +38,11 @@ class SeqMNISTModel(nn.Module):
         self.rnn = rnn if impl == "fused" else rnn.to_rnn()
 
     def forward(self, pixels):
-        """pixels: [B, 784] in [0, 1] -> logits [B, 10]."""
+        """pixels: [B, 784] in [0, 1] -> logits [B, 10]. With
+        variable_length, each image ends after its last non-zero row."""
         x = pixels.t().unsqueeze(-1).contiguous()  # [T=784, B, I=1]
+        if self.variable_length:
+            return self.fc(self._last_state_cropped(x, crop_lengths(pixels)))
         if self.impl == "fused":
             _, h_n = self.rnn(x, return_sequence=False)
         elif self.impl == "torch":
@@ -50,6 +55,39 @@ class SeqMNISTModel(nn.Module):
                         r.bias_hh_l0], "relu", 1, False, False, 0.0,
                 self.training)
         return self.fc(h_n[-1])
+
+
+    def _last_state_cropped(self, x, lengths):
+        """The state after each row's last step: a PackedSequence through
+        FusedIRNN or nn.RNN, the reference with its lengths."""
+        if self.impl == "reference":
+            r = self.rnn
+            h0 = x.new_zeros(1, x.shape[1], r.hidden_size)
+            _, h_n = irnn_cuda.irnn_reference(
+                x, h0, [r.weight_ih_l0, r.weight_hh_l0, r.bias_ih_l0,
+                        r.bias_hh_l0], "relu", 1, False, False, 0.0,
+                self.training, lengths=lengths)
+            return h_n[-1]
+        packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+        if self.impl == "fused":
+            _, h_n = self.rnn(packed, return_sequence=False)
+        else:
+            _, h_n = self.rnn(packed)
+        return h_n[-1]
+
+
+def crop_lengths(pixels):
+    """[B] steps of each image [B, 784] when it ends after its last row
+    holding a non-zero pixel (at least one row)."""
+    side = mnist_data.IMAGE_SIDE
+    rows = pixels.reshape(len(pixels), side, side).ne(0).any(2)  # [B, 28]
+    last = (rows * torch.arange(1, side + 1, device=pixels.device)).amax(1)
+    return last.clamp(min=1) * side
+
+
+def mean_length(images):
+    """The mean of crop_lengths over images [N, 784] (any dtype)."""
+    return crop_lengths(images).double().mean().item() if len(images) else 0.0
 
 
 def make_optimizer(config, params):

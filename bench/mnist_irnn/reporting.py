@@ -13,6 +13,7 @@ import torch
 import irnn_cuda
 
 from .files import atomic_write
+from .model import mean_length
 
 
 def _cpu_name():
@@ -66,7 +67,10 @@ def write_config(out, settings, data, d):
     _write_json(os.path.join(out, "config.json"), {
         "settings": settings, "data": data.source,
         "train_images": len(data.train[0]), "val_images": len(data.val[0]),
-        "test_images": len(data.test[0]), "environment": environment(d),
+        "test_images": len(data.test[0]),
+        **({"mean_train_length": mean_length(data.train[0])}
+           if settings.get("variable_length") else {}),
+        "environment": environment(d),
         "resumes": []})
 
 

@@ -13,10 +13,10 @@ from . import reporting
 from .checkpoints import (completed_epochs, restore, rng_states,
                           save_checkpoint)
 from .config import PER_RUN
-from .data import Data, epoch_batches, epoch_order, to_pixels
+from .data import STEPS, Data, epoch_batches, epoch_order, to_pixels
 from .errors import DivergedError
 from .evaluation import evaluate
-from .model import SeqMNISTModel, make_optimizer
+from .model import SeqMNISTModel, make_optimizer, mean_length
 from .rollback import Rollback
 from .run_dir import open_run_dir
 from .schedule import learning_rate, set_learning_rate
@@ -47,7 +47,8 @@ class Run:
         torch.manual_seed(config["seed"])
         random.seed(config["seed"])
         self.model = SeqMNISTModel(config["hidden"], config["impl"],
-                                   config["init"]).to(d.device)
+                                   config["init"],
+                                   config["variable_length"]).to(d.device)
         self.optimizer = make_optimizer(config, self.model.parameters())
         self.rows, self.step, self.best_val = [], 0, -1.0
         self.start_epoch, self.start_batch, self.partial = 1, 0, None
@@ -216,6 +217,12 @@ def train(config, d, ckpt=None, ckpt_path=None):
               f"{f' over {d.world} ranks' if d.enabled else ''}, "
               f"{len(data.train[0])} train / {len(data.test[0])} test images"
               f", device {d.device}, run dir {config['out']}", flush=True)
+        if config["variable_length"]:
+            mean = mean_length(data.train[0])
+            print(f"seq_mnist: variable length: each image ends after its "
+                  f"last non-zero row; mean sequence length {mean:.1f} of "
+                  f"{STEPS} steps ({mean / STEPS:.1%}) on the training "
+                  f"images", flush=True)
     batches = epoch_batches(len(data.train[0]), config["batch_size"], d.world)
     run.total_steps = config["epochs"] * len(batches)
     final = run.rows[-1] if run.rows else None
