@@ -152,10 +152,19 @@ def warn_variable_length_fallback(device_type):
 
 if extension_loaded():
 
+    def _check_lengths_device(input, lengths):
+        # The dispatcher sends a call whose lengths alone are on the meta
+        # device here; the kernels would refuse it.
+        if (lengths is not None and lengths.device != input.device
+                and lengths.device.type != "cpu"):
+            raise RuntimeError(f"lengths must be on the CPU or on the input's "
+                               f"device ({input.device}), got {lengths.device}")
+
     @torch.library.register_fake("irnn_cuda::irnn_forward")
     def _irnn_forward_fake(input, h0, weight_ih, weight_hh, bias_ih, bias_hh,
                            nonlinearity, reverse, store_sequence,
                            lengths=None):
+        _check_lengths_device(input, lengths)
         B, H = h0.shape[0], weight_hh.shape[0]
         if input.dim() == 2:  # packed [N, I] with lengths: output [N, H]
             output = input.new_empty((input.shape[0] if store_sequence else 0, H))
@@ -167,6 +176,7 @@ if extension_loaded():
     def _irnn_backward_fake(grad_output, grad_h_n, input, h0, weight_ih,
                             weight_hh, output, nonlinearity, reverse,
                             lengths=None, output_mask=(True,) * 5):
+        _check_lengths_device(input, lengths)
         H = weight_hh.shape[0]
         shapes = (input.shape, h0.shape,
                   weight_ih.shape if weight_ih is not None else (0,),

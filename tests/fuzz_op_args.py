@@ -126,6 +126,61 @@ def cases():
                      if op == "forward" else dict(reverse=False))
             yield (f"{op} nonlinearity={nonlinearity!r}", op,
                    dict(kw, nonlinearity=nonlinearity, **extra), False)
+    yield from lengths_cases()
+
+
+LENGTHS_VARIANTS = {
+    # (lengths for B = 2 rows of T = 3 steps, well formed)
+    "valid": (torch.tensor([3, 1]), True),
+    "int32": (torch.tensor([3, 1], dtype=torch.int32), False),
+    "float": (torch.tensor([3.0, 1.0]), False),
+    "bool": (torch.tensor([True, True]), False),
+    "rank0": (torch.tensor(3), False),
+    "rank2": (torch.tensor([[3, 1]]), False),
+    "short": (torch.tensor([3]), False),
+    "long": (torch.tensor([3, 2, 1]), False),
+    "empty": (torch.tensor([], dtype=torch.int64), False),
+    "negative": (torch.tensor([3, -1]), False),
+    "zero": (torch.tensor([3, 0]), False),
+    "over_T": (torch.tensor([4, 1]), False),
+    "huge": (torch.tensor([2**62, 1]), False),
+    "min_int": (torch.tensor([3, -2**63]), False),
+    "unsorted": (torch.tensor([1, 3]), False),
+    "expanded": (torch.tensor([3]).expand(2), True),
+    "strided": (torch.tensor([3, 0, 1, 0])[::2], True),
+    **{f"on {device}": (torch.tensor([3, 1], device=device), False)
+       for device in DEVICES},
+}
+
+
+def lengths_cases():
+    """`lengths` made wrong one way at a time, on padded [3, 2, *] input
+    and on packed [N, *] input (PackedSequence.data's layout), for both
+    ops; and packed inputs whose row count disagrees with the lengths."""
+    for layout in ("padded", "packed"):
+        for name, (lengths, well_formed) in LENGTHS_VARIANTS.items():
+            for op, make in (("forward", forward_args), ("backward", backward_args)):
+                kw = make(3, 2, 2, 3)
+                if layout == "packed":
+                    # [T, B, *] -> the rows of lengths [3, 1]: t0 b0, t0 b1, t1 b0, t2 b0
+                    rows = [(0, 0), (0, 1), (1, 0), (2, 0)]
+                    for key in ("input", "output", "grad_output"):
+                        if key in kw:
+                            kw[key] = torch.stack([kw[key][t, b] for t, b in rows])
+                extra = (dict(nonlinearity="relu", reverse=False,
+                              store_sequence=True) if op == "forward"
+                         else dict(nonlinearity="relu", reverse=True))
+                # Packed rows are laid out for lengths [3, 1] only.
+                valid = well_formed and (layout == "padded"
+                                         or lengths.tolist() == [3, 1])
+                yield (f"{op} {layout} lengths={name}", op,
+                       dict(kw, lengths=lengths, **extra), valid)
+    for rows in (0, 3, 5, 2**20):
+        kw = forward_args(3, 2, 2, 3)
+        yield (f"forward packed with {rows} rows for lengths [3, 1]", "forward",
+               dict(kw, input=torch.randn(rows, 2), lengths=torch.tensor([3, 1]),
+                    nonlinearity="relu", reverse=False, store_sequence=True),
+               False)
 
 
 def expected_forward(kw):
@@ -137,7 +192,8 @@ def expected_forward(kw):
     return irnn_layer_reference(x.double(), kw["h0"].double(), w_ih.double(),
                                 kw["weight_hh"].double(),
                                 _double(kw["bias_ih"]), _double(kw["bias_hh"]),
-                                kw["nonlinearity"], kw["reverse"], True)
+                                kw["nonlinearity"], kw["reverse"], True,
+                                kw.get("lengths"))
 
 
 def _double(t):
@@ -146,6 +202,20 @@ def _double(t):
 
 def check_result(kind, kw, result, well_formed):
     """Raises AssertionError unless `result` is a valid result of the call."""
+    lengths = kw.get("lengths")
+    if lengths is not None and kw["input"].dim() == 2:
+        # Packed rows: results in the packed layout, valid steps only.
+        B, H = lengths.numel(), kw["weight_hh"].shape[0]
+        if kind == "forward":
+            output, h_n = result
+            rows = kw["input"].shape[0] if kw["store_sequence"] else 0
+            assert output.shape == (rows, H) and h_n.shape == (B, H)
+        else:
+            assert result[0].shape == kw["input"].shape
+            assert result[1].shape == (B, H)
+        for r in result:
+            assert torch.isfinite(r.double()).all(), "non-finite result"
+        return
     if kind == "forward":
         output, h_n = result
         T, B = kw["input"].shape[:2]

@@ -189,15 +189,18 @@ c10::optional<PackedShape> packed_shape(const at::Tensor& input,
 std::vector<int64_t> packed_offsets(const at::Tensor& len, const IrnnSizes& s,
                                     int64_t rows) {
   const int64_t* v = len.data_ptr<int64_t>();
-  std::vector<int64_t> offsets(s.T);
-  int64_t running = s.B, total = 0;  // rows with length > t
-  for (int64_t t = 0; t < s.T; ++t) {
-    while (running > 0 && v[running - 1] <= t) --running;
-    offsets[t] = total;
-    total += running;
-  }
+  // Checked first: with every length at least 1, T <= N bounds the table.
+  int64_t total = 0;
+  for (int64_t b = 0; b < s.B; ++b) total += v[b];
   TORCH_CHECK(total == rows, "a packed input must have sum(lengths) = ", total,
               " rows, got ", rows);
+  std::vector<int64_t> offsets(s.T);
+  int64_t running = s.B, start = 0;  // rows with length > t
+  for (int64_t t = 0; t < s.T; ++t) {
+    while (running > 0 && v[running - 1] <= t) --running;
+    offsets[t] = start;
+    start += running;
+  }
   return offsets;
 }
 
@@ -242,9 +245,8 @@ std::tuple<at::Tensor, at::Tensor> irnn_forward_cpu(
   if (packed) {
     out = at::empty({store_sequence ? input.size(0) : 0, s.H}, opts);
   } else {
-    const int64_t out_t = store_sequence ? s.T : 0;
-    out = len.defined() ? at::zeros({out_t, s.B, s.H}, opts)
-                        : at::empty({out_t, s.B, s.H}, opts);
+    // The kernels write the padded steps' zeros.
+    out = at::empty({store_sequence ? s.T : 0, s.B, s.H}, opts);
   }
   advise_huge_pages(out);
   at::Tensor h_n = at::empty({s.B, s.H}, opts);
@@ -321,12 +323,10 @@ irnn_backward_cpu(const c10::optional<at::Tensor>& grad_output,
                      ? input.to(ct).contiguous()
                      : at::Tensor();
   // Every step's da is kept only where it is an output (the gradient of a
-  // projected input) or feeds the GEMMs of a large input. With lengths its
-  // padded steps stay zero.
+  // projected input) or feeds the GEMMs of a large input. With lengths the
+  // kernels write zeros at its padded steps (and dx's).
   const bool keep_da = s.project ? (!fuse_ih && (want_dx || want_dwih)) : want_dx;
-  const auto buffer = [&](at::IntArrayRef size) {
-    return len.defined() && !packed ? at::zeros(size, opts) : at::empty(size, opts);
-  };
+  const auto buffer = [&](at::IntArrayRef size) { return at::empty(size, opts); };
   at::Tensor da = keep_da ? buffer(per_step(H)) : at::Tensor();
   if (keep_da) advise_huge_pages(da);
   at::Tensor da_scratch = keep_da ? at::Tensor() : at::empty({2, B, H}, opts);

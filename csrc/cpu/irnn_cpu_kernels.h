@@ -173,6 +173,19 @@ inline int64_t pos(const P& p, int64_t t, int64_t b) {
   return p.offsets ? p.offsets[t] + b : t * p.B + b;
 }
 
+// Padded layout with lengths: writes zeros to the rows [b0, b1) of `buf`
+// (a [T, B, width] block) at every time after the row's end, as
+// pad_packed_sequence gives; by the thread that owns the rows, once.
+template <class P, typename S>
+void zero_padding(const P& p, S* buf, int64_t width, int64_t b0, int64_t b1) {
+  for (int64_t b = b0; b < b1; ++b) {
+    for (int64_t t = row_length(p, b); t < p.T; ++t) {
+      S* row = buf + pos(p, t, b) * width;
+      for (int64_t i = 0; i < width; ++i) row[i] = S(0);
+    }
+  }
+}
+
 // Forward of rows [b0, b1) over all steps. With lengths, only the rows still
 // running are computed: at step s, the first n of the slice.
 template <class V, bool kRelu>
@@ -240,6 +253,7 @@ void forward_slice(const FwdParams<typename V::S>& p, int64_t b0, int64_t b1) {
       for (int64_t i = 0; i < H; ++i) p.h_n[b * H + i] = last[i];
     }
   }
+  if (p.out && p.lengths && !p.offsets) zero_padding(p, p.out, H, b0, b1);
 }
 
 // Rows per chunk of the backward (irnn_cpu_params.h): a chunk's da and
@@ -463,6 +477,10 @@ void backward_slice(const BwdParams<typename V::S>& p, int64_t b0, int64_t b1,
         gathered = 0;
       }
     }
+  }
+  if (p.lengths && !p.offsets) {
+    if (p.da) zero_padding(p, p.da, H, b0, b1);
+    if (want_dx) zero_padding(p, p.dx, I, b0, b1);
   }
 }
 
