@@ -326,12 +326,11 @@ irnn_backward_cpu(const c10::optional<at::Tensor>& grad_output,
   // projected input) or feeds the GEMMs of a large input. With lengths the
   // kernels write zeros at its padded steps (and dx's).
   const bool keep_da = s.project ? (!fuse_ih && (want_dx || want_dwih)) : want_dx;
-  const auto buffer = [&](at::IntArrayRef size) { return at::empty(size, opts); };
-  at::Tensor da = keep_da ? buffer(per_step(H)) : at::Tensor();
+  at::Tensor da = keep_da ? at::empty(per_step(H), opts) : at::Tensor();
   if (keep_da) advise_huge_pages(da);
   at::Tensor da_scratch = keep_da ? at::Tensor() : at::empty({2, B, H}, opts);
   at::Tensor dh0 = want_dh0 ? at::empty({B, H}, opts) : at::Tensor();
-  at::Tensor dx = (fuse_ih && want_dx) ? buffer(per_step(I)) : at::Tensor();
+  at::Tensor dx = (fuse_ih && want_dx) ? at::empty(per_step(I), opts) : at::Tensor();
   at::Tensor db, dw_ih_t, dw_hh;
   AT_DISPATCH_FLOATING_TYPES(ct, "irnn_backward_cpu", [&] {
     const KernelTable<scalar_t> k = kernels<scalar_t>();
