@@ -26,10 +26,11 @@ DEFAULTS = {
     "device": "auto", "data_dir": None, "out": None, "resume": None,
     "eval_only": None, "on_nonfinite": "stop", "max_rollbacks": 3,
     "preset": None, "progress": True, "variable_length": False,
+    "input_norm": "unit",
 }
 # Settings a checkpoint written before they existed was trained with.
 LEGACY = {"lr_schedule": "constant", "warmup_steps": 0, "max_rollbacks": 3,
-          "variable_length": False}
+          "variable_length": False, "input_norm": "unit"}
 # Each preset's source is in docs/seq_mnist.md ("Recipes").
 PRESETS = {
     # The Keras notebook's setup with the IRNN initialisation restored:
@@ -115,6 +116,10 @@ def build_parser():
                        help="each image ends after its last row holding a "
                             "non-zero pixel (a variable-length batch, run "
                             "as a PackedSequence); pixel order only")
+    model.add_argument("--input-norm", choices=["unit", "standard"],
+                       help="unit (default): pixels in [0, 1]; standard: "
+                            "(pixel - 0.1307) / 0.3081, the MNIST training "
+                            "pixels' mean and standard deviation")
     model.add_argument("--lr-schedule", choices=["constant", "cosine"],
                        help="cosine (default): decay to zero at the run's "
                             "last step, after the warm-up; or constant")

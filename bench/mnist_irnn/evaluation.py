@@ -33,7 +33,8 @@ def evaluate_checkpoint(config, ckpt, path, d):
     """--eval-only: the checkpoint's model on the test set. `config` is
     the checkpoint's settings with the flags --eval-only may change."""
     model = SeqMNISTModel(config["hidden"], config["impl"], config["init"],
-                          config["variable_length"])
+                          config["variable_length"],
+                          config["input_norm"])
     load_model_state(model, ckpt, path)
     model.to(d.device)
     data = Data(config, d.device)

@@ -7,6 +7,14 @@ import irnn_cuda
 import mnist_data
 
 
+# --input-norm: "unit" feeds the pixels in [0, 1], as the Keras example;
+# "standard" subtracts the MNIST training pixels' mean and divides by their
+# standard deviation (over all 60,000 training images, the values
+# torchvision's MNIST examples use).
+INPUT_NORMS = {"unit", "standard"}
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
 class SeqMNISTModel(nn.Module):
     """Recurrent layer -> last hidden state -> Linear(hidden, 10).
 
@@ -17,10 +25,15 @@ class SeqMNISTModel(nn.Module):
     them.
     """
 
-    def __init__(self, hidden, impl, init, variable_length=False):
+    def __init__(self, hidden, impl, init, variable_length=False,
+                 input_norm="unit"):
         super().__init__()
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm must be one of {sorted(INPUT_NORMS)},"
+                             f" got {input_norm!r}")
         self.impl = impl
         self.variable_length = variable_length
+        self.input_norm = input_norm
         rnn = irnn_cuda.FusedIRNN(1, hidden, nonlinearity="relu",
                                   init="irnn" if init == "irnn" else "torch")
         if init == "keras-default":
@@ -39,8 +52,11 @@ class SeqMNISTModel(nn.Module):
 
     def forward(self, pixels):
         """pixels: [B, 784] in [0, 1] -> logits [B, 10]. With
-        variable_length, each image ends after its last non-zero row."""
+        variable_length, each image ends after its last non-zero row; with
+        input_norm "standard" the layer sees (pixel - mean) / std."""
         x = pixels.t().unsqueeze(-1).contiguous()  # [T=784, B, I=1]
+        if self.input_norm == "standard":
+            x = (x - MNIST_MEAN) / MNIST_STD
         if self.variable_length:
             return self.fc(self._last_state_cropped(x, crop_lengths(pixels)))
         if self.impl == "fused":

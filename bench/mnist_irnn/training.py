@@ -48,7 +48,8 @@ class Run:
         random.seed(config["seed"])
         self.model = SeqMNISTModel(config["hidden"], config["impl"],
                                    config["init"],
-                                   config["variable_length"]).to(d.device)
+                                   config["variable_length"],
+                          config["input_norm"]).to(d.device)
         self.optimizer = make_optimizer(config, self.model.parameters())
         self.rows, self.step, self.best_val = [], 0, -1.0
         self.start_epoch, self.start_batch, self.partial = 1, 0, None
