@@ -9,10 +9,14 @@
 # Stages in priority order, each under its own timeout (seconds, the sum is
 # the budget, STAGE_CAPS below, 300 s in all):
 #   1. build       the extension for sm_90 only (TORCH_CUDA_ARCH_LIST=9.0);
-#   2. cuda-tests  tests/test_cuda.py with IRNN_REQUIRE_GPU=1 (fail, not skip);
-#   3. bench       bench/bench_rnn.py --device cuda --tf32 off: FusedIRNN and
-#                  nn.RNN (cuDNN) in one process. The targets of the GPU work
-#                  are read from this stage;
+#   2. cuda-tests  tests/test_cuda.py and the CUDA tests of
+#                  tests/test_variable_length.py (CUDA_TESTS) with
+#                  IRNN_REQUIRE_GPU=1 (fail, not skip);
+#   3. bench       bench/bench_rnn.py --device cuda --tf32 off --varlen:
+#                  FusedIRNN and nn.RNN (cuDNN) in one process, and the
+#                  variable-length batch (T=784, B=256, lengths uniform in
+#                  [T/4, T]): FusedIRNN packed and padded, nn.RNN packed and
+#                  padded. The targets of the GPU work are read from here;
 #   4. sweep       every instantiated kernel ranked: each (H, B) case times
 #                  forward and backward per step and names the kernels it ran;
 #   5. ncu         Nsight Compute (--clock-control none, WarpStateStats and
@@ -31,14 +35,19 @@
 # prints each stage's cap ("CAP stage seconds").
 set -u
 
+# The tests of stage 2.
+CUDA_TESTS=(tests/test_cuda.py "tests/test_variable_length.py::test_cuda_packed_matches_nn_rnn"
+            "tests/test_variable_length.py::test_cuda_ops_lengths_match_cpu"
+            "tests/test_variable_length.py::test_cuda_lengths_without_host_sync_and_in_a_graph")
 # Each stage's timeout in seconds; their sum is the run's budget.
 STAGES=(build cuda-tests bench sweep ncu sanitizer mnist)
 # From the H200 run of 2026-11-28 (docs/gpu/2026-11-28-h200/summary.txt):
 # build 49 s for three architectures, CUDA tests 26 s, the benchmark 13 s
 # per TF32 setting, racecheck 18 s, a one-epoch MNIST run 11-12 s; ncu
 # starts Python and CUDA three times under its own overhead.
-declare -A STAGE_CAPS=([build]=75 [cuda-tests]=45 [bench]=25 [sweep]=25
-                       [ncu]=60 [sanitizer]=45 [mnist]=25)
+# The variable-length rows add four forward+backward contenders at T=784.
+declare -A STAGE_CAPS=([build]=75 [cuda-tests]=45 [bench]=35 [sweep]=25
+                       [ncu]=50 [sanitizer]=45 [mnist]=25)
 
 DRY=0
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
@@ -307,10 +316,10 @@ EOF
   "$PY" "$OUT/sweep.py" --device cpu --case 8,2 --steps 3 --repeats 1 \
     --json "$OUT/sweep_cpu.json" > "$OUT/sweep_cpu.log" 2>&1 \
     || { echo "sweep.py fails on the CPU (see $OUT/sweep_cpu.log)" >&2; exit 2; }
-  "$PY" -m pytest -q --collect-only -p no:cacheprovider tests/test_cuda.py \
+  "$PY" -m pytest -q --collect-only -p no:cacheprovider "${CUDA_TESTS[@]}" \
     > "$OUT/test_cuda_collect.log" 2>&1 \
-    || { echo "tests/test_cuda.py does not collect" >&2; exit 2; }
-  need_flags bench/bench_rnn.py --device --tf32 --json
+    || { echo "the CUDA tests (${CUDA_TESTS[*]}) do not collect" >&2; exit 2; }
+  need_flags bench/bench_rnn.py --device --tf32 --json --varlen
   need_flags bench/seq_mnist.py --data-dir --impl --batch-size --epochs \
     --max-steps --limit-test --device --out --no-progress
   if [ -n "$MNIST" ] && [ ! -d "$MNIST" ]; then
@@ -329,14 +338,15 @@ else
   # 2. CUDA tests, failing instead of skipping.
   run cuda-tests test_cuda.log "${STAGE_CAPS[cuda-tests]}" env IRNN_REQUIRE_GPU=1 \
     IRNN_EXPECT_CUDA=1 "$PY" -m pytest -q -rs -p no:cacheprovider \
-    tests/test_cuda.py --junitxml="$OUT/test_cuda.xml"
+    "${CUDA_TESTS[@]}" --junitxml="$OUT/test_cuda.xml"
   finish cuda-tests test_cuda.log "$DT" "$(grep -E 'passed|failed|error' "$OUT/test_cuda.log" | tail -n 1)"
 
   # 3. Against cuDNN, TF32 off: the targets are read from here.
   run bench bench.log "${STAGE_CAPS[bench]}" "$PY" bench/bench_rnn.py \
-    --device cuda --tf32 off --json "$OUT/bench.json"
+    --device cuda --tf32 off --varlen --json "$OUT/bench.json"
   finish bench bench.log "$DT" "$(grep -E '^ *784 +(16|1024) +1 +100 +fwd\+bwd' "$OUT/bench.log" \
-    | awk '{printf "B=%s %s/%s ms ", $2, $6, $7}')"
+    | awk '{printf "B=%s %s/%s ms ", $2, $6, $7}')$(grep -E '^ *784 +256 +1 +100 +(fused|torch):' "$OUT/bench.log" \
+    | awk '{printf "%s %sx ", $5, $7}')"
 
   # 4. The kernels ranked.
   run sweep sweep.log "${STAGE_CAPS[sweep]}" "$PY" "$OUT/sweep.py" \

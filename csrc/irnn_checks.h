@@ -8,6 +8,7 @@
 
 #include <array>
 #include <string>
+#include <vector>
 
 namespace irnn_cuda {
 
@@ -59,7 +60,7 @@ inline IrnnSizes check_forward_args(const at::Tensor& input,
   TORCH_CHECK(input.dim() == (packed ? 2 : 3),
               packed ? "a packed input must be [N, I] (PackedSequence.data), got "
                      : "input must be [T, B, I] (or [N, I] packed, with "
-                       "lengths, on the CPU), got ",
+                       "lengths), got ",
               input.dim(), "-D tensor of shape ", input.sizes());
   TORCH_CHECK(at::isFloatingType(input.scalar_type()),
               "input must be a floating point tensor, got ",
@@ -159,6 +160,64 @@ inline void check_lengths_arg(const c10::optional<at::Tensor>& lengths,
   TORCH_CHECK(lengths->dim() == 1 && lengths->size(0) == s.B,
               "lengths must have shape [B] = [", s.B,
               "] (one length per batch row), got ", lengths->sizes());
+}
+
+// Lengths on the CPU (int64 [B], checked by check_lengths_arg): each in
+// 1..T and non-increasing. Returns a contiguous copy.
+inline at::Tensor checked_lengths(const at::Tensor& lengths,
+                                  const IrnnSizes& s) {
+  at::Tensor l = lengths.contiguous();
+  const int64_t* v = l.data_ptr<int64_t>();
+  for (int64_t b = 0; b < s.B; ++b) {
+    TORCH_CHECK(v[b] >= 1 && v[b] <= s.T, "lengths must be in 1..T = 1..",
+                s.T, " (every row runs at least one step, as nn.RNN "
+                "requires), got lengths[", b, "] = ", v[b]);
+    TORCH_CHECK(b == 0 || v[b] <= v[b - 1],
+                "lengths must be sorted in decreasing order, as a "
+                "PackedSequence's are, got lengths[", b - 1, "] = ", v[b - 1],
+                " < lengths[", b, "] = ", v[b],
+                "; sort the batch by length first (irnn_cuda.rnn_forward "
+                "does, and pack_padded_sequence(enforce_sorted=False) gives "
+                "the order)");
+  }
+  return l;
+}
+
+// A packed input ([N, *] with lengths): T is the longest length, B the
+// number of lengths, read from lengths on the CPU (on either backend: the
+// sizes must be known on the host without a device sync). The lengths'
+// other checks follow in checked_lengths.
+inline c10::optional<PackedShape> packed_shape(
+    const at::Tensor& input, const c10::optional<at::Tensor>& lengths) {
+  if (input.dim() != 2 || !has(lengths)) return c10::nullopt;
+  TORCH_CHECK(lengths->scalar_type() == at::kLong && lengths->dim() == 1 &&
+                  lengths->numel() >= 1 && lengths->device().is_cpu(),
+              "lengths of a packed input must be a non-empty int64 CPU tensor "
+              "of shape [B] (as PackedSequence.batch_sizes are on the CPU: "
+              "the longest length sizes the call), got ",
+              lengths->scalar_type(), " ", lengths->sizes(), " on ",
+              lengths->device());
+  return PackedShape{lengths->max().item<int64_t>(), lengths->size(0)};
+}
+
+// offsets[t]: the packed row where time t starts (the valid steps before
+// t), for lengths checked by checked_lengths; their sum must be the N rows.
+inline std::vector<int64_t> packed_offsets(const at::Tensor& len,
+                                           const IrnnSizes& s, int64_t rows) {
+  const int64_t* v = len.data_ptr<int64_t>();
+  // Checked first: with every length at least 1, T <= N bounds the table.
+  int64_t total = 0;
+  for (int64_t b = 0; b < s.B; ++b) total += v[b];
+  TORCH_CHECK(total == rows, "a packed input must have sum(lengths) = ", total,
+              " rows, got ", rows);
+  std::vector<int64_t> offsets(s.T);
+  int64_t running = s.B, start = 0;  // rows with length > t
+  for (int64_t t = 0; t < s.T; ++t) {
+    while (running > 0 && v[running - 1] <= t) --running;
+    offsets[t] = start;
+    start += running;
+  }
+  return offsets;
 }
 
 // Which of irnn_backward's five gradients are wanted (grad_input, grad_h0,

@@ -136,20 +136,6 @@ def warn_fallback(device_type):
                   f"reference on {device_type}.", RuntimeWarning, stacklevel=3)
 
 
-def warn_variable_length_fallback(device_type):
-    """Warns once that variable-length input on `device_type` runs the
-    reference, because those kernels do not take lengths yet."""
-    key = (device_type, "lengths")
-    if key in _warned:
-        return
-    _warned.add(key)
-    warnings.warn(f"irnn_cuda: the {device_type} kernels do not take "
-                  "variable lengths yet; this variable-length input runs the "
-                  "slow pure-PyTorch reference. Pad the batch and drop "
-                  "lengths for the fused kernels.", RuntimeWarning,
-                  stacklevel=3)
-
-
 if extension_loaded():
 
     def _check_lengths_device(input, lengths):

@@ -68,7 +68,7 @@ def irnn_layer(input, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None,
     input's device, sorted in decreasing order, each in 1..T (the op's
     variable-length argument, docs/ops.md); with lengths, input may also be
     packed, [N,I] in PackedSequence.data's order, and the output is then
-    [N,H] packed the same way (CPU only). Runs the compiled ops, which
+    [N,H] packed the same way (lengths then on the CPU). Runs the compiled ops, which
     must have kernels for the input's device (`layer_function` picks the
     reference where they do not).
     """
@@ -89,12 +89,9 @@ def irnn_layer(input, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None,
 
 def layer_function(device_type, variable_length=False):
     """The per-layer function for tensors on `device_type`: irnn_layer where
-    the compiled ops have kernels for it, else (warning once) the slow
-    reference irnn_layer_reference. The CUDA kernels do not take lengths
-    yet: variable-length input on CUDA runs the reference (warning once)."""
-    if variable_length and device_type != "cpu" and _ops.has_kernels(device_type):
-        _ops.warn_variable_length_fallback(device_type)
-        return irnn_layer_reference
+    the compiled ops have kernels for it (every backend's kernels take
+    lengths; `variable_length` is kept for callers), else (warning once) the
+    slow reference irnn_layer_reference."""
     if _ops.has_kernels(device_type):
         return irnn_layer
     _ops.warn_fallback(device_type)
@@ -104,8 +101,10 @@ def layer_function(device_type, variable_length=False):
 def check_lengths(lengths, input, batch_first):
     """`lengths` as an int64 tensor of shape [B], with an error naming the
     argument when its type, shape or dtype is wrong. Its values (1..T) are
-    checked by the ops, or here when `input` is on a device whose kernels
-    do not take lengths."""
+    checked here when they are on the CPU and `input` is not (a CPU input's
+    op checks them itself). Lengths on a GPU are not read on the host, which
+    would wait for the device: their values are not checked (the kernels
+    clamp them to 1..T)."""
     batch_dim, time_dim = (0, 1) if batch_first else (1, 0)
     B, T = input.shape[batch_dim], input.shape[time_dim]
     if not isinstance(lengths, torch.Tensor):
@@ -118,7 +117,8 @@ def check_lengths(lengths, input, batch_first):
     if lengths.dim() != 1 or lengths.shape[0] != B:
         raise ValueError(f"lengths must have shape [B] = [{B}] (one length per "
                          f"batch row), got {list(lengths.shape)}")
-    if input.device.type != "cpu" and not torch.compiler.is_compiling():
+    if (input.device.type != "cpu" and lengths.device.type == "cpu"
+            and not torch.compiler.is_compiling()):
         bad = (lengths < 1) | (lengths > T)
         if bool(bad.any()):
             b = int(bad.nonzero()[0, 0])
@@ -126,6 +126,16 @@ def check_lengths(lengths, input, batch_first):
                              f"runs at least one step, as nn.RNN requires), "
                              f"got lengths[{b}] = {int(lengths[b])}")
     return lengths
+
+
+def to_input_device(lengths, input):
+    """CPU lengths for a CUDA input, copied to its device once (from pinned
+    memory, asynchronously), so that the layers' ops find them there."""
+    if lengths.device == input.device or input.device.type == "cpu":
+        return lengths
+    if input.device.type == "cuda" and not torch.compiler.is_compiling():
+        lengths = lengths.pin_memory()
+    return lengths.to(input.device, non_blocking=True)
 
 
 def rnn_forward(input, hx, weights, nonlinearity, num_layers, bidirectional,
@@ -139,7 +149,9 @@ def rnn_forward(input, hx, weights, nonlinearity, num_layers, bidirectional,
     (layer_function). Returns (output or None, h_n).
 
     Variable length: `lengths` ([B] integers, each in 1..T; a CPU tensor for
-    CPU input) makes row b run only its first lengths[b] steps, both
+    CPU input; for CUDA input on the CPU, checked and copied to the device
+    once, or on the input's device, unchecked and with no host sync, as CUDA
+    graph capture needs) makes row b run only its first lengths[b] steps, both
     directions, every layer: output[t, b] is zero for t >= lengths[b], and
     h_n[:, b] is the state after the row's last step, as nn.RNN gives for
     the same batch packed with pack_padded_sequence. The padded steps are
@@ -153,11 +165,13 @@ def rnn_forward(input, hx, weights, nonlinearity, num_layers, bidirectional,
     if layer_fn is None:
         layer_fn = layer_function(input.device.type, lengths is not None)
     if lengths is None or enforce_sorted:
+        lengths = None if lengths is None else to_input_device(lengths, input)
         return network_forward(layer_fn, input, hx, weights, nonlinearity,
                                num_layers, bidirectional, batch_first,
                                dropout, training, return_sequence, lengths)
     batch_dim = 0 if batch_first else 1
     lengths, order = torch.sort(lengths, descending=True, stable=True)
+    lengths = to_input_device(lengths, input)
     inverse = torch.argsort(order)
     output, h_n = network_forward(
         layer_fn, input.index_select(batch_dim, order.to(input.device)),

@@ -202,10 +202,11 @@ class FusedIRNN(nn.Module):
         return input, hx, [w.to(dtype) for w in weights]
 
     def _forward_packed(self, packed, hx, return_sequence):
-        """nn.RNN's forward on a PackedSequence. On the CPU the packed rows
-        go to the ops as they are (the kernels read and write the packed
-        layout); elsewhere they are padded, run with their lengths and
-        packed again. Either way the output has the input's batch_sizes and
+        """nn.RNN's forward on a PackedSequence. Where the compiled ops have
+        kernels (CPU, CUDA) the packed rows go to them as they are, with the
+        lengths on the CPU as the packed layout needs; elsewhere they are
+        padded, run by the reference with their lengths and packed again.
+        Either way the output has the input's batch_sizes and
         permutation."""
         data, batch_sizes, sorted_indices, unsorted_indices = packed
         data, hx, weights = self._autocast(data, hx, list(self._flat_weights))

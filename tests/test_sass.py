@@ -435,7 +435,7 @@ def table_variants(macro):
     return {(REG_FWD_TYPE_NAMES[t], int(hp), int(r)) for t, hp, r in
             re.findall(r"X\(k\w+, (\w+), (\d+), (\d+)\)", block)}
 # Kernels without a step loop: only the local-memory check applies.
-PLAIN = re.compile(r"irnn_cuda::irnn_(reduce_partials|column_sum)_kernel<")
+PLAIN = re.compile(r"irnn_cuda::irnn_(reduce_partials|column_sum|relayout)_kernel<")
 
 
 @pytest.fixture(scope="module")
@@ -583,8 +583,10 @@ def row_dots_path_at_one_row(k, header):
 
 def test_todays_forward_step_loop(kernels):
     """The figures docs/cuda.md's latency model starts from: the float
-    forward's step loop and its row_dots loop (26 instructions per two
-    k at one row per thread: 2 FFMA, 4 LDS, 129 cycles of stall counts)."""
+    forward's step loop and its row_dots loop (25 instructions per two
+    k at one row per thread: 2 FFMA, 4 LDS, 125 cycles of stall counts;
+    26 and 129 in the build the model was measured with, before the
+    kernel took lengths)."""
     k = kernels["irnn_cuda::irnn_fwd_persistent_kernel<float>"]
     loop = step_loop(k)
     assert 1000 < len(loop.insns) < 1600, len(loop.insns)
@@ -598,14 +600,14 @@ def test_todays_forward_step_loop(kernels):
                                                      blocks[b][1] + 1))]
     assert len(dots) == 1, "row_dots: 4 row slots x 2 accumulators"
     size = sum(blocks[b][1] - blocks[b][0] + 1 for b in dots[0])
-    assert size == 47, size
+    assert size == 46, size
     header = blocks[min(dots[0])][0]
     path = row_dots_path_at_one_row(k, header)
     ops = [i.op for i in path]
-    assert len(path) == 26, [hex(i.addr) for i in path]
+    assert len(path) == 25, [hex(i.addr) for i in path]
     assert sum(op.startswith("FFMA") for op in ops) == 2
     assert sum(op.startswith("LDS") for op in ops) == 4
-    assert sum(i.stall for i in path) == 129
+    assert sum(i.stall for i in path) == 125
 
 
 def test_gemm_has_no_division_routine(kernels):

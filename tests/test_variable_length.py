@@ -4,6 +4,7 @@ rnn_forward's padded-plus-lengths form and FusedIRNN on a PackedSequence,
 against torch.nn.RNN on the same packed batch. Also the backward's
 output_mask."""
 import os
+import warnings
 
 import pytest
 import torch
@@ -385,22 +386,99 @@ def test_compile_fullgraph_with_lengths():
 
 
 @pytest.mark.cuda
-def test_cuda_packed_runs_the_reference_and_says_so():
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+@pytest.mark.parametrize("I,H", [(1, 100), (12, 40), (3, 300)])
+def test_cuda_packed_matches_nn_rnn(I, H, enforce_sorted):
+    """FusedIRNN on a PackedSequence on CUDA (the kernels on the packed
+    rows, no reference and no warning) against nn.RNN (cuDNN), two
+    bidirectional layers, gradients included; H = 300 takes the large-H
+    path."""
     cuda_or_skip()
-    rnn, fused = packed_pair(2, 4, 1, False, torch.float32)
+    T, B = 11, 9
+    rnn, fused = packed_pair(I, H, 2, True, torch.float32)
     rnn, fused = rnn.cuda(), fused.cuda()
-    x = torch.randn(6, 3, 2, device="cuda")
-    packed = pack_padded_sequence(x, [6, 4, 1])
-    with pytest.warns(RuntimeWarning, match="variable lengths"):
-        irnn_cuda._ops._warned.discard(("cuda", "lengths"))
-        out, h_n = fused(packed)
-    ref_out, ref_h = rnn(packed)
-    torch.testing.assert_close(out.data, ref_out.data, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(h_n, ref_h, rtol=1e-4, atol=1e-5)
-    with pytest.raises(NotImplementedError, match="lengths"):
-        ops.irnn_forward(x, torch.zeros(3, 4, device="cuda"), fused.weight_ih_l0,
-                         fused.weight_hh_l0, None, None, "relu", False, True,
-                         torch.tensor([6, 4, 1], device="cuda"))
+    lengths = random_lengths(B, T, seed=I, sort=enforce_sorted)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(T, B, I, generator=g).cuda().requires_grad_()
+    hx = (torch.randn(4, B, H, generator=g) * 0.1).cuda().requires_grad_()
+    w_out = torch.randn(T, B, 2 * H, generator=g).cuda()
+    with torch.backends.cudnn.flags(allow_tf32=False), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        theirs = run_packed(rnn, x, lengths, hx, enforce_sorted, w_out)
+        ours = run_packed(fused, x, lengths, hx, enforce_sorted, w_out)
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        assert_close_rel(a, b, 1e-4, (NAMES + [""] * 8)[i] or f"param {i}")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("where", ["cpu", "cuda"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_cuda_ops_lengths_match_cpu(where, reverse):
+    """The CUDA ops with lengths on the CPU (checked, copied once) or on the
+    device (used in place) give the CPU ops' results."""
+    cuda_or_skip()
+    T, B, I, H = 12, 40, 1, 100
+    args = layer_args(T, B, I, H, torch.float64, True)
+    lengths = random_lengths(B, T, seed=2)
+    g = torch.Generator().manual_seed(3)
+    g_out, g_h = torch.randn(T, B, H, generator=g), torch.randn(B, H, generator=g)
+    want = list(ops.irnn_forward(*args, "relu", reverse, True, lengths))
+    want += ops.irnn_backward(g_out, g_h, args[0], args[1], args[2], args[3],
+                              want[0], "relu", reverse, lengths)
+    cu = [None if a is None else a.cuda() for a in args]
+    dev_lengths = lengths.cuda() if where == "cuda" else lengths
+    out, h_n = ops.irnn_forward(*cu, "relu", reverse, True, dev_lengths)
+    got = [out, h_n] + list(ops.irnn_backward(
+        g_out.cuda(), g_h.cuda(), cu[0], cu[1], cu[2], cu[3], out, "relu",
+        reverse, dev_lengths))
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert_close_rel(a.cpu(), b, 1e-9, str(i))
+
+
+@pytest.mark.cuda
+def test_cuda_lengths_without_host_sync_and_in_a_graph():
+    """Lengths on the device: no call synchronises with the host (the sync
+    debug mode raises on one), and forward and backward are captured in a
+    CUDA graph whose replay follows new lengths written in place. Lengths
+    on the CPU cannot be captured and say so."""
+    cuda_or_skip()
+    T, B, I, H = 10, 16, 1, 100
+    args = [None if a is None else a.cuda()
+            for a in layer_args(T, B, I, H, torch.float32, True)]
+    lengths = random_lengths(B, T, seed=4).cuda()
+    g_out = torch.randn(T, B, H, device="cuda")
+
+    def step():
+        out, h_n = ops.irnn_forward(*args, "relu", True, True, lengths)
+        grads = ops.irnn_backward(g_out, h_n, args[0], args[1], args[2],
+                                  args[3], out, "relu", True, lengths)
+        return [out, h_n] + list(grads)
+
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        eager = step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()  # warm-up on a side stream, as capture wants
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    graph.replay()
+    for a, b in zip(captured, eager):
+        torch.testing.assert_close(a, b)
+    lengths.copy_(random_lengths(B, T, seed=5).cuda())
+    graph.replay()
+    for a, b in zip(captured, step()):
+        torch.testing.assert_close(a, b)
+    host_lengths = lengths.cpu()
+    with pytest.raises(RuntimeError, match="CUDA graph"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            ops.irnn_forward(*args, "relu", False, True, host_lengths)
 
 
 @pytest.mark.parametrize("reverse", [False, True])

@@ -145,63 +145,16 @@ void for_each_slice(const std::vector<int64_t>& bounds, const F& f) {
   });
 }
 
-// The lengths argument on the CPU: int64 [B] (checked by
-// check_lengths_arg), each in 1..T and non-increasing. Returns a contiguous
-// copy, or an undefined tensor when absent.
+// The lengths argument of a CPU call: on the CPU, and checked by
+// checked_lengths. Returns a contiguous copy, or an undefined tensor when
+// absent.
 at::Tensor cpu_lengths(const c10::optional<at::Tensor>& lengths,
                        const IrnnSizes& s) {
   if (!has(lengths)) return at::Tensor();
   TORCH_CHECK(lengths->device().is_cpu(),
               "lengths must be on the CPU for CPU input, got ",
               lengths->device());
-  at::Tensor l = lengths->contiguous();
-  const int64_t* v = l.data_ptr<int64_t>();
-  for (int64_t b = 0; b < s.B; ++b) {
-    TORCH_CHECK(v[b] >= 1 && v[b] <= s.T, "lengths must be in 1..T = 1..",
-                s.T, " (every row runs at least one step, as nn.RNN "
-                "requires), got lengths[", b, "] = ", v[b]);
-    TORCH_CHECK(b == 0 || v[b] <= v[b - 1],
-                "lengths must be sorted in decreasing order, as a "
-                "PackedSequence's are, got lengths[", b - 1, "] = ", v[b - 1],
-                " < lengths[", b, "] = ", v[b],
-                "; sort the batch by length first (irnn_cuda.rnn_forward "
-                "does, and pack_padded_sequence(enforce_sorted=False) gives "
-                "the order)");
-  }
-  return l;
-}
-
-// A packed input ([N, *] with lengths): T is the longest length, B the
-// number of lengths. The lengths' other checks follow in cpu_lengths.
-c10::optional<PackedShape> packed_shape(const at::Tensor& input,
-                                        const c10::optional<at::Tensor>& lengths) {
-  if (input.dim() != 2 || !has(lengths)) return c10::nullopt;
-  TORCH_CHECK(lengths->scalar_type() == at::kLong && lengths->dim() == 1 &&
-                  lengths->numel() >= 1 && lengths->device().is_cpu(),
-              "lengths of a packed input must be a non-empty int64 CPU tensor "
-              "of shape [B], got ", lengths->scalar_type(), " ",
-              lengths->sizes(), " on ", lengths->device());
-  return PackedShape{lengths->max().item<int64_t>(), lengths->size(0)};
-}
-
-// offsets[t]: the packed row where time t starts (the valid steps before
-// t), for lengths checked by cpu_lengths; their sum must be the N rows.
-std::vector<int64_t> packed_offsets(const at::Tensor& len, const IrnnSizes& s,
-                                    int64_t rows) {
-  const int64_t* v = len.data_ptr<int64_t>();
-  // Checked first: with every length at least 1, T <= N bounds the table.
-  int64_t total = 0;
-  for (int64_t b = 0; b < s.B; ++b) total += v[b];
-  TORCH_CHECK(total == rows, "a packed input must have sum(lengths) = ", total,
-              " rows, got ", rows);
-  std::vector<int64_t> offsets(s.T);
-  int64_t running = s.B, start = 0;  // rows with length > t
-  for (int64_t t = 0; t < s.T; ++t) {
-    while (running > 0 && v[running - 1] <= t) --running;
-    offsets[t] = start;
-    start += running;
-  }
-  return offsets;
+  return checked_lengths(*lengths, s);
 }
 
 const int64_t* lengths_ptr(const at::Tensor& l) {

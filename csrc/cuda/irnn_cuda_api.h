@@ -387,6 +387,12 @@ struct FwdArgs {
   void* out;                // [T,B,H] or null (last state only)
   int64_t out_st, out_sb;
   void* h_n;                // [B,H]
+  // Variable lengths (docs/ops.md, revision 2), both on the device: row b
+  // runs its first lengths[b] steps (clamped to 1..T), or null. offsets
+  // [T], with lengths only: the packed layout, x [N,I] and out [N,H] with
+  // row b of step t at offsets[t] + b (a PackedSequence's order).
+  const int64_t* lengths;
+  const int64_t* offsets;
 };
 
 // Raw arguments of irnn_backward.
@@ -409,7 +415,53 @@ struct BwdArgs {
   void* dw_ih;              // [H,I] or null
   void* dw_hh;              // [H,H]
   void* db;                 // [H]
+  // As FwdArgs: lengths [B] or null; offsets [T] for the packed layout
+  // (g_out, out [N,H], x and dx [N,I]).
+  const int64_t* lengths;
+  const int64_t* offsets;
 };
+
+// Variable lengths on the kernels (irnn_launch.cuh): the kernels themselves
+// walk row b for its first lengths[b] steps in the forward direction on the
+// padded layout [T,B,*]. A reversed or packed forward, and every backward
+// with lengths, first gathers its inputs into a padded, forward-ordered copy
+// in the workspace (row b's step s is its time step lengths[b]-1-s when
+// reversed; padding zero-filled, and in the backward grad_h_n folded into
+// the gradient of each row's last step) and scatters the results back.
+inline bool fwd_relayout(const FwdArgs& a) {
+  return a.lengths != nullptr && (a.reverse || a.offsets != nullptr);
+}
+inline bool bwd_relayout(const BwdArgs& a) { return a.lengths != nullptr; }
+constexpr int64_t kRelayoutAlign = 256;
+inline int64_t relayout_round(int64_t bytes) {
+  return (bytes + kRelayoutAlign - 1) / kRelayoutAlign * kRelayoutAlign;
+}
+// Bytes of the relayout copies, placed after the kernels' own workspace
+// (LaunchConfig::workspace rounded up to kRelayoutAlign): forward x [T,B,I]
+// and out [T,B,H]; backward g and out [T,B,H], x (projecting) and dx
+// [T,B,I].
+inline int64_t relayout_bytes(bool backward, DType dtype, int64_t T,
+                              int64_t B, int64_t I, int64_t H, bool project) {
+  const int64_t e = storage_bytes(dtype);
+  if (!backward) return relayout_round(T * B * I * e) + relayout_round(T * B * H * e);
+  return 2 * relayout_round(T * B * H * e) +
+         (project ? relayout_round(T * B * I * e) : 0) +
+         relayout_round(T * B * I * e);
+}
+// The whole workspace of a call: the kernels' and, when it relayouts, the
+// copies'.
+inline int64_t fwd_workspace_bytes(const FwdArgs& a, const LaunchConfig& c) {
+  return fwd_relayout(a)
+             ? relayout_round(c.workspace) +
+                   relayout_bytes(false, a.dtype, a.T, a.B, a.I, a.H, a.project)
+             : c.workspace;
+}
+inline int64_t bwd_workspace_bytes(const BwdArgs& a, const LaunchConfig& c) {
+  return bwd_relayout(a)
+             ? relayout_round(c.workspace) +
+                   relayout_bytes(true, a.dtype, a.T, a.B, a.I, a.H, a.project)
+             : c.workspace;
+}
 
 // Launchers (irnn_cuda.cu). `stream` is a cudaStream_t; the return value a
 // cudaError_t (0 on success), its text from irnn_cuda_error_string.

@@ -33,6 +33,14 @@ IRNN_DEVICE A activate(A a, bool relu) {
   return relu ? (a < A(0) ? A(0) : a) : irnn_tanh(a);
 }
 
+// Row b's number of steps: lengths[b] clamped to 1..T (device lengths are
+// not checked on the host), or T without lengths.
+IRNN_DEVICE int row_length(const int64_t* lengths, int64_t b, int T) {
+  if (lengths == nullptr || T < 1) return T;
+  const int64_t l = lengths[b];
+  return l < 1 ? 1 : l > T ? T : static_cast<int>(l);
+}
+
 // d phi / d a from the stored output h = phi(a): `h <= 0 ? 0 : g`, as
 // PyTorch's threshold_backward (0 at 0; a NaN state passes g through).
 template <typename A>
@@ -84,12 +92,15 @@ struct PersistentFwdParams {
   S* out;         // [T,B,H] or null
   int64_t out_st, out_sb;
   S* h_n;  // [B,H]
+  const int64_t* lengths;  // [B] or null; with lengths, !reverse
   int T, B, I, H;
   bool relu, reverse;
   int rows_per_block, row_groups, rows_per_thread;
 };
 
 // One block owns rows [blockIdx.x * R, +R) of the batch for all T steps.
+// With lengths, row b computes its first lengths[b] steps, the block stops
+// after its longest row, and a row's outputs after its end are zeros.
 // Thread (g, j) computes unit j of rows g, g + G, ... (rows_per_thread of
 // them), so a W_hh^T element loaded from shared memory serves several rows.
 // One barrier per step: step s reads h buffer s&1 and writes the other.
@@ -124,7 +135,19 @@ irnn_fwd_persistent_kernel(PersistentFwdParams<S> p) {
 
   const int j = tid % H, g = tid / H;
   const bool active = g < G;
-  for (int s = 0; s < p.T; ++s) {
+  int len[kMaxRowsPerThread];  // steps of this thread's rows
+  int steps = 0;               // of the block's longest row
+#pragma unroll
+  for (int i = 0; i < kMaxRowsPerThread; ++i) {
+    const int r = g + i * G;
+    len[i] = active && i < p.rows_per_thread && r < rows
+                 ? row_length(p.lengths, row0 + r, p.T) : 0;
+  }
+  for (int r = 0; r < rows; ++r) {
+    const int l = row_length(p.lengths, row0 + r, p.T);
+    steps = l > steps ? l : steps;
+  }
+  for (int s = 0; s < steps; ++s) {
     const int t = p.reverse ? p.T - 1 - s : s;
     const A* hp = hbuf + (s & 1) * R * H;
     A* hn = hbuf + ((s + 1) & 1) * R * H;
@@ -138,7 +161,7 @@ irnn_fwd_persistent_kernel(PersistentFwdParams<S> p) {
         const int r = g + i * G;
         off[i] = (r < R ? r : R - 1) * H;
         acc[i] = A(0);
-        if (i < p.rows_per_thread && r < rows) {
+        if (i < p.rows_per_thread && r < rows && s < len[i]) {
           const S* xt = p.x + t * p.x_st + (row0 + r) * p.x_sb;
           A a = bias[j];
           if (project) {
@@ -153,16 +176,26 @@ irnn_fwd_persistent_kernel(PersistentFwdParams<S> p) {
 #pragma unroll
       for (int i = 0; i < kMaxRowsPerThread; ++i) {
         const int r = g + i * G;
-        if (i < p.rows_per_thread && r < rows) {
+        if (i < p.rows_per_thread && r < rows && s < len[i]) {
           const int64_t b = row0 + r;
           const S h = from_acc<S>(activate(acc[i], p.relu));
           hn[r * H + j] = to_acc(h);
           if (p.out) p.out[t * p.out_st + b * p.out_sb + j] = h;
-          if (s == p.T - 1) p.h_n[b * H + j] = h;
+          if (s == len[i] - 1) p.h_n[b * H + j] = h;
         }
       }
     }
     __syncthreads();
+  }
+  // The outputs after each row's end (with lengths; forward direction).
+  if (p.out && p.lengths) {
+#pragma unroll
+    for (int i = 0; i < kMaxRowsPerThread; ++i) {
+      if (len[i] == 0) continue;
+      const int64_t b = row0 + g + i * G;
+      for (int t = len[i]; t < p.T; ++t)
+        p.out[t * p.out_st + b * p.out_sb + j] = from_acc<S>(A(0));
+    }
   }
 }
 
@@ -178,6 +211,7 @@ struct RegFwdParams {
   S* out;         // [T,B,H] or null
   int64_t out_st, out_sb;
   S* h_n;  // [B,H]
+  const int64_t* lengths;  // [B] or null; with lengths, !reverse
   int T, B, I, H;
   bool reverse;  // relu or tanh: the kernel's RELU
   int chunk;  // steps of x staged at a time (reg_fwd_chunk)
@@ -199,7 +233,10 @@ struct alignas(16) Float4 {
 // chunk's step loop, so no global load is on a step's critical path; the
 // step stores h_t to shared memory first, then to `out`, and ends with the
 // one barrier of the step (step s reads buffer s&1 and writes the other).
-// The activation is a template parameter: no branch in the step.
+// The activation is a template parameter: no branch in the step. With
+// lengths, row r stores only its first len[r] steps (its later steps are
+// computed from zeros and dropped), the block stops after its longest row,
+// and the outputs after each row's end are zeroed after the loop.
 template <typename S, int HP, int R, bool RELU>
 IRNN_GLOBAL void IRNN_LAUNCH_BOUNDS(reg_fwd_threads(HP))
 irnn_fwd_reg_kernel(RegFwdParams<S> p) {
@@ -230,12 +267,16 @@ irnn_fwd_reg_kernel(RegFwdParams<S> p) {
                   ? to_acc(p.h0[(int64_t)(row0 + r) * H + k]) : 0.f;
     hbuf[R * HP + e] = 0.f;
   }
-  bool valid[R];
-  S h_last[R];  // h of the last step (h0 when T = 0), for h_n
+  int len[R];    // steps row r stores: 0 for units past H and rows past B
+  int steps = 0;  // of the block's longest row
+  S h_last[R];    // h of the row's last step (h0 when T = 0), for h_n
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    valid[r] = unit && row0 + r < p.B;
-    h_last[r] = valid[r] ? p.h0[(int64_t)(row0 + r) * H + j] : from_acc<S>(0.f);
+    const int l = row0 + r < p.B ? row_length(p.lengths, row0 + r, p.T) : 0;
+    steps = l > steps ? l : steps;
+    len[r] = unit ? l : 0;
+    h_last[r] = unit && row0 + r < p.B ? p.h0[(int64_t)(row0 + r) * H + j]
+                                       : from_acc<S>(0.f);
   }
 
   // h_{t-1} and h_t buffers (swapped every step), and the offset of
@@ -244,17 +285,29 @@ irnn_fwd_reg_kernel(RegFwdParams<S> p) {
   float* hn = hbuf + R * HP;
   const int64_t out_step = p.reverse ? -p.out_st : p.out_st;
   int64_t out_t = (p.reverse ? p.T - 1 : 0) * p.out_st + row0 * p.out_sb + j;
-  for (int s0 = 0; s0 < p.T; s0 += p.chunk) {
-    const int n = p.T - s0 < p.chunk ? p.T - s0 : p.chunk;
+  for (int s0 = 0; s0 < steps; s0 += p.chunk) {
+    const int n = steps - s0 < p.chunk ? steps - s0 : p.chunk;
     // The previous chunk's steps ended with a barrier: xs is free.
     for (int e = j; e < n * R * XI; e += NT) {
       const int q = e / (R * XI), r = (e / XI) % R, i = e % XI;
       const int t = p.reverse ? p.T - 1 - (s0 + q) : s0 + q;
-      xs[e] = i < I && row0 + r < p.B
+      xs[e] = i < I && row0 + r < p.B &&
+                      s0 + q < row_length(p.lengths, row0 + r, p.T)
                   ? to_acc(p.x[t * p.x_st + (int64_t)(row0 + r) * p.x_sb + i])
                   : 0.f;
     }
     __syncthreads();
+    // Steps row r still stores from this chunk's first: to the h buffer,
+    // and (0 without a sequence) to out. At one row, two compares per step
+    // (the out pointer's null test would take two more); at 8 rows the
+    // second array would spill HP = 128, so out's test is the pointer's.
+    constexpr bool kOwnOutCount = R == 1;
+    int left[R], left_out[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      left[r] = len[r] - s0;
+      left_out[r] = !kOwnOutCount || p.out ? left[r] : 0;
+    }
     for (int q = 0; q < n; ++q) {
       float acc[R][4];
 #pragma unroll
@@ -281,15 +334,15 @@ irnn_fwd_reg_kernel(RegFwdParams<S> p) {
       for (int r = 0; r < R; ++r) {
         const float a = (acc[r][0] + acc[r][1]) + (acc[r][2] + acc[r][3]);
         const S h = from_acc<S>(activate(a, RELU));
-        if (valid[r]) {
+        if (q < left[r]) {
           hn[r * HP + j] = to_acc(h);
           h_last[r] = h;
         }
       }
-      if (p.out) {
+      if (kOwnOutCount || p.out) {
 #pragma unroll
         for (int r = 0; r < R; ++r)
-          if (valid[r]) p.out[out_t + r * p.out_sb] = h_last[r];
+          if (q < left_out[r]) p.out[out_t + r * p.out_sb] = h_last[r];
       }
       out_t += out_step;
       float* const swap = hp;
@@ -300,7 +353,15 @@ irnn_fwd_reg_kernel(RegFwdParams<S> p) {
   }
 #pragma unroll
   for (int r = 0; r < R; ++r)
-    if (valid[r]) p.h_n[(int64_t)(row0 + r) * H + j] = h_last[r];
+    if (unit && row0 + r < p.B) p.h_n[(int64_t)(row0 + r) * H + j] = h_last[r];
+  // The outputs after each row's end (with lengths; forward direction).
+  if (p.out && p.lengths) {
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+      for (int t = len[r]; t < p.T && unit && row0 + r < p.B; ++t)
+        p.out[t * p.out_st + (int64_t)(row0 + r) * p.out_sb + j] =
+            from_acc<S>(0.f);
+  }
 }
 
 template <typename S>
@@ -318,6 +379,10 @@ struct RegBwdParams {
   S* dx;          // [T,B,I] (projecting) or [T,B,H], contiguous
   S* dh0;         // [B,H]
   float* partials;  // [blocks][partial_elems]
+  // [B] or null; with lengths, !reverse, g_hn null and g_out, out and x
+  // zero after each row's end (bwd_relayout): only the block's longest row
+  // matters here.
+  const int64_t* lengths;
   int T, B, I, H;
   bool reverse;
 };
@@ -351,7 +416,12 @@ IRNN_DEVICE T& at_bytes(unsigned char* base, int bytes) {
 // barrier per step. After step 0, dh0 = da_0 W_hh and dW += da_0 h0. Each
 // gradient element is summed by one thread in step and row order, and the
 // blocks' partials are summed in block order by
-// irnn_reduce_partials_kernel: bitwise reproducible, no atomics.
+// irnn_reduce_partials_kernel: bitwise reproducible, no atomics. With
+// lengths (and inputs that are zero after each row's end, bwd_relayout),
+// the block starts at its longest row's last step: the steps after it give
+// da = 0 for all of its rows. Its iterations keep their numbers, n0 = T -
+// (that row's length) to T-1, so the step loop compares against p.T as
+// without lengths (a register more in the loop spills the 8-row variants).
 template <typename S, int HP, int R, bool RELU, bool PROJECT>
 IRNN_GLOBAL void IRNN_LAUNCH_BOUNDS((2 * HP + 31) / 32 * 32)
 irnn_bwd_reg_kernel(RegBwdParams<S> p) {
@@ -388,6 +458,16 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
   const int H = p.H, I = p.I, T = p.T;
   const int tid = threadIdx.x, k = tid >> 1, half = tid & 1, lane = tid & 31;
   const int row0 = blockIdx.x * R;
+  int steps = 0;  // of the block's longest row (T without lengths)
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int l = row0 + r < p.B ? row_length(p.lengths, row0 + r, T) : 0;
+    steps = l > steps ? l : steps;
+  }
+  // The first iteration. At 8 rows the kernel holds 254-255 registers, and
+  // a start known only at run time spills some variants: those run every
+  // step (the zeros give da = 0 after each row's end).
+  const int n0 = R == 1 ? T - steps : 0;
   const bool unit = k < H;
   bool valid[R];  // row r of the block is in the batch
 #pragma unroll
@@ -427,7 +507,7 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
   const bool copies = unit && (half || p.g_out != nullptr);
   const int x_row = tid / XI, x_i = tid % XI;
   const bool copies_x = PROJECT && tid < R * XI && x_i < I && row0 + x_row < p.B;
-  const int t_first = p.reverse ? 0 : T - 1;
+  const int t_first = p.reverse ? 0 : T - 1 - n0;  // with lengths, !reverse
   const int64_t t_dir = p.reverse ? 1 : -1;
   uint64_t src = 0, x_src = 0;
   int64_t src_step = 0, x_step = 0, src_row = 0;
@@ -504,7 +584,8 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
     }
   };
 #pragma unroll
-  for (int m = 0; m < NS - 1; ++m) issue(m < T, kRing + m * kSlot + ring_copy);
+  for (int m = 0; m < NS - 1; ++m)
+    issue(n0 + m < T, kRing + m * kSlot + ring_copy);
   irnn_cp_async_wait<NS - 2>();
   widen(kRing);
   __syncthreads();
@@ -665,8 +746,10 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
     if (n + 1 < T) widen(slot_read & kSlotBits);
     __syncthreads();
   };
-  step(0, std::true_type{});
-  for (int n = 1; n < T; ++n) step(n, std::false_type{});
+  // (Iteration n0 + 1 stores dx at t(-1) unless n0 = 0: steps <= T - 1
+  // then, a padding step of every row of the block, and the value is 0.)
+  step(n0, std::true_type{});
+  for (int n = n0 + 1; n < T; ++n) step(n, std::false_type{});
 
   // After step 0: its da into dx, dh0 = da_0 W_hh, and dW += da_0 h0; then
   // the last dx.
@@ -723,6 +806,7 @@ struct PersistentBwdParams {
   S* dx;  // [T,B,I] or [T,B,H], contiguous
   S* dh0; // [B,H]
   typename AccOf<S>::type* partials;  // [blocks][partial_elems]
+  const int64_t* lengths;  // [B] or null, as RegBwdParams::lengths
   int T, B, I, H;
   bool relu, reverse;
   int rows_per_block, row_groups, rows_per_thread;
@@ -735,6 +819,8 @@ struct PersistentBwdParams {
 // memory (each element always by the same thread, rows in order). The block
 // writes its partial gradients to the workspace; irnn_reduce_partials_kernel
 // sums the blocks in index order, so results do not depend on block timing.
+// With lengths (bwd_relayout), the block starts at its longest row's last
+// step, as irnn_bwd_reg_kernel.
 template <typename S>
 IRNN_GLOBAL void IRNN_LAUNCH_BOUNDS(kPersistentMaxThreads)
 irnn_bwd_persistent_kernel(PersistentBwdParams<S> p) {
@@ -771,8 +857,13 @@ irnn_bwd_persistent_kernel(PersistentBwdParams<S> p) {
   A h_carry[kMaxRowsPerThread];  // h_prev of the last step: h_t of this one
 #pragma unroll
   for (int i = 0; i < kMaxRowsPerThread; ++i) h_carry[i] = A(0);
-  for (int n = 0; n <= p.T; ++n) {
-    const int s = p.T - 1 - n;  // step computed now; s + 1 is accumulated
+  int steps = 0;  // of the block's longest row (p.T without lengths)
+  for (int r = 0; r < rows; ++r) {
+    const int l = row_length(p.lengths, row0 + r, p.T);
+    steps = l > steps ? l : steps;
+  }
+  for (int n = 0; n <= steps; ++n) {
+    const int s = steps - 1 - n;  // step computed now; s + 1 is accumulated
     A* da_new = da + (n & 1) * R * H;
     A* hp_new = hp + (n & 1) * R * H;
     const A* da_old = da + ((n + 1) & 1) * R * H;
@@ -922,12 +1013,20 @@ struct GemmParams {
   Epilogue epilogue;
   bool relu;
   int t, I;  // time index of the step (kFwdStep, kBwdStep)
+  // kFwdStep, kBwdStep with lengths ([B], forward direction): row m runs
+  // its first row_length(lengths, m, steps) steps; a tile whose rows have
+  // all ended skips its products (the backward's inputs are then zero,
+  // bwd_relayout, so its da is zero either way).
+  const int64_t* lengths;
+  int steps;
   // kStore / kFwdStep: dst(m,n) at dst[m * d_sm + n * d_sn]
   S* dst;
   int64_t d_sm, d_sn;
   const A* addend;  // kStore: [M,N] contiguous, or null
   A* dst_acc;       // kStoreAcc, kBwdStep (da of this step): [M,N]
-  // kFwdStep: x (m = b, n = j), w_ih, biases, h_n (last step only)
+  // kFwdStep: x (m = b, n = j), w_ih, biases, h_n (last step only; with
+  // lengths every step, stored for the rows whose last step this is; the
+  // outputs after a row's end are zeros)
   const S* x;
   int64_t x_st, x_sb;
   const S* w_ih;
@@ -1000,8 +1099,17 @@ irnn_gemm_kernel(GemmParams<S> p) {
   for (int i = 0; i < RM; ++i)
 #pragma unroll
     for (int jj = 0; jj < RN; ++jj) acc[i][jj] = A(0);
+  // A step's tile whose rows have all ended: no products (the same for
+  // every thread of the block).
+  int64_t K = p.K;
+  if (p.lengths != nullptr) {
+    bool live = false;
+    for (int64_t m = m0; m < m0 + TM && m < p.M; ++m)
+      live = live || p.t < row_length(p.lengths, m, p.steps);
+    if (!live) K = 0;
+  }
 
-  for (int64_t k0 = 0; k0 < p.K; k0 += kGemmTileK) {
+  for (int64_t k0 = 0; k0 < K; k0 += kGemmTileK) {
     for (int e = tid; e < kGemmTileK * TM; e += NT) {
       const int kk = e / TM, mm = e % TM;
       const int64_t m = m0 + mm;
@@ -1052,6 +1160,13 @@ irnn_gemm_kernel(GemmParams<S> p) {
       } else if (p.epilogue == Epilogue::kStoreAcc) {
         p.dst_acc[m * p.N + n] = v;
       } else if (p.epilogue == Epilogue::kFwdStep) {  // m = b, n = j
+        // The row's steps; without lengths, past every step.
+        const int len = p.lengths ? row_length(p.lengths, m, p.steps)
+                                  : p.t + 2;
+        if (p.t >= len) {  // after the row's end
+          p.dst[m * p.d_sm + n * p.d_sn] = from_acc<S>(A(0));
+          continue;
+        }
         if (p.b_ih) v += to_acc(p.b_ih[n]);
         if (p.b_hh) v += to_acc(p.b_hh[n]);
         const S* xt = p.x + p.t * p.x_st + m * p.x_sb;
@@ -1063,7 +1178,8 @@ irnn_gemm_kernel(GemmParams<S> p) {
         }
         const S h = from_acc<S>(activate(v, p.relu));
         p.dst[m * p.d_sm + n * p.d_sn] = h;
-        if (p.h_n) p.h_n[m * p.N + n] = h;
+        if (p.h_n && (p.lengths == nullptr || p.t == len - 1))
+          p.h_n[m * p.N + n] = h;
       } else {  // kBwdStep: m = b, n = k
         if (p.g_out) v += to_acc(p.g_out[p.t * p.g_st + m * p.g_sb + n]);
         if (p.g_hn) v += to_acc(p.g_hn[m * p.N + n]);
@@ -1072,6 +1188,55 @@ irnn_gemm_kernel(GemmParams<S> p) {
         p.dst_acc[m * p.N + n] = d;
         if (p.dx) p.dx[(p.t * p.M + m) * p.N + n] = from_acc<S>(d);
       }
+    }
+  }
+}
+
+template <typename S>
+struct RelayoutParams {
+  // The caller's tensor: padded [T,B,C], element (t, b, c) at
+  // user[t * u_st + b * u_sb + c], or packed (offsets [T] given) at
+  // user[(offsets[t] + b) * u_sb + c]. The kernels' copy: padded, forward
+  // ordered and contiguous [T,B,C]; row b's step s < lengths[b] is its time
+  // step t = reverse ? lengths[b]-1-s : s.
+  const S* user_in;  // gather: the source, or null (zeros)
+  S* user_out;       // scatter: the destination
+  int64_t u_st, u_sb;
+  S* copy;  // gather: the destination; scatter: the source
+  const S* add_last;  // gather: [B,C] added at each row's last step, or null
+  const int64_t* lengths;
+  const int64_t* offsets;
+  int64_t T, B, C;
+  bool reverse, gather;
+};
+
+// Gathers a caller's tensor into the kernels' copy (zero after each row's
+// end), or scatters the copy back (zeros into a padded tensor's padding).
+template <typename S>
+IRNN_GLOBAL void irnn_relayout_kernel(RelayoutParams<S> p) {
+  using A = typename AccOf<S>::type;
+  const int64_t total = p.T * p.B * p.C;
+  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total;
+       e += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t c = e % p.C, sb = e / p.C, b = sb % p.B, s = sb / p.B;
+    const int64_t len = row_length(p.lengths, b, static_cast<int>(p.T));
+    const int64_t t = p.reverse ? len - 1 - s : s;
+    // The caller's element (t, b, c); only formed for a step in the row.
+    auto at = [&] {
+      return p.offsets ? (p.offsets[t] + b) * p.u_sb + c
+                       : t * p.u_st + b * p.u_sb + c;
+    };
+    if (p.gather) {
+      A v = A(0);
+      if (s < len) {
+        if (p.user_in) v = to_acc(p.user_in[at()]);
+        if (p.add_last && s == len - 1) v += to_acc(p.add_last[b * p.C + c]);
+      }
+      p.copy[e] = from_acc<S>(v);
+    } else if (s < len) {
+      p.user_out[at()] = p.copy[e];
+    } else if (!p.offsets) {  // padding: time step s of the padded tensor
+      p.user_out[s * p.u_st + b * p.u_sb + c] = from_acc<S>(A(0));
     }
   }
 }

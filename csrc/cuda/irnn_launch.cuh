@@ -81,6 +81,7 @@ irnn_error run_forward_reg(const FwdArgs& a, const LaunchConfig& c,
   p.b_hh = static_cast<const S*>(a.b_hh);
   p.out = static_cast<S*>(a.out); p.out_st = a.out_st; p.out_sb = a.out_sb;
   p.h_n = static_cast<S*>(a.h_n);
+  p.lengths = a.lengths;
   p.T = static_cast<int>(a.T); p.B = static_cast<int>(a.B);
   p.I = static_cast<int>(a.I); p.H = static_cast<int>(a.H);
   p.reverse = a.reverse;
@@ -151,6 +152,7 @@ irnn_error run_backward_reg(const BwdArgs& a, const LaunchConfig& c,
   p.dx = static_cast<S*>(a.dx);
   p.dh0 = static_cast<S*>(a.dh0);
   p.partials = static_cast<float*>(ws);
+  p.lengths = a.lengths;
   p.T = static_cast<int>(a.T); p.B = static_cast<int>(a.B);
   p.I = static_cast<int>(a.I); p.H = static_cast<int>(a.H);
   p.reverse = a.reverse;
@@ -171,9 +173,11 @@ irnn_error run_backward_reg(const BwdArgs& a, const LaunchConfig& c,
   return kIrnnInvalidConfig;
 }
 
+// The forward kernels on the padded layout; with lengths, forward direction
+// only (run_forward relayouts the others).
 template <typename S>
-irnn_error run_forward(const FwdArgs& a, const LaunchConfig& c, void* ws,
-                       irnn_stream stream) {
+irnn_error run_forward_kernels(const FwdArgs& a, const LaunchConfig& c,
+                               void* ws, irnn_stream stream) {
   const int64_t T = a.T, B = a.B, H = a.H;
   if (B == 0) return kIrnnSuccess;
   const S* x = static_cast<const S*>(a.x);
@@ -191,6 +195,7 @@ irnn_error run_forward(const FwdArgs& a, const LaunchConfig& c, void* ws,
     p.b_hh = static_cast<const S*>(a.b_hh);
     p.out = out; p.out_st = a.out_st; p.out_sb = a.out_sb;
     p.h_n = h_n;
+    p.lengths = a.lengths;
     p.T = static_cast<int>(T); p.B = static_cast<int>(B);
     p.I = static_cast<int>(a.I); p.H = static_cast<int>(H);
     p.relu = a.relu; p.reverse = a.reverse;
@@ -226,7 +231,10 @@ irnn_error run_forward(const FwdArgs& a, const LaunchConfig& c, void* ws,
     p.w_ih = a.project ? w_ih : nullptr;
     p.b_ih = static_cast<const S*>(a.b_ih);
     p.b_hh = static_cast<const S*>(a.b_hh);
-    p.h_n = s == T - 1 ? h_n : nullptr;
+    // With lengths, each row's h_n is stored at its own last step.
+    p.h_n = s == T - 1 || a.lengths ? h_n : nullptr;
+    p.lengths = a.lengths;
+    p.steps = static_cast<int>(T);
     const irnn_error err = run_gemm(p, c.blocks, stream);
     if (err != kIrnnSuccess) return err;
     prev = p.dst;
@@ -235,9 +243,11 @@ irnn_error run_forward(const FwdArgs& a, const LaunchConfig& c, void* ws,
   return kIrnnSuccess;
 }
 
+// The backward kernels on the padded layout; with lengths, forward
+// direction with bwd_relayout's inputs only (run_backward prepares them).
 template <typename S>
-irnn_error run_backward(const BwdArgs& a, const LaunchConfig& c, void* ws,
-                        irnn_stream stream) {
+irnn_error run_backward_kernels(const BwdArgs& a, const LaunchConfig& c,
+                                void* ws, irnn_stream stream) {
   using A = typename AccOf<S>::type;
   const int64_t T = a.T, B = a.B, I = a.I, H = a.H;
   const S* g_out = static_cast<const S*>(a.g_out);
@@ -265,6 +275,7 @@ irnn_error run_backward(const BwdArgs& a, const LaunchConfig& c, void* ws,
       p.h0 = h0; p.w_ih = w_ih; p.w_hh = w_hh;
       p.out = out; p.o_st = a.o_st; p.o_sb = a.o_sb;
       p.dx = dx; p.dh0 = dh0; p.partials = work;
+      p.lengths = a.lengths;
       p.T = static_cast<int>(T); p.B = static_cast<int>(B);
       p.I = static_cast<int>(I); p.H = static_cast<int>(H);
       p.relu = a.relu; p.reverse = a.reverse;
@@ -311,6 +322,8 @@ irnn_error run_backward(const BwdArgs& a, const LaunchConfig& c, void* ws,
     p.g_hn = s == T - 1 ? g_hn : nullptr;
     p.out = out; p.o_st = a.o_st; p.o_sb = a.o_sb;
     p.dx = a.project ? nullptr : dx;
+    p.lengths = a.lengths;
+    p.steps = static_cast<int>(T);
     if ((err = run_gemm(p, c.blocks, stream)) != kIrnnSuccess) return err;
   }
   const int64_t t_first = a.reverse ? T - 1 : 0;  // the step walked first
@@ -362,6 +375,116 @@ irnn_error run_backward(const BwdArgs& a, const LaunchConfig& c, void* ws,
   IRNN_LAUNCH(irnn_column_sum_kernel<S>,
               static_cast<unsigned>(ceil_div(H, 128)), 128, 0, stream, cs);
   return kIrnnSuccess;
+}
+
+// One relayout (irnn_relayout_kernel) of a [T,B,C] tensor.
+template <typename S>
+irnn_error relayout(const RelayoutParams<S>& p, irnn_stream stream) {
+  const int64_t total = p.T * p.B * p.C;
+  if (total == 0) return kIrnnSuccess;
+  const int64_t blocks = ceil_div(total, 256);
+  IRNN_LAUNCH(irnn_relayout_kernel<S>,
+              static_cast<unsigned>(blocks < 4096 ? blocks : 4096), 256, 0,
+              stream, p);
+  return kIrnnSuccess;
+}
+
+// The relayout copies in the workspace, after the kernels' own.
+inline unsigned char* relayout_base(void* ws, const LaunchConfig& c) {
+  return static_cast<unsigned char*>(ws) + relayout_round(c.workspace);
+}
+
+// irnn_forward: the kernels straight on the caller's tensors, or (a
+// reversed or packed call with lengths, fwd_relayout) on a padded, forward
+// ordered copy of x whose outputs are scattered back.
+template <typename S>
+irnn_error run_forward(const FwdArgs& a, const LaunchConfig& c, void* ws,
+                       irnn_stream stream) {
+  if (!fwd_relayout(a)) return run_forward_kernels<S>(a, c, ws, stream);
+  const int64_t T = a.T, B = a.B, I = a.I, H = a.H, e = sizeof(S);
+  unsigned char* base = relayout_base(ws, c);
+  S* xr = reinterpret_cast<S*>(base);
+  S* outr = reinterpret_cast<S*>(base + relayout_round(T * B * I * e));
+  RelayoutParams<S> g{};
+  g.lengths = a.lengths; g.offsets = a.offsets;
+  g.T = T; g.B = B; g.reverse = a.reverse;
+  RelayoutParams<S> gx = g;
+  gx.user_in = static_cast<const S*>(a.x);
+  gx.u_st = a.x_st; gx.u_sb = a.x_sb;
+  gx.copy = xr; gx.C = I; gx.gather = true;
+  irnn_error err = relayout(gx, stream);
+  if (err != kIrnnSuccess) return err;
+  FwdArgs k = a;
+  k.x = xr; k.x_st = B * I; k.x_sb = I;
+  k.out = a.out ? outr : nullptr; k.out_st = B * H; k.out_sb = H;
+  k.reverse = false; k.offsets = nullptr;
+  if ((err = run_forward_kernels<S>(k, c, ws, stream)) != kIrnnSuccess)
+    return err;
+  if (!a.out) return kIrnnSuccess;
+  RelayoutParams<S> so = g;
+  so.user_out = static_cast<S*>(a.out);
+  so.u_st = a.out_st; so.u_sb = a.out_sb;
+  so.copy = outr; so.C = H; so.gather = false;
+  return relayout(so, stream);
+}
+
+// irnn_backward: the kernels straight on the caller's tensors, or with
+// lengths (bwd_relayout) on padded, forward-ordered copies of grad_output
+// (grad_h_n folded into each row's last step), output and x, zero after
+// each row's end, whose dx is scattered back.
+template <typename S>
+irnn_error run_backward(const BwdArgs& a, const LaunchConfig& c, void* ws,
+                        irnn_stream stream) {
+  if (!bwd_relayout(a)) return run_backward_kernels<S>(a, c, ws, stream);
+  const int64_t T = a.T, B = a.B, I = a.I, H = a.H, e = sizeof(S);
+  unsigned char* at = relayout_base(ws, c);
+  auto take = [&](int64_t bytes) {
+    S* p = reinterpret_cast<S*>(at);
+    at += relayout_round(bytes);
+    return p;
+  };
+  S* gr = take(T * B * H * e);
+  S* outr = take(T * B * H * e);
+  S* xr = a.project ? take(T * B * I * e) : nullptr;
+  S* dxr = take(T * B * I * e);
+  RelayoutParams<S> g{};
+  g.lengths = a.lengths; g.offsets = a.offsets;
+  g.T = T; g.B = B; g.reverse = a.reverse; g.gather = true;
+  RelayoutParams<S> gg = g;
+  gg.user_in = static_cast<const S*>(a.g_out);
+  gg.u_st = a.g_st; gg.u_sb = a.g_sb;
+  gg.add_last = static_cast<const S*>(a.g_hn);
+  gg.copy = gr; gg.C = H;
+  irnn_error err = relayout(gg, stream);
+  if (err != kIrnnSuccess) return err;
+  RelayoutParams<S> go = g;
+  go.user_in = static_cast<const S*>(a.out);
+  go.u_st = a.o_st; go.u_sb = a.o_sb;
+  go.copy = outr; go.C = H;
+  if ((err = relayout(go, stream)) != kIrnnSuccess) return err;
+  if (a.project) {
+    RelayoutParams<S> gx = g;
+    gx.user_in = static_cast<const S*>(a.x);
+    gx.u_st = a.x_st; gx.u_sb = a.x_sb;
+    gx.copy = xr; gx.C = I;
+    if ((err = relayout(gx, stream)) != kIrnnSuccess) return err;
+  }
+  BwdArgs k = a;
+  k.g_out = gr; k.g_st = B * H; k.g_sb = H; k.g_hn = nullptr;
+  k.out = outr; k.o_st = B * H; k.o_sb = H;
+  if (a.project) {
+    k.x = xr; k.x_st = B * I; k.x_sb = I;
+  }
+  k.dx = dxr;
+  k.reverse = false; k.offsets = nullptr;
+  if ((err = run_backward_kernels<S>(k, c, ws, stream)) != kIrnnSuccess)
+    return err;
+  RelayoutParams<S> sd = g;
+  sd.gather = false;
+  sd.user_out = static_cast<S*>(a.dx);
+  sd.u_st = a.offsets ? 0 : B * I; sd.u_sb = I;
+  sd.copy = dxr; sd.C = I;
+  return relayout(sd, stream);
 }
 
 }  // namespace irnn_cuda

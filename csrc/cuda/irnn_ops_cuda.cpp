@@ -5,11 +5,14 @@
 // can be captured in a CUDA graph.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstring>
 #include <tuple>
+#include <vector>
 
 #include "../irnn_checks.h"
 #include "irnn_cuda_api.h"
@@ -31,9 +34,18 @@ DType dtype_of(const at::Tensor& t) {
 }
 
 // The kernels address [T,B,*] tensors through time and batch strides and
-// need a unit inner stride (a batch_first view qualifies as is).
+// need a unit inner stride (a batch_first view qualifies as is); a packed
+// [N,*] tensor through its row stride.
 at::Tensor unit_inner_stride(const at::Tensor& t) {
-  return (t.size(2) == 1 || t.stride(2) == 1) ? t : t.contiguous();
+  const int64_t d = t.dim() - 1;
+  return (t.size(d) == 1 || t.stride(d) == 1) ? t : t.contiguous();
+}
+
+// (time stride, batch stride) of a [T,B,*] tensor; for a packed [N,*] one
+// (0, row stride), as FwdArgs and BwdArgs take them.
+std::pair<int64_t, int64_t> strides(const at::Tensor& t) {
+  return t.dim() == 2 ? std::make_pair(int64_t(0), t.stride(0))
+                      : std::make_pair(t.stride(0), t.stride(1));
 }
 
 at::Tensor contig(const c10::optional<at::Tensor>& t) {
@@ -44,9 +56,8 @@ const void* ptr(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr() : nullptr;
 }
 
-at::Tensor workspace(const LaunchConfig& c, const at::Tensor& like) {
-  return at::empty({c.workspace > 0 ? c.workspace : 1},
-                   like.options().dtype(at::kByte));
+at::Tensor workspace(int64_t bytes, const at::Tensor& like) {
+  return at::empty({bytes > 0 ? bytes : 1}, like.options().dtype(at::kByte));
 }
 
 // The device's properties for make_launch_config; a failed query raises.
@@ -73,16 +84,55 @@ void check_launch(int err, const char* op) {
               irnn_cuda_error_string(err));
 }
 
-// The CUDA kernels do not walk variable lengths yet: a call with lengths is
-// refused, naming the ways that work.
-void check_no_lengths(const c10::optional<at::Tensor>& lengths,
-                      const IrnnSizes& s, const char* op) {
-  check_lengths_arg(lengths, s);
-  TORCH_CHECK_NOT_IMPLEMENTED(
-      !has(lengths), "irnn_cuda.", op, ": lengths (variable-length "
-      "sequences) are not supported by the CUDA kernels yet; "
-      "irnn_cuda.FusedIRNN and irnn_cuda.rnn_forward run such input on "
-      "CUDA through the reference, or call the op on CPU tensors");
+// n int64 values copied to `device` asynchronously, from a pinned buffer
+// (the caching host allocator keeps it until the copy has run).
+at::Tensor to_device_async(const int64_t* values, int64_t n,
+                           const at::Device& device) {
+  at::Tensor pinned = at::empty(
+      {n}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+  std::memcpy(pinned.data_ptr<int64_t>(), values, n * sizeof(int64_t));
+  return pinned.to(at::TensorOptions().device(device), /*non_blocking=*/true);
+}
+
+// The lengths of a call, on the input's device, and for the packed layout
+// the offset of each step's rows. Lengths on the device are used in place
+// and not read on the host (that would wait for the device): their values
+// are not checked, and the kernels clamp them to 1..T. Lengths on the CPU
+// are checked as on the CPU backend and copied once, asynchronously; that
+// copy cannot be captured in a CUDA graph, which is refused. A packed input
+// needs its lengths on the CPU (its T is their maximum).
+struct DeviceLengths {
+  at::Tensor lengths, offsets;
+};
+DeviceLengths device_lengths(const c10::optional<at::Tensor>& lengths,
+                             const IrnnSizes& s, const at::Tensor& input,
+                             bool packed, const char* op) {
+  DeviceLengths d;
+  if (!has(lengths)) return d;
+  if (!lengths->device().is_cpu()) {
+    TORCH_CHECK(lengths->device() == input.device(),
+                "lengths must be on the CPU or on input's device ",
+                input.device(), ", got ", lengths->device());
+    d.lengths = lengths->contiguous();
+    return d;
+  }
+  TORCH_CHECK(c10::cuda::currentStreamCaptureStatusMayInitCtx() ==
+                  c10::cuda::CaptureStatus::None,
+              "irnn_cuda.", op, ": lengths on the CPU cannot be captured in a "
+              "CUDA graph (their copy to the device would be replayed from "
+              "host memory); pass lengths on ", input.device(),
+              " with the padded layout [T, B, I]");
+  const at::Tensor l = checked_lengths(*lengths, s);
+  d.lengths = to_device_async(l.data_ptr<int64_t>(), s.B, input.device());
+  if (packed) {
+    const std::vector<int64_t> off = packed_offsets(l, s, input.size(0));
+    d.offsets = to_device_async(off.data(), s.T, input.device());
+  }
+  return d;
+}
+
+const int64_t* lengths_ptr(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<int64_t>() : nullptr;
 }
 
 std::tuple<at::Tensor, at::Tensor> irnn_forward_cuda(
@@ -92,34 +142,43 @@ std::tuple<at::Tensor, at::Tensor> irnn_forward_cuda(
     const c10::optional<at::Tensor>& bias_hh, c10::string_view nonlinearity,
     bool reverse, bool store_sequence,
     const c10::optional<at::Tensor>& lengths) {
+  const auto packed = packed_shape(input, lengths);
   const IrnnSizes s =
       check_forward_args(input, h0, weight_ih, weight_hh, bias_ih, bias_hh,
-                         std::string(nonlinearity));
-  check_no_lengths(lengths, s, "irnn_forward");
+                         std::string(nonlinearity), packed ? &*packed : nullptr);
+  check_lengths_arg(lengths, s);
   check_steps_and_batch(s, "irnn_forward");
   const c10::cuda::CUDAGuard guard(input.device());
   const DType dt = dtype_of(input);
+  const DeviceLengths len =
+      device_lengths(lengths, s, input, packed.has_value(), "irnn_forward");
   const at::Tensor x = unit_inner_stride(input), h0c = h0.contiguous(),
                    w_ih = contig(weight_ih), w_hh = weight_hh.contiguous(),
                    b_ih = contig(bias_ih), b_hh = contig(bias_hh);
   const auto opts = input.options();
-  at::Tensor out = at::empty({store_sequence ? s.T : 0, s.B, s.H}, opts);
+  // Padded: [T,B,H], zeros after each row's end. Packed: [N,H].
+  at::Tensor out =
+      packed ? at::empty({store_sequence ? input.size(0) : 0, s.H}, opts)
+             : at::empty({store_sequence ? s.T : 0, s.B, s.H}, opts);
   at::Tensor h_n = at::empty({s.B, s.H}, opts);
   if (s.B == 0) return {out, h_n};
   const LaunchConfig cfg = make_launch_config(
       device_props(input, "irnn_forward"), false, dt, s.T, s.B, s.I,
       s.H, s.project, store_sequence);
-  at::Tensor ws = workspace(cfg, input);
   FwdArgs a{};
   a.dtype = dt;
   a.T = s.T; a.B = s.B; a.I = s.I; a.H = s.H;
   a.project = s.project; a.relu = s.relu; a.reverse = reverse;
-  a.x = ptr(x); a.x_st = x.stride(0); a.x_sb = x.stride(1);
+  a.x = ptr(x);
+  std::tie(a.x_st, a.x_sb) = strides(x);
   a.h0 = ptr(h0c); a.w_ih = ptr(w_ih); a.w_hh = ptr(w_hh);
   a.b_ih = ptr(b_ih); a.b_hh = ptr(b_hh);
   a.out = store_sequence ? out.data_ptr() : nullptr;
-  a.out_st = s.B * s.H; a.out_sb = s.H;
+  a.out_st = packed ? 0 : s.B * s.H; a.out_sb = s.H;
   a.h_n = h_n.data_ptr();
+  a.lengths = lengths_ptr(len.lengths);
+  a.offsets = lengths_ptr(len.offsets);
+  at::Tensor ws = workspace(fwd_workspace_bytes(a, cfg), input);
   check_launch(irnn_forward_cuda_launch(
                    a, cfg, ws.data_ptr(),
                    c10::cuda::getCurrentCUDAStream(input.get_device()).stream()),
@@ -136,13 +195,17 @@ irnn_backward_cuda(const c10::optional<at::Tensor>& grad_output,
                    c10::string_view nonlinearity, bool reverse,
                    const c10::optional<at::Tensor>& lengths,
                    OutputMask output_mask) {
+  const auto packed = packed_shape(input, lengths);
   const IrnnSizes s =
       check_backward_args(grad_output, grad_h_n, input, h0, weight_ih,
-                          weight_hh, output, std::string(nonlinearity));
-  check_no_lengths(lengths, s, "irnn_backward");
+                          weight_hh, output, std::string(nonlinearity),
+                          packed ? &*packed : nullptr);
+  check_lengths_arg(lengths, s);
   check_steps_and_batch(s, "irnn_backward");
   const c10::cuda::CUDAGuard guard(input.device());
   const DType dt = dtype_of(input);
+  const DeviceLengths len =
+      device_lengths(lengths, s, input, packed.has_value(), "irnn_backward");
   const at::Tensor g_out = has(grad_output) ? unit_inner_stride(*grad_output)
                                             : at::Tensor(),
                    g_hn = contig(grad_h_n), x = unit_inner_stride(input),
@@ -150,7 +213,8 @@ irnn_backward_cuda(const c10::optional<at::Tensor>& grad_output,
                    w_hh = weight_hh.contiguous(),
                    out = unit_inner_stride(output);
   const auto opts = input.options();
-  at::Tensor dx = at::empty({s.T, s.B, s.I}, opts);
+  at::Tensor dx = packed ? at::empty({input.size(0), s.I}, opts)
+                         : at::empty({s.T, s.B, s.I}, opts);
   at::Tensor dh0 = at::empty({s.B, s.H}, opts);
   at::Tensor dw_ih = at::empty(s.project ? at::IntArrayRef{s.H, s.I}
                                          : at::IntArrayRef{0}, opts);
@@ -159,21 +223,24 @@ irnn_backward_cuda(const c10::optional<at::Tensor>& grad_output,
   const LaunchConfig cfg = make_launch_config(
       device_props(input, "irnn_backward"), true, dt, s.T, s.B, s.I,
       s.H, s.project, true);
-  at::Tensor ws = workspace(cfg, input);
   BwdArgs a{};
   a.dtype = dt;
   a.T = s.T; a.B = s.B; a.I = s.I; a.H = s.H;
   a.project = s.project; a.relu = s.relu; a.reverse = reverse;
   a.g_out = ptr(g_out);
-  a.g_st = g_out.defined() ? g_out.stride(0) : 0;
-  a.g_sb = g_out.defined() ? g_out.stride(1) : 0;
+  if (g_out.defined()) std::tie(a.g_st, a.g_sb) = strides(g_out);
   a.g_hn = ptr(g_hn);
-  a.x = ptr(x); a.x_st = x.stride(0); a.x_sb = x.stride(1);
+  a.x = ptr(x);
+  std::tie(a.x_st, a.x_sb) = strides(x);
   a.h0 = ptr(h0c); a.w_ih = ptr(w_ih); a.w_hh = ptr(w_hh);
-  a.out = ptr(out); a.o_st = out.stride(0); a.o_sb = out.stride(1);
+  a.out = ptr(out);
+  std::tie(a.o_st, a.o_sb) = strides(out);
   a.dx = dx.data_ptr(); a.dh0 = dh0.data_ptr();
   a.dw_ih = s.project ? dw_ih.data_ptr() : nullptr;
   a.dw_hh = dw_hh.data_ptr(); a.db = db.data_ptr();
+  a.lengths = lengths_ptr(len.lengths);
+  a.offsets = lengths_ptr(len.offsets);
+  at::Tensor ws = workspace(bwd_workspace_bytes(a, cfg), input);
   check_launch(irnn_backward_cuda_launch(
                    a, cfg, ws.data_ptr(),
                    c10::cuda::getCurrentCUDAStream(input.get_device()).stream()),

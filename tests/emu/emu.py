@@ -56,7 +56,8 @@ class FwdArgs(ctypes.Structure):
     _fields_ = _HEAD + [
         ("x", _P), ("x_st", _I64), ("x_sb", _I64), ("h0", _P), ("w_ih", _P),
         ("w_hh", _P), ("b_ih", _P), ("b_hh", _P), ("out", _P),
-        ("out_st", _I64), ("out_sb", _I64), ("h_n", _P)]
+        ("out_st", _I64), ("out_sb", _I64), ("h_n", _P), ("lengths", _P),
+        ("offsets", _P)]
 
 
 class BwdArgs(ctypes.Structure):
@@ -64,7 +65,8 @@ class BwdArgs(ctypes.Structure):
         ("g_out", _P), ("g_st", _I64), ("g_sb", _I64), ("g_hn", _P),
         ("x", _P), ("x_st", _I64), ("x_sb", _I64), ("h0", _P), ("w_ih", _P),
         ("w_hh", _P), ("out", _P), ("o_st", _I64), ("o_sb", _I64),
-        ("dx", _P), ("dh0", _P), ("dw_ih", _P), ("dw_hh", _P), ("db", _P)]
+        ("dx", _P), ("dh0", _P), ("dw_ih", _P), ("dw_hh", _P), ("db", _P),
+        ("lengths", _P), ("offsets", _P)]
 
 
 def build(out_dir, extra_flags=("-O2",), output="emu_harness.so", main=None):
@@ -94,6 +96,23 @@ def _props(table):
     return DeviceProps(**table)
 
 
+def packed_offsets(lengths):
+    """[T] int64: where step t's rows start in a packed [N, *] tensor
+    (lengths sorted in decreasing order, as a PackedSequence's)."""
+    T = int(lengths.max())
+    batch_sizes = (lengths.view(1, -1) > torch.arange(T).view(-1, 1)).sum(1)
+    return (batch_sizes.cumsum(0) - batch_sizes).to(torch.int64).contiguous()
+
+
+def _lengths_args(lengths, packed):
+    """(lengths, offsets) for a call: lengths int64 [B]
+    or None; packed: the input is [N, *] in PackedSequence order."""
+    if lengths is None:
+        return None, None
+    lengths = lengths.to(torch.int64).contiguous()
+    return lengths, packed_offsets(lengths) if packed else None
+
+
 class Emu:
     def __init__(self, path):
         lib = ctypes.CDLL(path)
@@ -119,20 +138,31 @@ class Emu:
                                f"{self.lib.emu_last_error().decode()}")
 
     def forward(self, table, x, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse,
-                store_sequence, block_order_seed=0):
+                store_sequence, block_order_seed=0, lengths=None,
+                packed=False):
         """irnn_forward on CPU tensors; x may have any [T,B,*] strides with a
-        unit inner stride. Returns (output or None, h_n, config)."""
-        T, B = x.shape[0], x.shape[1]
+        unit inner stride, or with `packed` be [N, I] in PackedSequence
+        order with `lengths`. Returns (output or None, h_n, config)."""
+        lengths, offsets = _lengths_args(lengths, packed)
         H = w_hh.shape[0]
-        assert x.stride(2) == 1
-        out = x.new_empty((T, B, H)) if store_sequence else None
+        if packed:
+            T, B, I = len(offsets), len(lengths), x.shape[1]
+            assert x.stride(1) == 1
+            out = x.new_empty((x.shape[0], H)) if store_sequence else None
+            x_st, x_sb, out_st = 0, x.stride(0), 0
+        else:
+            T, B, I = x.shape
+            assert x.stride(2) == 1
+            out = x.new_empty((T, B, H)) if store_sequence else None
+            x_st, x_sb, out_st = x.stride(0), x.stride(1), B * H
         h_n = x.new_empty((B, H))
         args = FwdArgs(
-            dtype=DTYPES[x.dtype], T=T, B=B, I=x.shape[2], H=H,
+            dtype=DTYPES[x.dtype], T=T, B=B, I=I, H=H,
             project=w_ih is not None, relu=relu, reverse=reverse,
-            x=_ptr(x), x_st=x.stride(0), x_sb=x.stride(1), h0=_ptr(h0),
+            x=_ptr(x), x_st=x_st, x_sb=x_sb, h0=_ptr(h0),
             w_ih=_ptr(w_ih), w_hh=_ptr(w_hh), b_ih=_ptr(b_ih), b_hh=_ptr(b_hh),
-            out=_ptr(out), out_st=B * H, out_sb=H, h_n=_ptr(h_n))
+            out=_ptr(out), out_st=out_st, out_sb=H, h_n=_ptr(h_n),
+            lengths=_ptr(lengths), offsets=_ptr(offsets))
         cfg = LaunchConfig()
         self._check(self.lib.emu_forward(ctypes.byref(_props(table)),
                                          ctypes.byref(args),
@@ -141,24 +171,35 @@ class Emu:
         return out, h_n, cfg.as_dict()
 
     def backward(self, table, g_out, g_hn, x, h0, w_ih, w_hh, out, relu,
-                 reverse, block_order_seed=0):
-        """irnn_backward; returns (dx, dh0, dw_ih or None, dw_hh, db, config)."""
-        T, B = x.shape[0], x.shape[1]
-        H, I = w_hh.shape[0], x.shape[2]
-        dx = x.new_empty((T, B, I))
+                 reverse, block_order_seed=0, lengths=None, packed=False):
+        """irnn_backward (with `packed`, g_out, x and out are [N, *] in
+        PackedSequence order); returns (dx, dh0, dw_ih or None, dw_hh, db,
+        config)."""
+        lengths, offsets = _lengths_args(lengths, packed)
+        H = w_hh.shape[0]
+        if packed:
+            T, B, I = len(offsets), len(lengths), x.shape[1]
+            dx = x.new_empty((x.shape[0], I))
+            strides = lambda t: (0, t.stride(0))  # noqa: E731
+        else:
+            T, B, I = x.shape
+            dx = x.new_empty((T, B, I))
+            strides = lambda t: (t.stride(0), t.stride(1))  # noqa: E731
         dh0 = x.new_empty((B, H))
         dw_ih = x.new_empty((H, I)) if w_ih is not None else None
         dw_hh = x.new_empty((H, H))
         db = x.new_empty((H,))
-        gs = (g_out.stride(0), g_out.stride(1)) if g_out is not None else (0, 0)
+        gs = strides(g_out) if g_out is not None else (0, 0)
+        (x_st, x_sb), (o_st, o_sb) = strides(x), strides(out)
         args = BwdArgs(
             dtype=DTYPES[x.dtype], T=T, B=B, I=I, H=H,
             project=w_ih is not None, relu=relu, reverse=reverse,
             g_out=_ptr(g_out), g_st=gs[0], g_sb=gs[1], g_hn=_ptr(g_hn),
-            x=_ptr(x), x_st=x.stride(0), x_sb=x.stride(1), h0=_ptr(h0),
+            x=_ptr(x), x_st=x_st, x_sb=x_sb, h0=_ptr(h0),
             w_ih=_ptr(w_ih), w_hh=_ptr(w_hh), out=_ptr(out),
-            o_st=out.stride(0), o_sb=out.stride(1), dx=_ptr(dx), dh0=_ptr(dh0),
-            dw_ih=_ptr(dw_ih), dw_hh=_ptr(dw_hh), db=_ptr(db))
+            o_st=o_st, o_sb=o_sb, dx=_ptr(dx), dh0=_ptr(dh0),
+            dw_ih=_ptr(dw_ih), dw_hh=_ptr(dw_hh), db=_ptr(db),
+            lengths=_ptr(lengths), offsets=_ptr(offsets))
         cfg = LaunchConfig()
         self._check(self.lib.emu_backward(ctypes.byref(_props(table)),
                                           ctypes.byref(args),

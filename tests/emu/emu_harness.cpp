@@ -67,7 +67,9 @@ int emu_forward(const DeviceProps* p, const FwdArgs* a,
         *p, false, a->dtype, a->T, a->B, a->I, a->H, a->project,
         a->out != nullptr);
     *cfg_out = c;
-    std::vector<unsigned char> ws(static_cast<size_t>(c.workspace) + 16);
+    // With lengths, relayout copies follow the kernels' workspace; NaN too.
+    std::vector<unsigned char> ws(
+        static_cast<size_t>(irnn_cuda::fwd_workspace_bytes(*a, c)) + 16, 0xFF);
     switch (a->dtype) {
       case DType::kFloat: return irnn_cuda::run_forward<float>(*a, c, ws.data(), nullptr);
       case DType::kDouble: return irnn_cuda::run_forward<double>(*a, c, ws.data(), nullptr);
@@ -87,7 +89,8 @@ int emu_backward(const DeviceProps* p, const BwdArgs* a,
         *p, true, a->dtype, a->T, a->B, a->I, a->H, a->project, true);
     *cfg_out = c;
     // Workspace starts as NaN: kernels must write before they read it.
-    std::vector<unsigned char> ws(static_cast<size_t>(c.workspace) + 16, 0xFF);
+    std::vector<unsigned char> ws(
+        static_cast<size_t>(irnn_cuda::bwd_workspace_bytes(*a, c)) + 16, 0xFF);
     switch (a->dtype) {
       case DType::kFloat: return irnn_cuda::run_backward<float>(*a, c, ws.data(), nullptr);
       case DType::kDouble: return irnn_cuda::run_backward<double>(*a, c, ws.data(), nullptr);

@@ -7,9 +7,9 @@
 //                     between them); TSan must report it.
 //   emu_tsan kernels  runs the forward and backward kernels (register-
 //                     resident, persistent and large-H paths, <= 256
-//                     threads per block) on a few cases and checks that
-//                     they agree with the large-H path; TSan must stay
-//                     silent.
+//                     threads per block; two cases with lengths) on a few
+//                     cases and checks that they agree with the large-H
+//                     path; TSan must stay silent.
 #include "emu_harness.cpp"
 
 #include <cstring>
@@ -35,6 +35,7 @@ struct Case {
   int64_t T, B, I, H;
   bool project, relu, reverse;
   irnn_cuda::Path backward;  // the backward's path on the first table
+  bool varlen = false;  // lengths T down to 1 over the batch (sorted)
 };
 
 // A value as the stored type T (16-bit types rounded to nearest even).
@@ -73,6 +74,10 @@ std::vector<T> run_case(const Case& c, const DeviceProps& props) {
             x.data(), B * I, I, h0.data(), c.project ? w_ih.data() : nullptr,
             w_hh.data(), b_ih.data(), b_hh.data(), out.data(), B * H, H,
             h_n.data()};
+  std::vector<int64_t> lengths(B);
+  for (int64_t r = 0; r < B; ++r)
+    lengths[r] = std::max<int64_t>(1, T_ - r * T_ / B);
+  if (c.varlen) f.lengths = lengths.data();
   LaunchConfig cfg{};
   if (emu_forward(&props, &f, 0, &cfg) != 0) throw std::runtime_error(g_error);
   BwdArgs b{c.dtype, T_, B, I, H, c.project, c.relu, c.reverse,
@@ -80,6 +85,7 @@ std::vector<T> run_case(const Case& c, const DeviceProps& props) {
             h0.data(), c.project ? w_ih.data() : nullptr, w_hh.data(),
             out.data(), B * H, H, dx.data(), dh0.data(),
             c.project ? dw_ih.data() : nullptr, dw_hh.data(), db.data()};
+  if (c.varlen) b.lengths = lengths.data();
   if (emu_backward(&props, &b, 3, &cfg) != 0) throw std::runtime_error(g_error);
   std::vector<T> all;
   for (const auto* v : {&out, &h_n, &dx, &dh0, &dw_ih, &dw_hh, &db})
@@ -109,6 +115,12 @@ int run_kernels() {
       {DType::kBFloat16, 9, 3, 1, 100, true, true, false, Path::kRegisterBwd},
       {DType::kHalf, 3, 29, 3, 101, true, true, true, Path::kRegisterBwd},
       {DType::kDouble, 2, 9, 1, 80, false, true, false, Path::kPersistent},
+      // With lengths: the register-resident kernels (8 rows per block,
+      // reversed: the relayout copies) and today's persistent ones.
+      {DType::kFloat, 6, 20, 2, 100, true, true, true, Path::kRegisterBwd,
+       true},
+      {DType::kFloat, 5, 11, 1, 120, true, false, false, Path::kPersistent,
+       true},
   };
   int failures = 0;
   for (const Case& c : cases) {
