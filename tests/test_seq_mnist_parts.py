@@ -173,6 +173,43 @@ def test_variable_length_needs_pixel_order():
     assert config.resolve_config({}, saved)["variable_length"] is False
 
 
+@pytest.mark.parametrize("variable_length", [False, True])
+def test_input_norm_standard_feeds_standardized_pixels(variable_length):
+    """--input-norm standard: the layer sees (pixel - mean) / std, the same
+    logits as the [0, 1] model fed standardized pixels (the crop lengths
+    still come from the raw pixels)."""
+    torch.manual_seed(0)
+    pixels = torch.rand(3, data.STEPS)
+    pixels[:, 500:] = 0  # every image ends early
+    torch.manual_seed(1)
+    std = model.SeqMNISTModel(4, "fused", "irnn", variable_length,
+                              input_norm="standard")
+    torch.manual_seed(1)
+    unit = model.SeqMNISTModel(4, "fused", "irnn", variable_length)
+    standardized = (pixels - model.MNIST_MEAN) / model.MNIST_STD
+    if variable_length:
+        # the unit model would crop the standardized pixels at their last
+        # nonzero value: compare the cropped states instead
+        lengths = model.crop_lengths(pixels)
+        x = standardized.t().unsqueeze(-1).contiguous()
+        torch.testing.assert_close(
+            std(pixels), unit.fc(unit._last_state_cropped(x, lengths)))
+    else:
+        torch.testing.assert_close(std(pixels), unit(standardized))
+    with pytest.raises(ValueError, match="input_norm"):
+        model.SeqMNISTModel(4, "fused", "irnn", input_norm="minmax")
+
+
+def test_input_norm_is_saved_and_old_checkpoints_read_unit():
+    assert config.resolve_config({})["input_norm"] == "unit"
+    saved = config.resolve_config({"input_norm": "standard"})
+    assert config.resolve_config({}, saved)["input_norm"] == "standard"
+    with pytest.raises(ConfigError, match="input-norm"):
+        config.resolve_config({"input_norm": "unit"}, saved)
+    del saved["input_norm"]  # a checkpoint from before the flag
+    assert config.resolve_config({}, saved)["input_norm"] == "unit"
+
+
 def test_evaluate_counts_every_image_once():
     torch.manual_seed(0)
     classifier = model.SeqMNISTModel(4, "fused", "irnn")
