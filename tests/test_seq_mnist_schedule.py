@@ -98,8 +98,13 @@ def test_the_default_recipe_and_the_notebook_preset():
     for name in ("keras-example", "paper"):
         c = config.resolve_config({"preset": name})
         assert (c["lr_schedule"], c["warmup_steps"]) == ("constant", 0), name
+    # fast: the default over 40 epochs, on standardized pixels; the others
+    # keep the pixels in [0, 1].
     fast = config.resolve_config({"preset": "fast"})
-    assert dict(fast, epochs=10, preset=None) == default
+    assert fast["input_norm"] == "standard"
+    assert dict(fast, epochs=10, preset=None, input_norm="unit") == default
+    for name in ("notebook", "keras-example", "paper"):
+        assert config.resolve_config({"preset": name})["input_norm"] == "unit"
 
 
 def test_the_paper_preset_follows_permute():
