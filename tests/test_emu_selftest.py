@@ -77,8 +77,11 @@ def test_missing_wait_reads_poison_and_is_reported(selftest):
 
 
 def test_mask_mismatch_is_reported(selftest):
+    # Lane 3 of every warp mismatches: whichever warp meets it first
+    # reports it, and that depends on the OS threads' timing.
     rc, text, _ = run(selftest, "mask_mismatch")
-    assert rc == 1 and "error: emu: block 0: warp 0 lane" in text, text
+    assert rc == 1 and re.search(r"error: emu: block 0: warp \d+ lane 3 ",
+                                 text), text
     assert "mask or operation mismatch" in text, text
 
 
