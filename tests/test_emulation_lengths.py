@@ -21,22 +21,13 @@ import irnn_cuda  # noqa: E402,F401  (registers torch.ops.irnn_cuda)
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None,
                                 reason="needs g++ to build the emulation")
 
-PERSISTENT, LARGE_H, REGISTER_FWD, REGISTER_BWD = 0, 1, 2, 3
+# The paths, the 48 KB table (H = 120 in float32 takes the large-H path)
+# and the harness fixture are test_emulation.py's.
+from test_emulation import (LARGE_H, PERSISTENT, REGISTER_BWD,  # noqa: E402,F401
+                            REGISTER_FWD, SMALL_SMEM, harness)
 # Four SMs: B <= 4 runs one row per register-resident block, B <= 32 eight.
 FOUR_SMS = dict(sm_count=4, max_threads_per_block=1024,
                 smem_per_block=48 * 1024, smem_per_block_optin=232448)
-# 48 KB of shared memory and no opt-in: H = 120 in float32 takes the large-H
-# path.
-SMALL_SMEM = dict(sm_count=4, max_threads_per_block=1024,
-                  smem_per_block=48 * 1024, smem_per_block_optin=48 * 1024)
-
-
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    out = os.environ.get("IRNN_EMU_BUILD_DIR") or str(
-        tmp_path_factory.mktemp("emu"))
-    os.makedirs(out, exist_ok=True)
-    return emu.Emu(emu.build(out))
 
 
 def lengths_for(B, T, seed, sort):
