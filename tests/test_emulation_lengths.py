@@ -4,9 +4,7 @@ forward and backward, today's persistent kernels, the large-H GEMMs), both
 directions, the padded and the packed layout, against the float64
 reference with the same lengths; NaN and Inf in the padding change nothing.
 """
-import os
 import shutil
-import sys
 
 import pytest
 import torch
@@ -14,8 +12,6 @@ import torch
 from conftest import TOL, max_rel_err
 from irnn_cuda.reference import irnn_layer_reference
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "emu"))
-import emu  # noqa: E402
 import irnn_cuda  # noqa: E402,F401  (registers torch.ops.irnn_cuda)
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None,
