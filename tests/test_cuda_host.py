@@ -76,7 +76,8 @@ class DeviceProps(ctypes.Structure):  # csrc/cuda/irnn_cuda_api.h
     _fields_ = [("sm_count", ctypes.c_int),
                 ("max_threads_per_block", ctypes.c_int),
                 ("smem_per_block", ctypes.c_int64),
-                ("smem_per_block_optin", ctypes.c_int64)]
+                ("smem_per_block_optin", ctypes.c_int64),
+                ("cluster_launch", ctypes.c_int)]
 
 
 def _cuda_symbols():
@@ -100,8 +101,8 @@ def test_device_props_report_failed_queries():
                 "irnn_cuda::irnn_forward", "CUDA"):
         pytest.skip("irnn_cuda._C was built without CUDA kernels")
     query, error_string = _cuda_symbols()
-    sentinel = DeviceProps(-1, -1, -1, -1)
-    props, failed = DeviceProps(-1, -1, -1, -1), ctypes.c_char_p()
+    sentinel = DeviceProps(-1, -1, -1, -1, -1)
+    props, failed = DeviceProps(-1, -1, -1, -1, -1), ctypes.c_char_p()
     device = torch.cuda.device_count()  # one past the last device: invalid
     err = query(device, ctypes.byref(props), ctypes.byref(failed))
     assert err != 0, "a query of a device that does not exist succeeded"
@@ -113,3 +114,5 @@ def test_device_props_report_failed_queries():
         assert err == 0, error_string(err)
         assert props.sm_count > 0 and props.max_threads_per_block > 0
         assert props.smem_per_block > 0 and props.smem_per_block_optin > 0
+        major = torch.cuda.get_device_capability(0)[0]
+        assert props.cluster_launch == (1 if major >= 9 else 0), props.cluster_launch

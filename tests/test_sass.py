@@ -299,6 +299,7 @@ class Budget:
     instructions_per_row_step: int
     min_fma_share: float
     rows_per_warp: int
+    cluster: bool = False  # one cluster barrier per step, not a block's
 
 
 def forward_budget(H, rows_per_warp=1, relu=True):
@@ -312,6 +313,47 @@ def forward_budget(H, rows_per_warp=1, relu=True):
 
 # Instructions of tanhf per row (its SASS on sm_90).
 TANH_PER_ROW = 16
+
+# Instructions per row-step of the cluster forward besides its FMAs and
+# shared loads (docs/cuda.md): the sum of the four accumulators and the two
+# shuffles that add the slices, the activation, the stores into the
+# cluster's blocks, the out store, the cluster barrier's two halves with
+# the fences the release and acquire compile to (MEMBAR, ERRBAR,
+# CGAERRBAR, CCTL) and the compiler's block barrier for a cluster of one
+# block, the pointer swap and the loop.
+CLUSTER_FIXED_PER_ROW = 60
+
+
+# Instructions per row-step of the cluster backward's recurrence besides
+# its FMAs and shared loads of da (docs/cuda.md): as the forward's 60 less
+# the input projection, plus the ring (the cp.async copy of g_t or h_t and
+# its address step, commit and wait, the shared loads of g_t and h_t),
+# phi', and the second global store (da_t for the GEMMs, dx without the
+# projection).
+CLUSTER_BWD_FIXED_PER_ROW = 95
+
+
+def cluster_backward_budget(hp, rows_per_warp=1):
+    """Per row-step of the cluster backward: a thread computes HP/4 rows of
+    its unit's column of W_hh (HP/4 FFMA, HP/16 LDS.128 of da_{t+1}); the
+    same with tanh (phi' = 1 - h^2 is two instructions). FMA share at least
+    0.9 times the budget's."""
+    fma = hp // 4
+    total = fma + hp // 16 + CLUSTER_BWD_FIXED_PER_ROW
+    return Budget(f"cluster backward, HP = {hp}", total,
+                  math.floor(90 * fma / total) / 100, rows_per_warp,
+                  cluster=True)
+
+
+def cluster_forward_budget(hp, rows_per_warp=1, relu=True):
+    """Per row-step of the cluster forward: a thread computes HP/4 columns
+    of its unit (HP/4 FFMA, HP/16 LDS.128) and the input projection (4
+    FFMA); FMA share at least 0.9 times the budget's."""
+    fma = hp // 4 + 4
+    total = fma + hp // 16 + CLUSTER_FIXED_PER_ROW + (0 if relu else TANH_PER_ROW)
+    return Budget(f"cluster forward{'' if relu else ' with tanh'}, HP = {hp}",
+                  total, math.floor(90 * fma / total) / 100, rows_per_warp,
+                  cluster=True)
 
 
 # Instructions per row of the backward's fused projection (docs/cuda.md).
@@ -362,9 +404,19 @@ def verdict(k, budget):
               not op.startswith(("LDGSTS", "LDGDEPBAR")) for op in ops)
     if ldg:
         problems.append(f"{ldg} LDG in the step loop")
-    barriers = sum(is_block_barrier(op) for op in ops)
-    if barriers != 1:
-        problems.append(f"{barriers} block barriers in the step loop")
+    if budget.cluster:
+        # barrier.cluster.arrive and .wait, once each; the compiler adds a
+        # BAR.SYNC taken instead of the wait when the cluster has one block.
+        arrive = sum(op.startswith("UCGABAR_ARV") for op in ops)
+        wait = sum(op.startswith("UCGABAR_WAIT") for op in ops)
+        bar = sum(op.startswith(("BAR.SYNC", "BAR.RED")) for op in ops)
+        if arrive != 1 or wait != 1 or bar > 1:
+            problems.append(f"{arrive} cluster barrier arrives, {wait} waits "
+                            f"and {bar} block barriers in the step loop")
+    else:
+        barriers = sum(is_block_barrier(op) for op in ops)
+        if barriers != 1:
+            problems.append(f"{barriers} block barriers in the step loop")
     if loop.inner_loops:
         problems.append(f"{loop.inner_loops} loops inside the step loop "
                         "(run-time trip counts)")
@@ -434,6 +486,32 @@ def table_variants(macro):
     block = re.search(r"#define %s\(X\)((?:.*\\\n)*.*)" % macro, text).group(1)
     return {(REG_FWD_TYPE_NAMES[t], int(hp), int(r)) for t, hp, r in
             re.findall(r"X\(k\w+, (\w+), (\d+), (\d+)\)", block)}
+# The cluster forwards: <S, HP, R rows per cluster, relu>, every variant of
+# IRNN_CLUSTER_FWD_VARIANTS with relu and tanh.
+CLUSTER_FWD = re.compile(r"irnn_cuda::irnn_fwd_cluster_kernel<(\w+), (\d+), "
+                         r"(\d+), (true|false)>$")
+CLUSTER_FWD_VARIANTS = [("float", 256, 1), ("float", 256, 8),
+                        ("float", 512, 1), ("float", 512, 8)]
+
+
+def cluster_fwd_budget(name):
+    _, hp, rows, relu = CLUSTER_FWD.match(name).groups()
+    return cluster_forward_budget(int(hp), int(rows), relu == "true")
+
+
+# The cluster backwards: <S, HP, R rows per cluster, relu>, every variant
+# of IRNN_CLUSTER_BWD_VARIANTS with relu and tanh.
+CLUSTER_BWD = re.compile(r"irnn_cuda::irnn_bwd_cluster_kernel<(\w+), (\d+), "
+                         r"(\d+), (true|false)>$")
+CLUSTER_BWD_VARIANTS = [("float", 256, 1), ("float", 256, 8),
+                        ("float", 512, 1), ("float", 512, 4)]
+
+
+def cluster_bwd_budget(name):
+    _, hp, rows, _ = CLUSTER_BWD.match(name).groups()
+    return cluster_backward_budget(int(hp), int(rows))
+
+
 # Kernels without a step loop: only the local-memory check applies.
 PLAIN = re.compile(r"irnn_cuda::irnn_(reduce_partials|column_sum|relayout)_kernel<")
 
@@ -468,7 +546,8 @@ def test_missing_tools_fail_under_expect_cuda(monkeypatch):
 def test_every_kernel_is_classified(kernels):
     unknown = [n for n in kernels if n not in FALLBACK and
                not GEMM.match(n) and not PLAIN.match(n) and
-               not REG_FWD.match(n) and not REG_BWD.match(n)]
+               not REG_FWD.match(n) and not REG_BWD.match(n) and
+               not CLUSTER_FWD.match(n) and not CLUSTER_BWD.match(n)]
     assert not unknown, (
         "kernels the SASS guard does not know; give each its budget in "
         f"tests/test_sass.py and docs/cuda.md: {unknown}")
@@ -507,6 +586,57 @@ def test_register_forward_within_budget(kernels, variant):
     if variant == ("float", 104, 1, "true"):
         assert budget.instructions_per_row_step == 170
         assert len(step_loop(k).insns) <= 170
+
+
+def test_cluster_forward_variants_built(kernels):
+    """The build holds every variant of the cluster table, relu and tanh,
+    and no other cluster forward."""
+    built = {n for n in kernels if CLUSTER_FWD.match(n)}
+    expected = {f"irnn_cuda::irnn_fwd_cluster_kernel<{t}, {hp}, {r}, {a}>"
+                for t, hp, r in CLUSTER_FWD_VARIANTS for a in ("true", "false")}
+    assert built == expected, (built ^ expected)
+    assert table_variants("IRNN_CLUSTER_FWD_VARIANTS") == set(CLUSTER_FWD_VARIANTS)
+
+
+@pytest.mark.parametrize("variant", [
+    (t, hp, r, a) for t, hp, r in CLUSTER_FWD_VARIANTS
+    for a in ("true", "false")], ids=lambda v: "-".join(map(str, v)))
+def test_cluster_forward_within_budget(kernels, variant):
+    """The guard passes every selectable cluster forward: no local memory,
+    one cluster barrier (arrive and wait) per step, no LDG or inner loop in
+    the step, and the instructions per row-step within the budget (at most
+    144 at HP = 256 and 224 at HP = 512 with relu)."""
+    name = "irnn_cuda::irnn_fwd_cluster_kernel<%s, %d, %d, %s>" % variant
+    k = kernels[name]
+    budget = cluster_fwd_budget(name)
+    assert verdict(k, budget) == [], (name, verdict(k, budget))
+    if variant[3] == "true":
+        assert budget.instructions_per_row_step == {256: 144, 512: 224}[variant[1]]
+
+
+def test_cluster_backward_variants_built(kernels):
+    """The build holds every variant of the cluster backward's table, relu
+    and tanh, and no other."""
+    built = {n for n in kernels if CLUSTER_BWD.match(n)}
+    expected = {f"irnn_cuda::irnn_bwd_cluster_kernel<{t}, {hp}, {r}, {a}>"
+                for t, hp, r in CLUSTER_BWD_VARIANTS for a in ("true", "false")}
+    assert built == expected, (built ^ expected)
+    assert table_variants("IRNN_CLUSTER_BWD_VARIANTS") == set(CLUSTER_BWD_VARIANTS)
+
+
+@pytest.mark.parametrize("variant", [
+    (t, hp, r, a) for t, hp, r in CLUSTER_BWD_VARIANTS
+    for a in ("true", "false")], ids=lambda v: "-".join(map(str, v)))
+def test_cluster_backward_within_budget(kernels, variant):
+    """The guard passes every selectable cluster backward: no local memory,
+    one cluster barrier per step, no LDG (the ring's copies are LDGSTS) or
+    inner loop in the step, and the instructions per row-step within the
+    budget (at most 175 at HP = 256 and 255 at HP = 512)."""
+    name = "irnn_cuda::irnn_bwd_cluster_kernel<%s, %d, %d, %s>" % variant
+    k = kernels[name]
+    budget = cluster_bwd_budget(name)
+    assert verdict(k, budget) == [], (name, verdict(k, budget))
+    assert budget.instructions_per_row_step == {256: 175, 512: 255}[variant[1]]
 
 
 def test_register_backward_variants_built(kernels):
@@ -673,6 +803,26 @@ def test_verdict_passes_a_kernel_within_budget():
         design + ["LDL R9, [R1]"], budget))
 
 
+def test_verdict_counts_the_cluster_barrier():
+    """A cluster kernel's step passes with one cluster barrier (arrive and
+    wait; a BAR.SYNC beside them is the compiler's one-block path) and
+    fails without either half; a block barrier alone does not count."""
+    budget = dataclasses.replace(cluster_forward_budget(256),
+                                 instructions_per_row_step=1000,
+                                 min_fma_share=0.5)
+    design = ["LDS.128 R4, [R2]"] * 16 + ["FFMA R8, R4, R5, R8"] * 68 + \
+        ["ST.E desc[UR6][R32.64], R35", "MEMBAR.ALL.GPU", "UCGABAR_ARV",
+         "STG.E desc[UR4][R6.64], R8", "UCGABAR_WAIT", "CCTL.IVALL"]
+    # _synthetic appends one BAR.SYNC: the one-block path.
+    assert _synthetic(design, budget) == []
+    no_arrive = [op for op in design if op != "UCGABAR_ARV"]
+    assert "0 cluster barrier arrives" in " ".join(_synthetic(no_arrive, budget))
+    no_wait = [op for op in design if op != "UCGABAR_WAIT"]
+    assert "0 waits" in " ".join(_synthetic(no_wait, budget))
+    assert "2 block barriers" in " ".join(_synthetic(
+        design + ["BAR.SYNC.DEFER_BLOCKING 0x0"], budget))
+
+
 def test_budgets_match_the_docs():
     """The exact numbers docs/cuda.md derives."""
     assert forward_budget(100).instructions_per_row_step == 165
@@ -681,7 +831,13 @@ def test_budgets_match_the_docs():
     assert backward_budget(100).instructions_per_row_step == 153
     assert backward_budget(104).instructions_per_row_step == 157
     assert backward_budget(104, project=True).instructions_per_row_step == 202
+    assert cluster_forward_budget(256).instructions_per_row_step == 144
+    assert cluster_forward_budget(512).instructions_per_row_step == 224
+    assert cluster_forward_budget(256, relu=False).instructions_per_row_step == 160
+    assert cluster_backward_budget(256).instructions_per_row_step == 175
+    assert cluster_backward_budget(512).instructions_per_row_step == 255
     doc = (Path(__file__).resolve().parent.parent / "docs" / "cuda.md"
            ).read_text()
-    for n in ("165", "170", "186", "153", "157", "202"):
+    for n in ("165", "170", "186", "153", "157", "202", "144", "224", "160",
+              "175", "255"):
         assert f"**{n}**" in doc, f"docs/cuda.md does not state the budget {n}"

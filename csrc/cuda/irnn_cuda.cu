@@ -25,6 +25,19 @@ IRNN_REG_FWD_VARIANTS(IRNN_REG_FWD_EXTERN)
 IRNN_REG_BWD_VARIANTS(IRNN_REG_BWD_EXTERN)
 #undef IRNN_REG_BWD_EXTERN
 
+// So are the cluster forwards (irnn_fwd_cluster_<type>_hp<HP>.cu).
+#define IRNN_CLUSTER_FWD_EXTERN(dt, type, HP, R)                     \
+  extern template irnn_error launch_fwd_cluster<type, HP, R>(        \
+      const RegFwdParams<type>&, bool, const LaunchConfig&, irnn_stream);
+IRNN_CLUSTER_FWD_VARIANTS(IRNN_CLUSTER_FWD_EXTERN)
+#undef IRNN_CLUSTER_FWD_EXTERN
+// And the cluster backwards (irnn_bwd_cluster_<type>_hp<HP>.cu).
+#define IRNN_CLUSTER_BWD_EXTERN(dt, type, HP, R)                     \
+  extern template irnn_error launch_bwd_cluster<type, HP, R>(        \
+      const ClusterBwdParams<type>&, bool, const LaunchConfig&, irnn_stream);
+IRNN_CLUSTER_BWD_VARIANTS(IRNN_CLUSTER_BWD_EXTERN)
+#undef IRNN_CLUSTER_BWD_EXTERN
+
 int irnn_forward_cuda_launch(const FwdArgs& a, const LaunchConfig& c,
                              void* workspace, void* stream) {
   const auto s = static_cast<cudaStream_t>(stream);
@@ -73,6 +86,7 @@ int irnn_cuda_device_props(int device, DeviceProps* props,
       {cudaDevAttrMaxSharedMemoryPerBlock, "cudaDevAttrMaxSharedMemoryPerBlock", 0},
       {cudaDevAttrMaxSharedMemoryPerBlockOptin,
        "cudaDevAttrMaxSharedMemoryPerBlockOptin", 0},
+      {cudaDevAttrClusterLaunch, "cudaDevAttrClusterLaunch", 0},
   };
   for (Query& q : queries) {
     const cudaError_t err = cudaDeviceGetAttribute(&q.value, q.attr, device);
@@ -86,6 +100,7 @@ int irnn_cuda_device_props(int device, DeviceProps* props,
   p.max_threads_per_block = queries[1].value;
   p.smem_per_block = queries[2].value;
   p.smem_per_block_optin = queries[3].value;
+  p.cluster_launch = queries[4].value;
   if (device >= 0 && device < kMaxDevices) {
     cache[device] = p;
     known[device] = true;

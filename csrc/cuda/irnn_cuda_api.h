@@ -30,6 +30,8 @@ struct DeviceProps {
   int max_threads_per_block;    // cudaDevAttrMaxThreadsPerBlock
   int64_t smem_per_block;       // cudaDevAttrMaxSharedMemoryPerBlock (48 KB)
   int64_t smem_per_block_optin; // cudaDevAttrMaxSharedMemoryPerBlockOptin
+  int cluster_launch;           // cudaDevAttrClusterLaunch: 1 where thread-
+                                // block clusters launch (sm_90 and later)
 };
 
 // Rows one thread of a persistent kernel computes per step, at most (their
@@ -69,7 +71,9 @@ enum class Path : int {
   kPersistent = 0,
   kLargeH = 1,
   kRegisterFwd = 2,
-  kRegisterBwd = 3
+  kRegisterBwd = 3,
+  kClusterFwd = 4,
+  kClusterBwd = 5
 };
 
 // The register-resident forward (irnn_fwd_reg_kernel): thread j of a block
@@ -254,6 +258,127 @@ inline bool select_reg_bwd(int sm_count, int max_threads, int64_t smem_max,
   return true;
 }
 
+// The cluster forward (irnn_fwd_cluster_kernel, thread-block clusters of
+// sm_90): for HP / kClusterUnits blocks of a cluster share one tile of R
+// batch rows; block c owns units [64c, 64c + 64) and keeps their rows of
+// W_hh in registers, each split over kClusterSlices threads of HP / 4
+// columns (zero beyond H), and writes its part of h_t into every peer's
+// shared memory each step. Every instantiation, as X(dtype enumerator,
+// stored type, HP, R); one .cu per (type, HP) in csrc/cuda/ instantiates it
+// (irnn_fwd_cluster_<type>_hp<HP>.cu). make_launch_config selects from
+// this table only, where the device launches clusters.
+#define IRNN_CLUSTER_FWD_VARIANTS(X) \
+  X(kFloat, float, 256, 1)           \
+  X(kFloat, float, 256, 8)           \
+  X(kFloat, float, 512, 1)           \
+  X(kFloat, float, 512, 8)
+constexpr int kClusterUnits = 64;   // units a block of a cluster owns
+constexpr int kClusterSlices = 4;   // threads that share a unit's row
+constexpr int kClusterThreads = kClusterUnits * kClusterSlices;
+// The portable limit of blocks per cluster (8): HP = 512 at most.
+constexpr int kClusterMaxBlocks = 8;
+// Blocks of one cluster for HP.
+constexpr int cluster_blocks(int hp) { return hp / kClusterUnits; }
+// Floats from one k-slice of an h row to the next in shared memory: HP / 4
+// and 4 more, so the four slices a warp reads fall in different banks.
+constexpr int cluster_slice_stride(int hp) { return hp / kClusterSlices + 4; }
+// Dynamic shared memory of a cluster block: the h double buffer
+// [2][R][kClusterSlices][cluster_slice_stride] (every unit of the cluster)
+// and one chunk of x, as in the register-resident forward.
+inline int64_t cluster_fwd_smem_bytes(int64_t T, int hp, int rows) {
+  return 4 * (2 * rows * kClusterSlices * cluster_slice_stride(hp) +
+              reg_fwd_chunk(T, rows) * rows * kRegFwdMaxInput);
+}
+// Whether the variant with `rows` batch rows per cluster suits B: one row
+// while every row gets its own cluster in one wave (B <= the SM count /
+// blocks per cluster), else the table's variant with more rows (8, or 4
+// where 8 spill).
+inline bool cluster_rows_suit(int rows, int64_t B, int sm_count,
+                              int blocks_per_cluster) {
+  const int per_wave = sm_count / blocks_per_cluster;
+  if (B < 1 || per_wave < 1) return false;
+  return rows == 1 ? B <= per_wave : B > per_wave;
+}
+
+// The cluster variant for a forward call, or false: a device that launches
+// clusters, dtype and 128 < H <= HP from the table (H <= 128 runs the
+// register-resident forward), the input projected and at most
+// kRegFwdMaxInput wide, threads and shared memory within the device's
+// limits. HP is the smallest listed size >= H.
+inline bool select_cluster_fwd(int sm_count, int max_threads, int64_t smem_max,
+                               bool cluster_launch, DType dtype, int64_t T,
+                               int64_t B, int64_t I, int64_t H, bool project,
+                               int* hp_out, int* rows_out) {
+  if (!cluster_launch || !project || I > kRegFwdMaxInput || H <= 128 ||
+      kClusterThreads > max_threads)
+    return false;
+  int best = 0, best_rows = 0;
+#define IRNN_CLUSTER_FWD_PICK(dt, type, hp, r)                               \
+  if (dtype == DType::dt && hp >= H && (best == 0 || hp < best) &&          \
+      cluster_blocks(hp) <= kClusterMaxBlocks &&                             \
+      cluster_rows_suit(r, B, sm_count, cluster_blocks(hp)) &&               \
+      cluster_fwd_smem_bytes(T, hp, r) <= smem_max) {                        \
+    best = hp;                                                               \
+    best_rows = r;                                                           \
+  }
+  IRNN_CLUSTER_FWD_VARIANTS(IRNN_CLUSTER_FWD_PICK)
+#undef IRNN_CLUSTER_FWD_PICK
+  if (best == 0) return false;
+  *hp_out = best;
+  *rows_out = best_rows;
+  return true;
+}
+
+// The cluster backward (irnn_bwd_cluster_kernel): the recurrence of the
+// backward on the cluster forward's layout (W_hh^T), storing every da_t;
+// the large-H path's GEMMs then give the gradients. Every instantiation, as
+// X(dtype enumerator, stored type, HP, R); one .cu per (type, HP)
+// (irnn_bwd_cluster_<type>_hp<HP>.cu). At HP = 512, 4 rows per cluster: 8
+// spill (W_hh's 128 columns per thread take half the registers).
+#define IRNN_CLUSTER_BWD_VARIANTS(X) \
+  X(kFloat, float, 256, 1)           \
+  X(kFloat, float, 256, 8)           \
+  X(kFloat, float, 512, 1)           \
+  X(kFloat, float, 512, 4)
+// Steps of g_t and h_t the cluster backward's prefetch ring holds: the
+// copies for a step are issued kClusterBwdRing - 1 steps before it runs.
+constexpr int kClusterBwdRing = 8;
+// Dynamic shared memory of a cluster backward block: the da double buffer
+// [2][R][kClusterSlices][cluster_slice_stride] and the ring
+// [kClusterBwdRing][R][2][kClusterUnits], floats.
+inline int64_t cluster_bwd_smem_bytes(int hp, int rows) {
+  return 4 * (2 * rows * kClusterSlices * cluster_slice_stride(hp) +
+              kClusterBwdRing * rows * 2 * kClusterUnits);
+}
+
+// The cluster variant for a backward call, or false: a device that
+// launches clusters, dtype and 128 < H <= HP from the table, T >= 1,
+// threads and shared memory within the device's limits (any input: the
+// GEMMs after the recurrence handle the projection). HP is the smallest
+// listed size >= H.
+inline bool select_cluster_bwd(int sm_count, int max_threads, int64_t smem_max,
+                               bool cluster_launch, DType dtype, int64_t T,
+                               int64_t B, int64_t H, int* hp_out,
+                               int* rows_out) {
+  if (!cluster_launch || H <= 128 || T < 1 || kClusterThreads > max_threads)
+    return false;
+  int best = 0, best_rows = 0;
+#define IRNN_CLUSTER_BWD_PICK(dt, type, hp, r)                               \
+  if (dtype == DType::dt && hp >= H && (best == 0 || hp < best) &&          \
+      cluster_blocks(hp) <= kClusterMaxBlocks &&                             \
+      cluster_rows_suit(r, B, sm_count, cluster_blocks(hp)) &&               \
+      cluster_bwd_smem_bytes(hp, r) <= smem_max) {                           \
+    best = hp;                                                               \
+    best_rows = r;                                                           \
+  }
+  IRNN_CLUSTER_BWD_VARIANTS(IRNN_CLUSTER_BWD_PICK)
+#undef IRNN_CLUSTER_BWD_PICK
+  if (best == 0) return false;
+  *hp_out = best;
+  *rows_out = best_rows;
+  return true;
+}
+
 struct LaunchConfig {
   Path path;
   int rows_per_block;   // batch rows a persistent block owns
@@ -261,11 +386,14 @@ struct LaunchConfig {
   int rows_per_thread;  // rows one thread computes per step (<= kMaxRows...)
   int threads;          // threads per block
   int blocks;           // persistent blocks (ceil(B / rows_per_block)); on
-                        // the large-H path the SM count, the fewest blocks
-                        // a GEMM launches before it takes smaller tiles
+                        // the large-H path and the cluster backward the SM
+                        // count, the fewest blocks a GEMM launches before
+                        // it takes smaller tiles (the cluster backward's
+                        // grid is ceil(B / rows_per_block) * cluster)
   int64_t smem;         // dynamic shared memory bytes of the persistent kernel
   int64_t workspace;    // bytes of global workspace the launcher needs
   bool smem_optin;      // smem exceeds the default per-block limit
+  int cluster;          // blocks per cluster (kClusterFwd), else 1
 };
 
 // Shared memory of a persistent block owning `rows` batch rows, in units of
@@ -298,6 +426,7 @@ inline LaunchConfig make_launch_config(const DeviceProps& p, bool backward,
                                        int64_t I, int64_t H, bool project,
                                        bool store_sequence) {
   LaunchConfig c{};
+  c.cluster = 1;
   const int64_t acc = acc_bytes(dtype);
   const int64_t smem_max = p.smem_per_block_optin > p.smem_per_block
                                ? p.smem_per_block_optin
@@ -305,6 +434,43 @@ inline LaunchConfig make_launch_config(const DeviceProps& p, bool backward,
   const int64_t max_threads = p.max_threads_per_block < kPersistentMaxThreads
                                   ? p.max_threads_per_block
                                   : kPersistentMaxThreads;
+  // The cluster forward for 128 < H <= 512 where the device has clusters:
+  // by the latency model (docs/cuda.md) faster than the single-block
+  // kernel and the large-H path at every such H and B.
+  int cl_hp = 0, cl_rows = 0;
+  if (!backward &&
+      select_cluster_fwd(p.sm_count, static_cast<int>(max_threads), smem_max,
+                         p.cluster_launch != 0, dtype, T, B, I, H, project,
+                         &cl_hp, &cl_rows)) {
+    c.path = Path::kClusterFwd;
+    c.cluster = cluster_blocks(cl_hp);
+    c.rows_per_block = cl_rows;
+    c.row_groups = 1;
+    c.rows_per_thread = cl_rows;
+    c.threads = kClusterThreads;
+    c.blocks = static_cast<int>((B + cl_rows - 1) / cl_rows) * c.cluster;
+    c.smem = cluster_fwd_smem_bytes(T, cl_hp, cl_rows);
+    c.smem_optin = c.smem > p.smem_per_block;
+    c.workspace = 0;
+    return c;
+  }
+  // The cluster backward for 128 < H <= 512, then the large-H path's GEMMs.
+  if (backward &&
+      select_cluster_bwd(p.sm_count, static_cast<int>(max_threads), smem_max,
+                         p.cluster_launch != 0, dtype, T, B, H, &cl_hp,
+                         &cl_rows)) {
+    c.path = Path::kClusterBwd;
+    c.cluster = cluster_blocks(cl_hp);
+    c.rows_per_block = cl_rows;
+    c.row_groups = 1;
+    c.rows_per_thread = cl_rows;
+    c.threads = kClusterThreads;
+    c.blocks = p.sm_count > 0 ? p.sm_count : 1;
+    c.smem = cluster_bwd_smem_bytes(cl_hp, cl_rows);
+    c.smem_optin = c.smem > p.smem_per_block;
+    c.workspace = (T * B * H + H * H) * acc;  // the large-H path's
+    return c;
+  }
   int64_t rows_smem = 0;  // the most rows that fit in shared memory
   if (H <= max_threads) {
     const int64_t fixed = persistent_smem_elems(backward, 0, H, I, project);

@@ -364,6 +364,358 @@ irnn_fwd_reg_kernel(RegFwdParams<S> p) {
   }
 }
 
+// The cluster forward for 128 < H <= HP (sm_90; IRNN_CLUSTER_FWD_VARIANTS):
+// the C = HP / 64 blocks of a cluster share the batch rows
+// [cluster * R, +R), and block c of the cluster computes units
+// [64c, 64c + 64). Thread (u, s) of a block (warp u / 8, lane s * 8 + u % 8)
+// keeps columns [s * HP/4, +HP/4) of unit u's row of W_hh in registers
+// (zero beyond H) and sums its slice of the dot product with four
+// accumulators from 16-byte broadcasts of h_{t-1}; two shuffles (lanes 8
+// and 16 apart) add the four slices, so every thread of the unit holds
+// the same a_t. The unit's threads then write h_t into the h buffer of
+// every block of the cluster (thread s to blocks s, s + 4), arrive at the
+// cluster barrier, store out (off the critical path) and wait: one cluster
+// barrier per step and no block barrier. Each block holds all HP units of
+// h in a double buffer [2][R][4][HP/4 + 4] (the slices 4 floats apart, so
+// a warp's four addresses fall in different banks); step s reads buffer
+// s&1 and writes the other, which every block finished reading before the
+// barrier of step s-1 ended. The input projection (I <= 4) is folded into
+// slice 0's first accumulator (the other slices' W_ih and bias are zero),
+// from x staged in shared memory a chunk of steps at a time as in the
+// register-resident forward; so are lengths.
+template <typename S, int HP, int R, bool RELU>
+IRNN_DEVICE void cluster_fwd_body(const RegFwdParams<S>& p);
+
+template <typename S, int HP, int R, bool RELU>
+IRNN_GLOBAL void IRNN_LAUNCH_BOUNDS(kClusterThreads)
+irnn_fwd_cluster_kernel(RegFwdParams<S> p) {
+  IRNN_CLUSTER_BODY(cluster_fwd_body<S, HP, R, RELU>(p));
+}
+
+template <typename S, int HP, int R, bool RELU>
+IRNN_DEVICE void cluster_fwd_body(const RegFwdParams<S>& p) {
+  constexpr int C = cluster_blocks(HP), KS = HP / kClusterSlices,
+                SST = cluster_slice_stride(HP), XI = kRegFwdMaxInput,
+                RS = kClusterSlices * SST;  // floats of one row's h
+  static_assert(HP % kClusterUnits == 0 && C >= 2 && C <= kClusterMaxBlocks,
+                "a cluster of 2 to 8 blocks of 64 units");
+  static_assert(KS % 4 == 0 && kClusterSlices == 4 && XI == 4,
+                "h_{t-1} read four floats at a time; four slices");
+  float* hbuf = irnn_dyn_smem<float>();  // [2][R][4][SST]
+  float* xs = hbuf + 2 * R * RS;         // [chunk][R][XI]
+  const int H = p.H, I = p.I, tid = threadIdx.x, lane = tid % 32;
+  const int s = lane / 8;  // the k-slice
+  const int rank = static_cast<int>(irnn_cluster_rank());
+  const int j = rank * kClusterUnits + (tid / 32) * 8 + lane % 8;  // unit
+  const int row0 = (blockIdx.x / C) * R;
+  const bool unit = j < H;
+  // Where unit j's h lives in a row of the h buffer.
+  const int slot = (j / KS) * SST + j % KS;
+
+  float w[KS];
+#pragma unroll
+  for (int k = 0; k < KS; ++k)
+    w[k] = unit && s * KS + k < H ? to_acc(p.w_hh[j * H + s * KS + k]) : 0.f;
+  float wi[XI];
+#pragma unroll
+  for (int i = 0; i < XI; ++i)
+    wi[i] = unit && s == 0 && i < I ? to_acc(p.w_ih[j * I + i]) : 0.f;
+  const float bias = unit && s == 0
+                         ? (p.b_ih ? to_acc(p.b_ih[j]) : 0.f) +
+                               (p.b_hh ? to_acc(p.b_hh[j]) : 0.f)
+                         : 0.f;
+  // Every block holds h0 of all units (zero past H and past the batch);
+  // the second buffer starts zero too.
+  for (int e = tid; e < R * HP; e += kClusterThreads) {
+    const int r = e / HP, k = e % HP;
+    const int at = r * RS + (k / KS) * SST + k % KS;
+    hbuf[at] = row0 + r < p.B && k < H
+                   ? to_acc(p.h0[(int64_t)(row0 + r) * H + k]) : 0.f;
+    hbuf[R * RS + at] = 0.f;
+  }
+  int len[R];     // steps row r stores: 0 for units past H and rows past B
+  int steps = 0;  // of the tile's longest row
+  S h_last[R];    // h of the row's last step (h0 when T = 0), for h_n
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int l = row0 + r < p.B ? row_length(p.lengths, row0 + r, p.T) : 0;
+    steps = l > steps ? l : steps;
+    len[r] = unit ? l : 0;
+    h_last[r] = unit && row0 + r < p.B ? p.h0[(int64_t)(row0 + r) * H + j]
+                                       : from_acc<S>(0.f);
+  }
+  // The peers' second buffers are written in step 0: every block of the
+  // cluster has started and initialised its buffers first.
+  irnn_cluster_arrive();
+  irnn_cluster_wait();
+
+  float* hp = hbuf;
+  float* hn = hbuf + R * RS;
+  const int64_t out_step = p.reverse ? -p.out_st : p.out_st;
+  int64_t out_t = (p.reverse ? p.T - 1 : 0) * p.out_st + row0 * p.out_sb + j;
+  for (int s0 = 0; s0 < steps; s0 += p.chunk) {
+    const int n = steps - s0 < p.chunk ? steps - s0 : p.chunk;
+    // The previous chunk's steps ended with a cluster barrier: xs is free.
+    for (int e = tid; e < n * R * XI; e += kClusterThreads) {
+      const int q = e / (R * XI), r = (e / XI) % R, i = e % XI;
+      const int t = p.reverse ? p.T - 1 - (s0 + q) : s0 + q;
+      xs[e] = i < I && row0 + r < p.B &&
+                      s0 + q < row_length(p.lengths, row0 + r, p.T)
+                  ? to_acc(p.x[t * p.x_st + (int64_t)(row0 + r) * p.x_sb + i])
+                  : 0.f;
+    }
+    __syncthreads();
+    // Steps row r still stores from this chunk's first: h (to every block)
+    // and, by the row's own slice thread (s == r % 4), out.
+    int left[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) left[r] = len[r] - s0;
+    for (int q = 0; q < n; ++q) {
+      float acc[R][4];
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const Float4 xv =
+            *reinterpret_cast<const Float4*>(xs + (q * R + r) * XI);
+        acc[r][0] = bias + wi[0] * xv.x + wi[1] * xv.y + wi[2] * xv.z +
+                    wi[3] * xv.w;
+        acc[r][1] = acc[r][2] = acc[r][3] = 0.f;
+      }
+#pragma unroll
+      for (int k = 0; k < KS; k += 4) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const Float4 hv =
+              *reinterpret_cast<const Float4*>(hp + r * RS + s * SST + k);
+          acc[r][0] += w[k] * hv.x;
+          acc[r][1] += w[k + 1] * hv.y;
+          acc[r][2] += w[k + 2] * hv.z;
+          acc[r][3] += w[k + 3] * hv.w;
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        float a = (acc[r][0] + acc[r][1]) + (acc[r][2] + acc[r][3]);
+        // Slices s and s ^ 1, then pairs: the same sums in every lane.
+        a += __shfl_xor_sync(0xffffffffu, a, 8);
+        a += __shfl_xor_sync(0xffffffffu, a, 16);
+        const S h = from_acc<S>(activate(a, RELU));
+        if (q < left[r]) {
+          const float hv = to_acc(h);
+#pragma unroll
+          for (int b = 0; b < C; b += kClusterSlices)
+            if (b + s < C) *irnn_map_shared_rank(hn + r * RS + slot, b + s) = hv;
+          h_last[r] = h;
+        }
+      }
+      irnn_cluster_arrive();
+      if (p.out) {
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+          if (s == r % kClusterSlices && q < left[r])
+            p.out[out_t + r * p.out_sb] = h_last[r];
+      }
+      out_t += out_step;
+      float* const swap = hp;
+      hp = hn;
+      hn = swap;
+      irnn_cluster_wait();
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+    if (unit && s == 0 && row0 + r < p.B)
+      p.h_n[(int64_t)(row0 + r) * H + j] = h_last[r];
+  // The outputs after each row's end (with lengths; forward direction).
+  if (p.out && p.lengths) {
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+      for (int t = len[r]; t < p.T && s == r % kClusterSlices && unit &&
+                           row0 + r < p.B; ++t)
+        p.out[t * p.out_st + (int64_t)(row0 + r) * p.out_sb + j] =
+            from_acc<S>(0.f);
+  }
+}
+
+template <typename S>
+struct ClusterBwdParams {
+  const S* g_out;  // [T,B,H] or null
+  int64_t g_st, g_sb;
+  const S* g_hn;  // [B,H] or null
+  const S* out;   // [T,B,H]: h_t
+  int64_t o_st, o_sb;
+  const S* w_hh;  // [H,H]
+  float* da;      // [T,B,H], contiguous: every da_t (the large-H tail's)
+  S* dx;          // [T,B,H], contiguous: dx = da when the input is not
+                  // projected, else null
+  int T, B, H;
+  bool reverse;
+};
+
+// The cluster backward's recurrence for 128 < H <= HP (sm_90;
+// IRNN_CLUSTER_BWD_VARIANTS): walk n = 0..T-1 computes step t (T-1-n, or n
+// reversed)
+//   da_t = phi'(h_t) * (g_t + da_{t+1} W_hh)
+// and stores every da_t (float) for the large-H path's GEMMs, which then
+// give dh0, dW_hh, dW_ih, db and the projected dx in a fixed order. The
+// layout is the cluster forward's on W_hh^T: block c of a cluster owns units
+// [64c, 64c + 64) of da; thread (u, s) holds rows [s * HP/4, +HP/4) of
+// column u of W_hh in registers and sums its slice of da_{t+1} W_hh from
+// 16-byte broadcasts of the block's copy of da_{t+1}; two shuffles add the
+// slices, every block gets da_t through distributed shared memory, and one
+// cluster barrier closes the step. g_t and h_t of the block's units come
+// through a ring of cp.async copies issued kClusterBwdRing - 1 steps ahead,
+// so no global load is on a step's path; grad_h_n is read before the loop.
+// With lengths the inputs are bwd_relayout's (zero after each row's end),
+// so the steps after a row's end give da = 0.
+template <typename S, int HP, int R, bool RELU>
+IRNN_DEVICE void cluster_bwd_body(const ClusterBwdParams<S>& p);
+
+template <typename S, int HP, int R, bool RELU>
+IRNN_GLOBAL void IRNN_LAUNCH_BOUNDS(kClusterThreads)
+irnn_bwd_cluster_kernel(ClusterBwdParams<S> p) {
+  IRNN_CLUSTER_BODY(cluster_bwd_body<S, HP, R, RELU>(p));
+}
+
+template <typename S, int HP, int R, bool RELU>
+IRNN_DEVICE void cluster_bwd_body(const ClusterBwdParams<S>& p) {
+  static_assert(sizeof(S) == 4, "g_t and h_t are copied 4 bytes at a time");
+  constexpr int C = cluster_blocks(HP), KS = HP / kClusterSlices,
+                SST = cluster_slice_stride(HP), RS = kClusterSlices * SST,
+                NS = kClusterBwdRing, U = kClusterUnits,
+                SLOT = R * 2 * U,  // floats of a ring slot: [R][g, h][U]
+                NT = kClusterThreads;
+  static_assert(HP % U == 0 && C >= 2 && C <= kClusterMaxBlocks,
+                "a cluster of 2 to 8 blocks of 64 units");
+  static_assert(KS % 4 == 0 && (NS & (NS - 1)) == 0,
+                "da read four floats at a time; the ring wraps with a mask");
+  float* dbuf = irnn_dyn_smem<float>();  // [2][R][4][SST]
+  float* ring = dbuf + 2 * R * RS;       // [NS][R][2][U]
+  const int H = p.H, T = p.T, tid = threadIdx.x, lane = tid % 32;
+  const int s = lane / 8;
+  const int rank = static_cast<int>(irnn_cluster_rank());
+  const int u = (tid / 32) * 8 + lane % 8;  // the unit within the block
+  const int k = rank * U + u;               // the unit
+  const int row0 = (blockIdx.x / C) * R;
+  const bool unit = k < H;
+  const int slot = (k / KS) * SST + k % KS;
+
+  float w[KS];
+#pragma unroll
+  for (int jj = 0; jj < KS; ++jj)
+    w[jj] = unit && s * KS + jj < H ? to_acc(p.w_hh[(s * KS + jj) * H + k])
+                                    : 0.f;
+  // da_T = 0 (the first buffer read); the other is written every step.
+  for (int e = tid; e < 2 * R * RS; e += NT) dbuf[e] = 0.f;
+  // The ring: element e = tid + i * NT of a slot [R][2][U] is this thread's
+  // copy i, of g_t (h = 0) or h_t (h = 1) of row r = e / (2U) and unit kk.
+  // h, kk and the strides are the same for all of a thread's copies; rows
+  // step by NT / (2U). Copies that never hold data (past the batch, past
+  // H, no g_out) are zeroed once in every slot and never copied.
+  constexpr int NC = (SLOT + NT - 1) / NT, RSTEP = NT / (2 * U);
+  static_assert(NT % (2 * U) == 0, "a thread's copies are whole rows apart");
+  const int ch = (tid / U) & 1, ckk = rank * U + tid % U, cr0 = tid / (2 * U);
+  const S* cbase = ch ? p.out : p.g_out;
+  const int64_t cst = ch ? p.o_st : p.g_st, csb = ch ? p.o_sb : p.g_sb;
+  unsigned copies = 0;  // bit i: copy i holds data
+#pragma unroll
+  for (int i = 0; i < NC; ++i)
+    if (tid + i * NT < SLOT && row0 + cr0 + i * RSTEP < p.B && ckk < H && cbase)
+      copies |= 1u << i;
+  for (int n = 0; n < NS; ++n) {
+#pragma unroll
+    for (int i = 0; i < NC; ++i)
+      if (tid + i * NT < SLOT && !(copies >> i & 1u))
+        ring[n * SLOT + tid + i * NT] = 0.f;
+  }
+  // The source of copy 0 at walk step n = 0, and its step from one walk
+  // step to the next.
+  const int64_t cstep = p.reverse ? cst : -cst;
+  const S* csrc = copies ? cbase + (p.reverse ? 0 : (int64_t)(T - 1) * cst) +
+                               (int64_t)(row0 + cr0) * csb + ckk
+                         : nullptr;
+  auto issue = [&](int n, const S* src) {
+    float* dst = ring + (n & (NS - 1)) * SLOT + tid;
+#pragma unroll
+    for (int i = 0; i < NC; ++i)
+      if (copies >> i & 1u)
+        irnn_cp_async<4>(dst + i * NT, src + i * RSTEP * csb);
+  };
+  for (int n = 0; n < NS - 1; ++n) {
+    if (n < T) issue(n, csrc + n * cstep);
+    irnn_cp_async_commit();
+  }
+  irnn_cp_async_wait<NS - 2>();  // this thread's copies of step 0
+  // grad_h_n joins the g of the first step walked, added by the thread
+  // that copied it (or zeroed it, without g_out).
+  if (p.g_hn && T > 0 && ch == 0 && ckk < H) {
+#pragma unroll
+    for (int i = 0; i < NC; ++i) {
+      const int r = cr0 + i * RSTEP;
+      if (tid + i * NT < SLOT && row0 + r < p.B)
+        ring[tid + i * NT] += to_acc(p.g_hn[(int64_t)(row0 + r) * H + ckk]);
+    }
+  }
+  // Every block has started, zeroed its buffers and copied step 0.
+  irnn_cluster_arrive();
+  irnn_cluster_wait();
+
+  float* hp = dbuf;  // da_{t+1}
+  float* hn = dbuf + R * RS;
+  const S* next = copies ? csrc + (NS - 1) * cstep : nullptr;  // step n+NS-1
+  // da_t of the thread's unit in row 0, and its step.
+  const int64_t da_step = p.reverse ? (int64_t)p.B * H : -(int64_t)p.B * H;
+  int64_t da_at = ((int64_t)(p.reverse ? 0 : T - 1) * p.B + row0) * H + k;
+  for (int n = 0; n < T; ++n) {
+    // The slot read in step n - 1, free since its barrier.
+    if (n + NS - 1 < T) issue(n + NS - 1, next);
+    irnn_cp_async_commit();
+    if (copies) next += cstep;
+    const float* in = ring + (n & (NS - 1)) * SLOT;
+    float acc[R][4];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = 0.f;
+#pragma unroll
+    for (int jj = 0; jj < KS; jj += 4) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const Float4 dv =
+            *reinterpret_cast<const Float4*>(hp + r * RS + s * SST + jj);
+        acc[r][0] += w[jj] * dv.x;
+        acc[r][1] += w[jj + 1] * dv.y;
+        acc[r][2] += w[jj + 2] * dv.z;
+        acc[r][3] += w[jj + 3] * dv.w;
+      }
+    }
+    float da[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      float a = (acc[r][0] + acc[r][1]) + (acc[r][2] + acc[r][3]);
+      a += __shfl_xor_sync(0xffffffffu, a, 8);
+      a += __shfl_xor_sync(0xffffffffu, a, 16);
+      const float g = in[r * 2 * U + u], h = in[r * 2 * U + U + u];
+      da[r] = activate_grad(g + a, h, RELU);
+#pragma unroll
+      for (int b = 0; b < C; b += kClusterSlices)
+        if (b + s < C) *irnn_map_shared_rank(hn + r * RS + slot, b + s) = da[r];
+    }
+    irnn_cp_async_wait<NS - 2>();  // this thread's copies of step n + 1
+    irnn_cluster_arrive();
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if (s == r % kClusterSlices && unit && row0 + r < p.B) {
+        p.da[da_at + r * H] = da[r];
+        if (p.dx) p.dx[da_at + r * H] = from_acc<S>(da[r]);
+      }
+    }
+    da_at += da_step;
+    float* const swap = hp;
+    hp = hn;
+    hn = swap;
+    irnn_cluster_wait();
+  }
+  irnn_cp_async_wait<0>();
+}
+
 template <typename S>
 struct RegBwdParams {
   const S* g_out;  // [T,B,H] or null

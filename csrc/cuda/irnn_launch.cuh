@@ -70,8 +70,7 @@ irnn_error launch_fwd_reg(const RegFwdParams<S>& p, bool relu,
 // The variant of the table that make_launch_config selected (HP the
 // smallest listed size >= H, R the rows per block).
 template <typename S>
-irnn_error run_forward_reg(const FwdArgs& a, const LaunchConfig& c,
-                           irnn_stream stream) {
+RegFwdParams<S> reg_fwd_params(const FwdArgs& a, const LaunchConfig& c) {
   RegFwdParams<S> p{};
   p.x = static_cast<const S*>(a.x); p.x_st = a.x_st; p.x_sb = a.x_sb;
   p.h0 = static_cast<const S*>(a.h0);
@@ -86,6 +85,13 @@ irnn_error run_forward_reg(const FwdArgs& a, const LaunchConfig& c,
   p.I = static_cast<int>(a.I); p.H = static_cast<int>(a.H);
   p.reverse = a.reverse;
   p.chunk = static_cast<int>(reg_fwd_chunk(a.T, c.rows_per_block));
+  return p;
+}
+
+template <typename S>
+irnn_error run_forward_reg(const FwdArgs& a, const LaunchConfig& c,
+                           irnn_stream stream) {
+  const RegFwdParams<S> p = reg_fwd_params<S>(a, c);
   int hp = 0;
 #define IRNN_REG_FWD_HP(dt, type, HP, R) \
   if (std::is_same_v<S, type> && HP >= a.H && (hp == 0 || HP < hp)) hp = HP;
@@ -98,6 +104,96 @@ irnn_error run_forward_reg(const FwdArgs& a, const LaunchConfig& c,
   }
   IRNN_REG_FWD_VARIANTS(IRNN_REG_FWD_RUN)
 #undef IRNN_REG_FWD_RUN
+  return kIrnnInvalidConfig;
+}
+
+// One cluster forward. Instantiated for the variants of
+// IRNN_CLUSTER_FWD_VARIANTS only, each (type, HP) in its own translation
+// unit on CUDA (irnn_fwd_cluster_<type>_hp<HP>.cu; irnn_cuda.cu declares
+// them extern).
+template <typename S, int HP, int R>
+irnn_error launch_fwd_cluster(const RegFwdParams<S>& p, bool relu,
+                              const LaunchConfig& c, irnn_stream stream) {
+  if (c.cluster != cluster_blocks(HP) || c.blocks % c.cluster != 0)
+    return kIrnnInvalidConfig;
+  if (relu) {
+    if (c.smem_optin)
+      IRNN_SET_MAX_SMEM((irnn_fwd_cluster_kernel<S, HP, R, true>), c.smem);
+    IRNN_LAUNCH_CLUSTER((irnn_fwd_cluster_kernel<S, HP, R, true>), c.blocks,
+                        c.cluster, c.threads, static_cast<size_t>(c.smem),
+                        stream, p);
+  } else {
+    if (c.smem_optin)
+      IRNN_SET_MAX_SMEM((irnn_fwd_cluster_kernel<S, HP, R, false>), c.smem);
+    IRNN_LAUNCH_CLUSTER((irnn_fwd_cluster_kernel<S, HP, R, false>), c.blocks,
+                        c.cluster, c.threads, static_cast<size_t>(c.smem),
+                        stream, p);
+  }
+  return kIrnnSuccess;
+}
+
+// The variant of the cluster table that make_launch_config selected (HP
+// from the blocks per cluster, R the rows per cluster).
+template <typename S>
+irnn_error run_forward_cluster(const FwdArgs& a, const LaunchConfig& c,
+                               irnn_stream stream) {
+  const RegFwdParams<S> p = reg_fwd_params<S>(a, c);
+#define IRNN_CLUSTER_FWD_RUN(dt, type, HP, R)                                \
+  if constexpr (std::is_same_v<S, type>) {                                   \
+    if (c.cluster == cluster_blocks(HP) && c.rows_per_block == R)            \
+      return launch_fwd_cluster<type, HP, R>(p, a.relu, c, stream);          \
+  }
+  IRNN_CLUSTER_FWD_VARIANTS(IRNN_CLUSTER_FWD_RUN)
+#undef IRNN_CLUSTER_FWD_RUN
+  return kIrnnInvalidConfig;
+}
+
+// One cluster backward (the recurrence; the GEMMs follow). Instantiated
+// for the variants of IRNN_CLUSTER_BWD_VARIANTS only, each (type, HP) in its
+// own translation unit on CUDA (irnn_bwd_cluster_<type>_hp<HP>.cu).
+template <typename S, int HP, int R>
+irnn_error launch_bwd_cluster(const ClusterBwdParams<S>& p, bool relu,
+                              const LaunchConfig& c, irnn_stream stream) {
+  if (c.cluster != cluster_blocks(HP) || c.rows_per_block != R)
+    return kIrnnInvalidConfig;
+  const int blocks = (p.B + R - 1) / R * c.cluster;
+  if (relu) {
+    if (c.smem_optin)
+      IRNN_SET_MAX_SMEM((irnn_bwd_cluster_kernel<S, HP, R, true>), c.smem);
+    IRNN_LAUNCH_CLUSTER((irnn_bwd_cluster_kernel<S, HP, R, true>), blocks,
+                        c.cluster, c.threads, static_cast<size_t>(c.smem),
+                        stream, p);
+  } else {
+    if (c.smem_optin)
+      IRNN_SET_MAX_SMEM((irnn_bwd_cluster_kernel<S, HP, R, false>), c.smem);
+    IRNN_LAUNCH_CLUSTER((irnn_bwd_cluster_kernel<S, HP, R, false>), blocks,
+                        c.cluster, c.threads, static_cast<size_t>(c.smem),
+                        stream, p);
+  }
+  return kIrnnSuccess;
+}
+
+// The variant of the cluster backward's table make_launch_config selected.
+template <typename S>
+irnn_error run_backward_cluster(const BwdArgs& a, const LaunchConfig& c,
+                                float* da, irnn_stream stream) {
+  ClusterBwdParams<S> p{};
+  p.g_out = static_cast<const S*>(a.g_out); p.g_st = a.g_st; p.g_sb = a.g_sb;
+  p.g_hn = static_cast<const S*>(a.g_hn);
+  p.out = static_cast<const S*>(a.out); p.o_st = a.o_st; p.o_sb = a.o_sb;
+  p.w_hh = static_cast<const S*>(a.w_hh);
+  p.da = da;
+  p.dx = a.project ? nullptr : static_cast<S*>(a.dx);
+  p.T = static_cast<int>(a.T); p.B = static_cast<int>(a.B);
+  p.H = static_cast<int>(a.H);
+  p.reverse = a.reverse;
+#define IRNN_CLUSTER_BWD_RUN(dt, type, HP, R)                                \
+  if constexpr (std::is_same_v<S, type>) {                                   \
+    if (c.cluster == cluster_blocks(HP) && c.rows_per_block == R)            \
+      return launch_bwd_cluster<type, HP, R>(p, a.relu, c, stream);          \
+  }
+  IRNN_CLUSTER_BWD_VARIANTS(IRNN_CLUSTER_BWD_RUN)
+#undef IRNN_CLUSTER_BWD_RUN
   return kIrnnInvalidConfig;
 }
 
@@ -187,6 +283,8 @@ irnn_error run_forward_kernels(const FwdArgs& a, const LaunchConfig& c,
   S* out = static_cast<S*>(a.out);
   S* h_n = static_cast<S*>(a.h_n);
   if (c.path == Path::kRegisterFwd) return run_forward_reg<S>(a, c, stream);
+  if (c.path == Path::kClusterFwd)
+    return run_forward_cluster<S>(a, c, stream);
   if (c.path == Path::kPersistent) {
     PersistentFwdParams<S> p{};
     p.x = x; p.x_st = a.x_st; p.x_sb = a.x_sb;
@@ -301,10 +399,21 @@ irnn_error run_backward_kernels(const BwdArgs& a, const LaunchConfig& c,
   // Large H. Walk the steps backwards with one GEMM each (da_{s+1} W_hh with
   // the pointwise part as epilogue), keeping every da_t in the workspace;
   // then the weight gradients are GEMMs over all (t, b) and db a column sum.
+  // The cluster backward computes the same da_t (and dx = da_t without the
+  // projection) in one launch instead of the step GEMMs.
   A* da_all = work;                // [T,B,H]
   A* dw_first = work + T * B * H;  // [H,H]
   irnn_error err = kIrnnSuccess;
-  for (int64_t s = T - 1; s >= 0 && B > 0; --s) {
+  if (c.path == Path::kClusterBwd && B > 0) {
+    if constexpr (std::is_same_v<A, float> && sizeof(S) == 4) {
+      if ((err = run_backward_cluster<S>(a, c, da_all, stream)) != kIrnnSuccess)
+        return err;
+    } else {
+      return kIrnnInvalidConfig;
+    }
+  }
+  for (int64_t s = T - 1; s >= 0 && B > 0 && c.path != Path::kClusterBwd;
+       --s) {
     const int64_t t = a.reverse ? T - 1 - s : s;
     const int64_t t_next = a.reverse ? t - 1 : t + 1;  // step s + 1
     GemmParams<S> p{};

@@ -101,6 +101,67 @@ IRNN_DEVICE void irnn_cp_async_wait() {
 #endif
 }
 
+// The body of a kernel that runs only as a thread-block cluster: compiled
+// where the architecture has clusters (and in host passes); elsewhere the
+// kernel traps, and its body is not compiled at all (build time).
+// make_launch_config never selects such a kernel there.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+#define IRNN_CLUSTER_BODY(...) __VA_ARGS__
+#else
+#define IRNN_CLUSTER_BODY(...) __trap()
+#endif
+
+// Thread-block clusters (sm_90 and later). The blocks of a cluster run
+// together; each reads and writes its peers' shared memory through
+// irnn_map_shared_rank, and irnn_cluster_arrive / irnn_cluster_wait are the
+// two halves of the cluster barrier (every thread of every block arrives;
+// the arrive releases this thread's earlier writes, shared memory of peers
+// included, and the wait acquires the others'). Where the architecture has
+// no clusters they trap: make_launch_config selects no cluster kernel
+// there (DeviceProps::cluster_launch).
+IRNN_DEVICE unsigned irnn_cluster_rank() {
+#if __CUDA_ARCH__ >= 900
+  unsigned r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+#else
+  __trap();
+  return 0;
+#endif
+}
+
+// The address of the same shared memory location in the block of rank
+// `rank` of this cluster, as a generic pointer.
+template <typename T>
+IRNN_DEVICE T* irnn_map_shared_rank(T* ptr, unsigned rank) {
+#if __CUDA_ARCH__ >= 900
+  unsigned long long out;
+  asm volatile("mapa.u64 %0, %1, %2;\n"
+               : "=l"(out)
+               : "l"(reinterpret_cast<unsigned long long>(ptr)), "r"(rank));
+  return reinterpret_cast<T*>(out);
+#else
+  __trap();
+  return ptr;
+#endif
+}
+
+IRNN_DEVICE void irnn_cluster_arrive() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+
+IRNN_DEVICE void irnn_cluster_wait() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+
 IRNN_DEVICE float irnn_tanh(float v) { return tanhf(v); }
 IRNN_DEVICE double irnn_tanh(double v) { return tanh(v); }
 
@@ -122,4 +183,27 @@ IRNN_DEVICE double irnn_tanh(double v) { return tanh(v); }
         kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,               \
         static_cast<int>(bytes));                                          \
     if (irnn_err_ != cudaSuccess) return irnn_err_;                        \
+  } while (0)
+
+// Launch a kernel as clusters of `cluster` consecutive blocks (blocks a
+// multiple of it) on a stream; return the launch error from the enclosing
+// launcher.
+#define IRNN_LAUNCH_CLUSTER(kernel, blocks, cluster, threads, smem, stream,  \
+                            params)                                          \
+  do {                                                                       \
+    cudaLaunchConfig_t irnn_cfg_ = {};                                       \
+    irnn_cfg_.gridDim = dim3(blocks);                                        \
+    irnn_cfg_.blockDim = dim3(threads);                                      \
+    irnn_cfg_.dynamicSmemBytes = (smem);                                     \
+    irnn_cfg_.stream = (stream);                                             \
+    cudaLaunchAttribute irnn_attr_[1];                                       \
+    irnn_attr_[0].id = cudaLaunchAttributeClusterDimension;                  \
+    irnn_attr_[0].val.clusterDim.x = (cluster);                              \
+    irnn_attr_[0].val.clusterDim.y = 1;                                      \
+    irnn_attr_[0].val.clusterDim.z = 1;                                      \
+    irnn_cfg_.attrs = irnn_attr_;                                            \
+    irnn_cfg_.numAttrs = 1;                                                  \
+    cudaError_t irnn_err_ = cudaLaunchKernelEx(&irnn_cfg_, kernel, params);  \
+    if (irnn_err_ == cudaSuccess) irnn_err_ = cudaGetLastError();            \
+    if (irnn_err_ != cudaSuccess) return irnn_err_;                          \
   } while (0)

@@ -22,9 +22,9 @@ CXXFLAGS = ["-std=c++20", "-pthread", "-Wall", "-Wno-unknown-pragmas"]
 
 # Device property tables (cudaDeviceGetAttribute values).
 A100 = dict(sm_count=108, max_threads_per_block=1024, smem_per_block=48 * 1024,
-            smem_per_block_optin=166912)
+            smem_per_block_optin=166912, cluster_launch=0)
 H100 = dict(sm_count=132, max_threads_per_block=1024, smem_per_block=48 * 1024,
-            smem_per_block_optin=232448)
+            smem_per_block_optin=232448, cluster_launch=1)
 
 DTYPES = {torch.float32: 0, torch.float64: 1, torch.float16: 2,
           torch.bfloat16: 3}
@@ -33,7 +33,8 @@ DTYPES = {torch.float32: 0, torch.float64: 1, torch.float16: 2,
 class DeviceProps(ctypes.Structure):
     _fields_ = [("sm_count", ctypes.c_int), ("max_threads_per_block", ctypes.c_int),
                 ("smem_per_block", ctypes.c_int64),
-                ("smem_per_block_optin", ctypes.c_int64)]
+                ("smem_per_block_optin", ctypes.c_int64),
+                ("cluster_launch", ctypes.c_int)]
 
 
 class LaunchConfig(ctypes.Structure):
@@ -41,7 +42,7 @@ class LaunchConfig(ctypes.Structure):
                 ("row_groups", ctypes.c_int), ("rows_per_thread", ctypes.c_int),
                 ("threads", ctypes.c_int), ("blocks", ctypes.c_int),
                 ("smem", ctypes.c_int64), ("workspace", ctypes.c_int64),
-                ("smem_optin", ctypes.c_bool)]
+                ("smem_optin", ctypes.c_bool), ("cluster", ctypes.c_int)]
 
     def as_dict(self):
         return {name: getattr(self, name) for name, _ in self._fields_}

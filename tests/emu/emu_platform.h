@@ -11,6 +11,11 @@
 // - Blocks run one after another, in index order or in a permuted order
 //   (emu::g_block_order_seed); the same OS threads serve every block and a
 //   barrier separates blocks.
+// - A cluster launch (IRNN_LAUNCH_CLUSTER) runs the blocks of a cluster at
+//   the same time, each on its own threads, and clusters one after another
+//   (seeded order, as blocks). irnn_map_shared_rank maps an address to the
+//   same offset in the peer block's shared memory; the cluster barrier is a
+//   std::barrier of the cluster's threads, split into arrive and wait.
 // - Warp shuffles and __syncwarp are a per-warp exchange (see "Warp
 //   collectives" below); asynchronous copies go through a shadow buffer
 //   published only at irnn_cp_async_wait (see "Asynchronous copies").
@@ -32,7 +37,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <mutex>
+#include <optional>
 #include <numeric>
 #include <random>
 #include <stdexcept>
@@ -84,6 +91,16 @@ inline thread_local std::barrier<>* t_barrier = nullptr;
 inline thread_local unsigned char* t_smem = nullptr;
 inline thread_local size_t t_smem_bytes = 0;
 inline thread_local LaunchState* t_launch = nullptr;
+// Thread-block clusters: the blocks of a cluster run at the same time, each
+// with its own threads; t_cluster_size is 0 in a launch without clusters.
+inline thread_local unsigned t_cluster_size = 0;
+inline thread_local unsigned t_cluster_rank = 0;
+inline thread_local unsigned char* t_cluster_smem = nullptr;  // rank 0's
+inline thread_local std::barrier<>* t_cluster_barrier = nullptr;
+inline thread_local bool t_cluster_arrived = false;  // arrive without wait
+inline thread_local std::optional<std::barrier<>::arrival_token>*
+    t_cluster_token = nullptr;
+inline thread_local unsigned t_warp_base = 0;  // the block's first warp
 
 // How long a lane waits in a warp collective for the others before the
 // launch fails naming the lanes that never arrived.
@@ -141,7 +158,7 @@ inline uint64_t warp_collective(const char* op, unsigned mask, uint64_t value,
          " that the block does not have");
   if (src >= 0 && !(mask >> src & 1u))
     fail(where() + ": source lane " + std::to_string(src) + " is not in the mask");
-  WarpExchange& W = t_launch->warps[warp];
+  WarpExchange& W = t_launch->warps[t_warp_base + warp];
   std::unique_lock<std::mutex> lock(W.m);
   const auto deadline = std::chrono::steady_clock::now() +
                         std::chrono::milliseconds(g_warp_timeout_ms);
@@ -228,12 +245,13 @@ inline int64_t g_launches = 0;
 
 struct Worker {
   const std::function<void()>* body;
-  std::barrier<>* barrier;
+  std::barrier<>* block_barrier;    // this thread's block's
+  std::barrier<>* cluster_barrier;  // every thread of the launch's
   unsigned char* smem;
   size_t smem_bytes;
-  const std::vector<unsigned>* order;
+  const std::vector<unsigned>* order;  // of the clusters
   dim3 grid, block;
-  unsigned tid;
+  unsigned tid, rank, cluster;  // cluster: blocks per cluster (0: none)
   LaunchState* state;
 };
 
@@ -242,33 +260,55 @@ inline void* worker_main(void* arg) {
   threadIdx = dim3(w.tid);
   blockDim = w.block;
   gridDim = w.grid;
-  t_barrier = w.barrier;
+  t_barrier = w.block_barrier;
   t_launch = w.state;
   t_smem_bytes = w.smem_bytes;
-  for (unsigned b : *w.order) {
+  t_cluster_size = w.cluster;
+  t_cluster_rank = w.rank;
+  t_cluster_barrier = w.cluster_barrier;
+  t_cluster_arrived = false;
+  std::optional<std::barrier<>::arrival_token> token;
+  t_cluster_token = &token;
+  const unsigned per_cluster = w.cluster ? w.cluster : 1;
+  t_warp_base = w.rank * ((w.block.x + 31) / 32);
+  for (unsigned q : *w.order) {
+    const unsigned b = q * per_cluster + w.rank;
     blockIdx = dim3(b % w.grid.x, (b / w.grid.x) % w.grid.y,
                     b / (w.grid.x * w.grid.y));
     t_smem = w.smem + static_cast<size_t>(b) * w.smem_bytes;
+    t_cluster_smem = w.smem + static_cast<size_t>(q) * per_cluster * w.smem_bytes;
     t_copies.clear();
     t_groups_committed = 0;
     try {
       check_not_failed();
       (*w.body)();
-      w.barrier->arrive_and_wait();  // the block is done before the next starts
+      if (t_cluster_arrived)
+        fail("thread " + std::to_string(w.tid) +
+             " ended after irnn_cluster_arrive without irnn_cluster_wait");
+      // The block (the cluster) is done before the next starts.
+      w.cluster_barrier->arrive_and_wait();
       if (!t_copies.empty())
         fail("thread " + std::to_string(w.tid) + " ended with " +
              std::to_string(t_copies.size()) +
              " asynchronous copies never waited for");
     } catch (const Aborted&) {
-      w.barrier->arrive_and_drop();  // the others' barriers go on without it
+      // The others' barriers go on without it (a pending cluster arrival
+      // first completes its phase).
+      if (t_cluster_arrived) w.cluster_barrier->wait(std::move(*token));
+      if (w.block_barrier != w.cluster_barrier)
+        w.block_barrier->arrive_and_drop();
+      w.cluster_barrier->arrive_and_drop();
       return nullptr;
     }
   }
   return nullptr;
 }
 
+// Runs `body` on every thread of grid x block; with cluster > 0, as
+// clusters of `cluster` consecutive blocks that run at the same time
+// (their order seeded like blocks'), else one block at a time.
 inline void launch(dim3 grid, dim3 block, size_t smem,
-                   const std::function<void()>& body) {
+                   const std::function<void()>& body, unsigned cluster = 0) {
   if (block.y != 1 || block.z != 1) throw std::runtime_error("emu: 1-D blocks only");
   if (block.x < 1 || static_cast<int>(block.x) > g_max_threads)
     throw std::runtime_error("emu: bad block size " + std::to_string(block.x));
@@ -280,8 +320,12 @@ inline void launch(dim3 grid, dim3 block, size_t smem,
                              std::to_string(allowed) + " allowed");
   const unsigned nblocks = grid.x * grid.y * grid.z;
   if (nblocks == 0) return;
+  const unsigned per_cluster = cluster ? cluster : 1;
+  if (cluster > 0 && (grid.y != 1 || grid.z != 1 || nblocks % cluster != 0))
+    throw std::runtime_error("emu: a cluster launch needs a 1-D grid of whole "
+                             "clusters");
   ++g_launches;
-  std::vector<unsigned> order(nblocks);
+  std::vector<unsigned> order(nblocks / per_cluster);
   std::iota(order.begin(), order.end(), 0u);
   if (g_block_order_seed != 0) {
     std::mt19937 rng(g_block_order_seed + static_cast<unsigned>(g_launches));
@@ -289,23 +333,30 @@ inline void launch(dim3 grid, dim3 block, size_t smem,
   }
   const size_t smem_bytes = (smem + 15) / 16 * 16;
   std::vector<unsigned char> mem(smem_bytes * nblocks + 16, 0xFF);
-  std::barrier<> barrier(block.x);
+  const unsigned nthreads = block.x * per_cluster;
+  std::barrier<> cluster_barrier(nthreads);
+  std::vector<std::unique_ptr<std::barrier<>>> block_barriers;
+  for (unsigned r = 0; r < per_cluster && cluster > 0; ++r)
+    block_barriers.push_back(std::make_unique<std::barrier<>>(block.x));
   LaunchState state;
-  state.warps = std::vector<WarpExchange>((block.x + 31) / 32);
-  std::vector<Worker> workers(block.x);
-  std::vector<pthread_t> threads(block.x);
+  state.warps = std::vector<WarpExchange>(per_cluster * ((block.x + 31) / 32));
+  std::vector<Worker> workers(nthreads);
+  std::vector<pthread_t> threads(nthreads);
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setstacksize(&attr, 512 * 1024);
-  for (unsigned t = 0; t < block.x; ++t) {
-    workers[t] = Worker{&body, &barrier, mem.data(), smem_bytes, &order,
-                        grid, block, t, &state};
+  for (unsigned t = 0; t < nthreads; ++t) {
+    const unsigned rank = t / block.x;
+    workers[t] = Worker{&body,
+                        cluster > 0 ? block_barriers[rank].get() : &cluster_barrier,
+                        &cluster_barrier, mem.data(), smem_bytes, &order,
+                        grid, block, t % block.x, rank, cluster, &state};
     if (pthread_create(&threads[t], &attr, worker_main, &workers[t]) != 0) {
       std::fprintf(stderr, "emu: pthread_create failed at thread %u\n", t);
       std::abort();
     }
   }
-  for (unsigned t = 0; t < block.x; ++t) pthread_join(threads[t], nullptr);
+  for (unsigned t = 0; t < nthreads; ++t) pthread_join(threads[t], nullptr);
   pthread_attr_destroy(&attr);
   if (state.failed.load()) throw std::runtime_error("emu: " + state.error);
 }
@@ -391,6 +442,75 @@ inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask,
       throw std::runtime_error("emu: shared memory opt-in above the limit"); \
     emu::g_smem_opted_in = static_cast<int64_t>(bytes);                    \
   } while (0)
+
+// Every architecture of the emulation has clusters.
+#define IRNN_CLUSTER_BODY(...) __VA_ARGS__
+
+#define IRNN_LAUNCH_CLUSTER(kernel, blocks, cluster, threads, smem, stream, \
+                            params)                                         \
+  do {                                                                      \
+    (void)(stream);                                                         \
+    const auto irnn_params_ = (params);                                     \
+    emu::launch(dim3(blocks), dim3(threads), (smem),                        \
+                [&irnn_params_] { kernel(irnn_params_); }, (cluster));      \
+  } while (0)
+
+namespace emu {
+inline void need_cluster(const char* what) {
+  if (t_cluster_size == 0)
+    fail("thread " + std::to_string(threadIdx.x) + ": " + what +
+         " in a launch without clusters");
+}
+}  // namespace emu
+
+namespace irnn_cuda {
+
+// Thread-block clusters (see irnn_platform.cuh). The rank is the block's
+// place in its cluster; a peer's shared memory is its own block's buffer;
+// the cluster barrier is a std::barrier of every thread of the cluster,
+// split into its arrive and its wait.
+inline unsigned irnn_cluster_rank() {
+  emu::need_cluster("irnn_cluster_rank");
+  return emu::t_cluster_rank;
+}
+
+template <typename T>
+inline T* irnn_map_shared_rank(T* ptr, unsigned rank) {
+  emu::need_cluster("irnn_map_shared_rank");
+  auto* p = reinterpret_cast<unsigned char*>(ptr);
+  if (p < emu::t_smem || p >= emu::t_smem + emu::t_smem_bytes)
+    emu::fail("thread " + std::to_string(threadIdx.x) +
+              ": irnn_map_shared_rank of an address outside the block's "
+              "shared memory");
+  if (rank >= emu::t_cluster_size)
+    emu::fail("thread " + std::to_string(threadIdx.x) +
+              ": irnn_map_shared_rank to rank " + std::to_string(rank) +
+              " of a cluster of " + std::to_string(emu::t_cluster_size));
+  return reinterpret_cast<T*>(emu::t_cluster_smem + rank * emu::t_smem_bytes +
+                              (p - emu::t_smem));
+}
+
+inline void irnn_cluster_arrive() {
+  emu::need_cluster("irnn_cluster_arrive");
+  emu::check_not_failed();
+  if (emu::t_cluster_arrived)
+    emu::fail("thread " + std::to_string(threadIdx.x) +
+              ": irnn_cluster_arrive twice without irnn_cluster_wait");
+  emu::t_cluster_token->emplace(emu::t_cluster_barrier->arrive());
+  emu::t_cluster_arrived = true;
+}
+
+inline void irnn_cluster_wait() {
+  emu::need_cluster("irnn_cluster_wait");
+  if (!emu::t_cluster_arrived)
+    emu::fail("thread " + std::to_string(threadIdx.x) +
+              ": irnn_cluster_wait without irnn_cluster_arrive");
+  emu::t_cluster_barrier->wait(std::move(**emu::t_cluster_token));
+  emu::t_cluster_arrived = false;
+  emu::check_not_failed();
+}
+
+}  // namespace irnn_cuda
 
 namespace irnn_cuda {
 

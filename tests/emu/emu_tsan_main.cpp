@@ -5,6 +5,13 @@
 //   emu_tsan race     runs a kernel with a planted race (a shared memory
 //                     write and a read by another thread with no barrier
 //                     between them); TSan must report it.
+//   emu_tsan cluster_race  runs a cluster kernel with a planted race: each
+//                     block writes into its peer's shared memory and reads
+//                     its own with the cluster barrier left out; TSan must
+//                     report it.
+//   emu_tsan cluster  runs the cluster forward and backward (4 blocks of
+//                     256 threads) against the large-H path; TSan must stay
+//                     silent.
 //   emu_tsan kernels  runs the forward and backward kernels (register-
 //                     resident, persistent and large-H paths, <= 256
 //                     threads per block; two cases with lengths) on a few
@@ -27,6 +34,44 @@ int run_race() {
   std::vector<float> out(64);
   float* p = out.data();
   IRNN_LAUNCH(planted_race_kernel, 1, 64, 64 * sizeof(float), nullptr, p);
+  return 0;
+}
+
+// Each block of a cluster of 2 writes its thread's value into its peer's
+// shared memory and then reads its own; with `barrier`, a cluster barrier
+// separates the two.
+template <bool Barrier>
+IRNN_GLOBAL void cluster_exchange_kernel(float* out) {
+  float* s = irnn_cuda::irnn_dyn_smem<float>();
+  const unsigned rank = irnn_cuda::irnn_cluster_rank();
+  *irnn_cuda::irnn_map_shared_rank(s + threadIdx.x, rank ^ 1u) =
+      static_cast<float>(rank * 1000 + threadIdx.x);
+  if (Barrier) {  // An irnn_cluster_arrive/irnn_cluster_wait pair belongs here.
+    irnn_cuda::irnn_cluster_arrive();
+    irnn_cuda::irnn_cluster_wait();
+  }
+  out[blockIdx.x * blockDim.x + threadIdx.x] = s[threadIdx.x];
+}
+
+template <bool Barrier>
+int run_cluster_exchange() {
+  std::vector<float> out(2 * 64, -1.f);
+  float* p = out.data();
+  const auto body = [&]() -> irnn_cuda::irnn_error {
+    IRNN_LAUNCH_CLUSTER(cluster_exchange_kernel<Barrier>, 2, 2, 64,
+                        64 * sizeof(float), nullptr, p);
+    return irnn_cuda::kIrnnSuccess;
+  };
+  body();
+  if (!Barrier) return 0;
+  for (unsigned b = 0; b < 2; ++b)
+    for (unsigned t = 0; t < 64; ++t)
+      if (out[b * 64 + t] != static_cast<float>((b ^ 1u) * 1000 + t)) {
+        std::printf("cluster exchange: block %u thread %u read %g\n", b, t,
+                    out[b * 64 + t]);
+        return 1;
+      }
+  std::printf("cluster exchange: ok\n");
   return 0;
 }
 
@@ -98,8 +143,8 @@ int run_kernels() {
   // ragged tail; 256 threads per block at most.
   // The second table has no shared memory opt-in, so W_hh of these sizes
   // does not fit and the large-H path runs.
-  const DeviceProps persistent{4, 256, 48 * 1024, 200 * 1024};
-  const DeviceProps large_h{4, 256, 48 * 1024, 48 * 1024};
+  const DeviceProps persistent{4, 256, 48 * 1024, 200 * 1024, 0};
+  const DeviceProps large_h{4, 256, 48 * 1024, 48 * 1024, 0};
   // B <= 4 (the SM count) runs the register-resident backward with one row
   // per block (HP 128, 256 threads): projected, and not (tanh, reversed, T
   // beyond the prefetch ring); B = 20 with 8 rows per block (HP 104, 224
@@ -168,6 +213,107 @@ int run_kernels() {
   return failures == 0 ? 0 : 1;
 }
 
+// The cluster forward and backward (H = 136: 4 blocks of 256 threads, 8
+// rows per cluster on 8 SMs, a ragged last cluster; relu and reversed, and
+// tanh with lengths; T = 9, beyond the backward's prefetch ring) against
+// today's persistent kernels (a table without clusters).
+int run_cluster() {
+  const DeviceProps cluster{8, 1024, 48 * 1024, 200 * 1024, 1};
+  const DeviceProps persistent{8, 1024, 48 * 1024, 200 * 1024, 0};
+  const int64_t T = 9, B = 9, I = 2, H = 136;
+  int failures = 0;
+  for (int variant = 0; variant < 2; ++variant) {
+    const bool relu = variant == 0, reverse = variant == 0;
+    const bool varlen = variant == 1;
+    std::mt19937 rng(11 + variant);
+    auto x = random_vec<float>(T * B * I, 1.0, rng);
+    auto h0 = random_vec<float>(B * H, 0.5, rng);
+    auto w_ih = random_vec<float>(H * I, 0.5, rng);
+    auto w_hh = random_vec<float>(H * H, 0.9 / std::sqrt(double(H)), rng);
+    auto b = random_vec<float>(H, 0.1, rng);
+    auto g_out = random_vec<float>(T * B * H, 1.0, rng);
+    auto g_hn = random_vec<float>(B * H, 1.0, rng);
+    std::vector<int64_t> lengths(B);
+    for (int64_t i = 0; i < B; ++i) lengths[i] = T - i * T / B;
+    std::vector<float> outs[2], h_ns[2], grads[2];
+    LaunchConfig cfgs[2], bcfgs[2];
+    for (int k = 0; k < 2; ++k) {
+      const DeviceProps& props = k == 0 ? cluster : persistent;
+      set_device(props);
+      outs[k].assign(T * B * H, NAN);
+      h_ns[k].assign(B * H, NAN);
+      FwdArgs a{};
+      a.dtype = DType::kFloat;
+      a.T = T; a.B = B; a.I = I; a.H = H;
+      a.project = true; a.relu = relu; a.reverse = reverse;
+      a.x = x.data(); a.x_st = B * I; a.x_sb = I;
+      a.h0 = h0.data(); a.w_ih = w_ih.data(); a.w_hh = w_hh.data();
+      a.b_ih = b.data(); a.b_hh = nullptr;
+      a.out = outs[k].data(); a.out_st = B * H; a.out_sb = H;
+      a.h_n = h_ns[k].data();
+      a.lengths = varlen ? lengths.data() : nullptr;
+      cfgs[k] = irnn_cuda::make_launch_config(props, false, a.dtype, T, B, I,
+                                              H, true, true);
+      std::vector<unsigned char> ws(
+          static_cast<size_t>(irnn_cuda::fwd_workspace_bytes(a, cfgs[k])) + 16,
+          0xFF);
+      if (irnn_cuda::run_forward<float>(a, cfgs[k], ws.data(), nullptr) != 0) {
+        std::printf("cluster: launch failed\n");
+        return 1;
+      }
+      // The backward of the same forward (its own sequence), every
+      // gradient into one vector: dx, dh0, dw_ih, dw_hh, db.
+      grads[k].assign(T * B * I + B * H + H * I + H * H + H, NAN);
+      float* gp = grads[k].data();
+      BwdArgs g{};
+      g.dtype = DType::kFloat;
+      g.T = T; g.B = B; g.I = I; g.H = H;
+      g.project = true; g.relu = relu; g.reverse = reverse;
+      g.g_out = g_out.data(); g.g_st = B * H; g.g_sb = H;
+      g.g_hn = g_hn.data();
+      g.x = x.data(); g.x_st = B * I; g.x_sb = I;
+      g.h0 = h0.data(); g.w_ih = w_ih.data(); g.w_hh = w_hh.data();
+      g.out = outs[k].data(); g.o_st = B * H; g.o_sb = H;
+      g.dx = gp; g.dh0 = gp + T * B * I; g.dw_ih = gp + T * B * I + B * H;
+      g.dw_hh = gp + T * B * I + B * H + H * I;
+      g.db = gp + T * B * I + B * H + H * I + H * H;
+      g.lengths = a.lengths;
+      bcfgs[k] = irnn_cuda::make_launch_config(props, true, g.dtype, T, B, I,
+                                               H, true, true);
+      std::vector<unsigned char> bws(
+          static_cast<size_t>(irnn_cuda::bwd_workspace_bytes(g, bcfgs[k])) + 16,
+          0xFF);
+      if (irnn_cuda::run_backward<float>(g, bcfgs[k], bws.data(), nullptr) != 0) {
+        std::printf("cluster: backward launch failed\n");
+        return 1;
+      }
+    }
+    double max_diff = 0;
+    auto compare = [&](const std::vector<float>& u, const std::vector<float>& v) {
+      for (size_t i = 0; i < u.size(); ++i) {
+        const double d = std::fabs(double(u[i]) - double(v[i]));
+        max_diff = std::max(max_diff, std::isnan(d) ? INFINITY : d);
+      }
+    };
+    compare(outs[0], outs[1]);
+    compare(h_ns[0], h_ns[1]);
+    compare(grads[0], grads[1]);
+    const bool paths = cfgs[0].path == irnn_cuda::Path::kClusterFwd &&
+                       cfgs[0].cluster == 4 && cfgs[0].rows_per_block == 8 &&
+                       cfgs[1].path == irnn_cuda::Path::kPersistent &&
+                       bcfgs[0].path == irnn_cuda::Path::kClusterBwd &&
+                       bcfgs[0].cluster == 4 && bcfgs[0].rows_per_block == 8 &&
+                       bcfgs[1].path == irnn_cuda::Path::kPersistent;
+    const bool ok = max_diff < 1e-3;  // NaN fails too
+    std::printf("cluster case %d (%d blocks, clusters of %d) vs persistent max "
+                "|diff| %.3g %s\n", variant, cfgs[0].blocks, cfgs[0].cluster,
+                max_diff, ok && paths ? "ok" : "FAIL");
+    failures += !(ok && paths);
+  }
+  if (failures == 0) std::printf("cluster: all cases agree\n");
+  return failures == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -180,6 +326,16 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  std::fprintf(stderr, "usage: %s race|kernels\n", argv[0]);
+  if (argc == 2 && std::strcmp(argv[1], "cluster_race") == 0)
+    return run_cluster_exchange<false>();
+  if (argc == 2 && std::strcmp(argv[1], "cluster") == 0) {
+    try {
+      return run_cluster_exchange<true>() | run_cluster();
+    } catch (const std::exception& e) {
+      std::printf("cluster: error: %s\n", e.what());
+      return 1;
+    }
+  }
+  std::fprintf(stderr, "usage: %s race|kernels|cluster_race|cluster\n", argv[0]);
   return 2;
 }

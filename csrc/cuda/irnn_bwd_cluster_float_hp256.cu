@@ -1,0 +1,15 @@
+// The cluster backward for float with HP = 256 (one translation unit per
+// type and HP, so the build compiles them in parallel). Built for every
+// architecture of the build; selected only where clusters launch.
+#include "irnn_platform.cuh"
+
+#include "irnn_launch.cuh"
+
+namespace irnn_cuda {
+
+template irnn_error launch_bwd_cluster<float, 256, 1>(
+    const ClusterBwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_bwd_cluster<float, 256, 8>(
+    const ClusterBwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
+
+}  // namespace irnn_cuda

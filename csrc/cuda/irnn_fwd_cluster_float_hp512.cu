@@ -1,0 +1,15 @@
+// The cluster forward for float with HP = 512 (one translation unit per
+// type and HP, so the build compiles them in parallel). Built for every
+// architecture of the build; selected only where clusters launch.
+#include "irnn_platform.cuh"
+
+#include "irnn_launch.cuh"
+
+namespace irnn_cuda {
+
+template irnn_error launch_fwd_cluster<float, 512, 1>(
+    const RegFwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_fwd_cluster<float, 512, 8>(
+    const RegFwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
+
+}  // namespace irnn_cuda

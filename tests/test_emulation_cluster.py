@@ -1,0 +1,268 @@
+"""The cluster kernels (irnn_fwd_cluster_kernel and the backward's
+recurrence irnn_bwd_cluster_kernel, 128 < H <= 512 on devices with
+thread-block clusters) executed on the CPU (tests/emu/): the blocks of a
+cluster run at the same time as OS threads, a peer's shared memory is its
+own buffer, the cluster barrier is a real barrier, and clusters run in a
+seeded order. Their routing, every output and gradient against the
+float64 reference, lengths (padded, packed, reversed, NaN in the padding),
+and both cluster orders bitwise equal.
+"""
+import shutil
+
+import pytest
+import torch
+
+from conftest import TOL, max_rel_err
+from irnn_cuda.reference import irnn_layer_reference
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None,
+                                reason="needs g++ to build the emulation")
+
+# The harness fixture, input maker and paths are test_emulation.py's; the
+# lengths cases test_emulation_lengths.py's.
+from test_emulation import (LARGE_H, PERSISTENT, REGISTER_FWD,  # noqa: E402,F401
+                            TSAN_WARNING, _run_tsan, harness, make_inputs,
+                            run_and_compare, tsan_exe)
+from test_emulation_lengths import run_case  # noqa: E402
+import emu  # noqa: E402  (on sys.path through test_emulation)
+
+CLUSTER_FWD, CLUSTER_BWD = 4, 5
+# IRNN_CLUSTER_FWD_VARIANTS and IRNN_CLUSTER_BWD_VARIANTS: float32, HP 256
+# (4 blocks) and 512 (8 blocks); more than one row per cluster: 8, and 4 in
+# the backward at HP 512.
+CLUSTER_HP = (256, 512)
+CLUSTER_ROWS = {(False, 256): 8, (False, 512): 8, (True, 256): 8,
+                (True, 512): 4}
+# An H100 with 16 SMs: 4 clusters of 4 blocks (2 of 8) fill it, so a small
+# batch already takes 8 rows per cluster and leaves a ragged last cluster.
+SIXTEEN_SMS = dict(emu.H100, sm_count=16)
+
+
+def cluster_expected(table, dtype, B, I, H, project=True, backward=False,
+                     T=784):
+    """(HP, rows per cluster) the routing must select, or None. The
+    forward needs the input projected and at most 4 wide; the backward
+    takes any input (the GEMMs after its recurrence do the projection)."""
+    if not table.get("cluster_launch") or dtype != torch.float32 or \
+            not 128 < H <= 512 or B < 1:
+        return None
+    if not backward and (not project or I > 4):
+        return None
+    if backward and T < 1:
+        return None
+    hp = min(h for h in CLUSTER_HP if h >= H)
+    per_wave = table["sm_count"] // (hp // 64)
+    return hp, 1 if B <= per_wave else CLUSTER_ROWS[(backward, hp)]
+
+
+@pytest.mark.parametrize("table", ["h100", "a100", "sixteen"])
+def test_cluster_routing(harness, table):
+    """make_launch_config selects the cluster kernels exactly where the
+    table says: clusters on the device, float32, 128 < H <= 512; the
+    forward with the input projected and at most 4 wide, the backward with
+    any input (its grid is B / rows clusters; `blocks` is the SM count the
+    GEMMs after it take, and its workspace the large-H path's)."""
+    t = {"h100": emu.H100, "a100": emu.A100, "sixteen": SIXTEEN_SMS}[table]
+    seen = set()
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        for H in (100, 128, 129, 200, 256, 257, 400, 512, 513):
+            for B in (1, 16, 33, 34, 200, 1024):
+                for I, project in ((1, True), (4, True), (5, True),
+                                   (0, False)):
+                    for backward in (False, True):
+                        c = harness.config(t, backward, dtype, 784, B, I, H,
+                                           project, True)
+                        want = cluster_expected(t, dtype, B, I, H, project,
+                                                backward)
+                        if want is None:
+                            assert c["path"] not in (CLUSTER_FWD, CLUSTER_BWD), (
+                                dtype, H, B, I, c)
+                            assert c["cluster"] == 1, c
+                            continue
+                        hp, rows = want
+                        seen.add((backward, hp, rows))
+                        assert c["path"] == (CLUSTER_BWD if backward else
+                                             CLUSTER_FWD), (dtype, H, B, I, c)
+                        assert c["cluster"] == hp // 64, c
+                        assert c["threads"] == 256, c
+                        assert c["rows_per_block"] == rows, c
+                        if backward:
+                            assert c["blocks"] == t["sm_count"], c
+                            assert c["workspace"] == (784 * B * H + H * H) * 4, c
+                        else:
+                            assert c["blocks"] == -(-B // rows) * (hp // 64), c
+                            assert c["workspace"] == 0, c
+                        assert c["smem"] <= t["smem_per_block_optin"], c
+    if table == "h100":
+        assert seen == {(False, 256, 1), (False, 256, 8), (False, 512, 1),
+                        (False, 512, 8), (True, 256, 1), (True, 256, 8),
+                        (True, 512, 1), (True, 512, 4)}
+    if table == "a100":
+        assert not seen
+
+
+def test_cluster_routing_h200_benchmark_sizes(harness):
+    """The GPU check's sizes: H = 256 and 512 at B = 16, 128, 1024 on an
+    H200 take the cluster forward and backward."""
+    h200 = dict(emu.H100)
+    for H, B, rows, bwd_rows in ((256, 16, 1, 1), (256, 128, 8, 8),
+                                 (256, 1024, 8, 8), (512, 16, 1, 1),
+                                 (512, 128, 8, 4), (512, 1024, 8, 4)):
+        c = harness.config(h200, False, torch.float32, 784, B, 1, H, True,
+                           True)
+        assert (c["path"], c["rows_per_block"]) == (CLUSTER_FWD, rows), (H, B, c)
+        c = harness.config(h200, True, torch.float32, 784, B, 1, H, True,
+                           True)
+        assert (c["path"], c["rows_per_block"]) == (CLUSTER_BWD, bwd_rows), (
+            H, B, c)
+
+
+def run_forward(harness, table, T, B, I, H, *, relu=True, reverse=False,
+                bias=True, store_sequence=True, seed=0, block_order_seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    v = make_inputs(torch.float32, T, B, I, H, True, bias, gen)
+    out, h_n, cfg = harness.forward(table, v["x"], v["h0"], v["w_ih"],
+                                    v["w_hh"], v["b_ih"], v["b_hh"], relu,
+                                    reverse, store_sequence,
+                                    block_order_seed=block_order_seed)
+    ref = {k: (t.double() if t is not None else None) for k, t in v.items()}
+    r_out, r_hn = irnn_layer_reference(ref["x"], ref["h0"], ref["w_ih"],
+                                       ref["w_hh"], ref["b_ih"], ref["b_hh"],
+                                       "relu" if relu else "tanh", reverse)
+    return out, h_n, r_out, r_hn, cfg
+
+
+# H in {129, 256, 257, 512}, both directions, relu and tanh, one row per
+# cluster and 8 with a ragged last cluster (SIXTEEN_SMS), I from 1 to 4,
+# with and without biases and the stored sequence.
+CASES = [
+    dict(H=129, B=3, T=5, I=1, relu=True, reverse=False, table="h100"),
+    dict(H=129, B=11, T=4, I=2, relu=False, reverse=True, table="sixteen"),
+    dict(H=256, B=2, T=4, I=4, relu=False, reverse=False, table="h100",
+         bias=False),
+    dict(H=256, B=13, T=3, I=1, relu=True, reverse=True, table="sixteen"),
+    dict(H=257, B=2, T=4, I=3, relu=True, reverse=True, table="h100",
+         store_sequence=False),
+    dict(H=257, B=5, T=3, I=1, relu=False, reverse=False, table="sixteen"),
+    dict(H=512, B=2, T=3, I=1, relu=False, reverse=True, table="h100"),
+    dict(H=512, B=9, T=2, I=4, relu=True, reverse=False, table="sixteen"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "H{H}-B{B}".format(**c))
+def test_cluster_forward_matches_reference(harness, case):
+    case = dict(case)
+    table = {"h100": emu.H100, "sixteen": SIXTEEN_SMS}[case.pop("table")]
+    out, h_n, r_out, r_hn, cfg = run_forward(harness, table, **case,
+                                             block_order_seed=7)
+    want = cluster_expected(table, torch.float32, case["B"], case["I"],
+                            case["H"])
+    assert cfg["path"] == CLUSTER_FWD and cfg["rows_per_block"] == want[1], cfg
+    if case["B"] % want[1]:
+        assert want[1] == 8  # a ragged last cluster
+    tol = TOL[torch.float32]
+    assert max_rel_err(h_n, r_hn) <= tol, ("h_n", max_rel_err(h_n, r_hn), cfg)
+    if case.get("store_sequence", True):
+        assert max_rel_err(out, r_out) <= tol, (
+            "output", max_rel_err(out, r_out), cfg)
+    else:
+        assert out is None
+
+
+def test_cluster_orders_bitwise_equal(harness):
+    """Clusters in index order and in a seeded order give the same bits:
+    no cluster depends on another."""
+    runs = [run_forward(harness, SIXTEEN_SMS, 3, 19, 2, 200, seed=4,
+                        block_order_seed=s)[:2] for s in (0, 11)]
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert torch.equal(runs[0][1], runs[1][1])
+
+
+# The backward: H in {129, 256, 257, 512}, both directions, relu and tanh,
+# ragged last clusters, the gradient on the sequence, on h_n or on both, the
+# input projected (I from 1 to 7: the forward takes another path above 4)
+# or not (dx = da from the kernel itself), T beyond the prefetch ring.
+BWD_CASES = [
+    dict(H=129, B=3, T=4, I=1, nonlinearity="relu", reverse=False,
+         grads="both", table="h100"),
+    dict(H=200, B=11, T=10, I=2, nonlinearity="tanh", reverse=True,
+         grads="seq", table="sixteen"),
+    dict(H=256, B=2, T=2, I=7, nonlinearity="relu", reverse=True,
+         grads="last", table="h100"),
+    dict(H=257, B=9, T=3, I=None, nonlinearity="tanh", reverse=False,
+         grads="both", table="sixteen"),
+    dict(H=512, B=2, T=3, I=3, nonlinearity="relu", reverse=False,
+         grads="both", table="h100"),
+    dict(H=512, B=7, T=2, I=None, nonlinearity="relu", reverse=True,
+         grads="seq", table="sixteen"),
+]
+
+
+@pytest.mark.parametrize("case", BWD_CASES, ids=lambda c: "H{H}-B{B}".format(**c))
+def test_cluster_backward_matches_reference(harness, case):
+    """Every gradient of a forward+backward whose backward runs the cluster
+    recurrence, against float64 autograd."""
+    case = dict(case)
+    table = {"h100": emu.H100, "sixteen": SIXTEEN_SMS}[case.pop("table")]
+    I = case.pop("I")
+    fcfg, bcfg = run_and_compare(harness, table, torch.float32, case["T"],
+                                 case["B"], I or 5, case["H"],
+                                 case["nonlinearity"], case["reverse"],
+                                 project=I is not None, grads=case["grads"])
+    want = cluster_expected(table, torch.float32, case["B"], I or 5,
+                            case["H"], I is not None, backward=True)
+    assert bcfg["path"] == CLUSTER_BWD and bcfg["rows_per_block"] == want[1], bcfg
+
+
+def test_cluster_backward_orders_bitwise_equal(harness):
+    """The cluster backward and the GEMMs after it give the same bits with
+    clusters in index order and in a seeded order."""
+    gen = torch.Generator().manual_seed(5)
+    v = make_inputs(torch.float32, 4, 19, 2, 200, True, True, gen)
+    out, _, _ = harness.forward(SIXTEEN_SMS, v["x"], v["h0"], v["w_ih"],
+                                v["w_hh"], v["b_ih"], v["b_hh"], True, False,
+                                True)
+    g_out = torch.randn(4, 19, 200, generator=gen)
+    runs = []
+    for seed in (0, 13):
+        *grads, cfg = harness.backward(SIXTEEN_SMS, g_out, None, v["x"],
+                                       v["h0"], v["w_ih"], v["w_hh"], out,
+                                       True, False, block_order_seed=seed)
+        assert cfg["path"] == CLUSTER_BWD, cfg
+        runs.append(grads)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("H,B,reverse,packed,relu,table", [
+    (129, 3, False, False, True, "h100"),
+    (200, 11, True, False, False, "sixteen"),
+    (257, 9, False, True, True, "sixteen"),
+    (300, 2, True, True, False, "h100"),
+])
+def test_cluster_forward_lengths(harness, H, B, reverse, packed, relu, table):
+    """Lengths in the cluster forward and backward (reversed and packed
+    through the relayout copies), NaN and Inf in the padding, against the
+    reference."""
+    t = {"h100": emu.H100, "sixteen": SIXTEEN_SMS}[table]
+    fcfg, bcfg = run_case(harness, t, torch.float32, 5, B, 2, H,
+                          reverse=reverse, packed=packed, relu=relu,
+                          dirty=True, seed=H)
+    assert fcfg["path"] == CLUSTER_FWD, fcfg
+    assert bcfg["path"] == CLUSTER_BWD, bcfg
+
+
+# ThreadSanitizer (the executable of test_emulation.py): a cluster kernel
+# whose blocks write into each other's shared memory with the cluster
+# barrier left out must be reported; the cluster forward and backward must
+# not be.
+def test_tsan_reports_planted_missing_cluster_barrier(tsan_exe):
+    proc, text = _run_tsan(tsan_exe, "cluster_race")
+    assert TSAN_WARNING in text, text[-3000:]
+
+
+def test_tsan_cluster_forward_race_free(tsan_exe):
+    proc, text = _run_tsan(tsan_exe, "cluster")
+    assert TSAN_WARNING not in text, text[-6000:]
+    assert proc.returncode == 0 and "cluster exchange: ok" in text and \
+        "cluster: all cases agree" in text, text[-3000:]
