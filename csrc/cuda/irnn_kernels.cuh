@@ -547,6 +547,8 @@ struct ClusterBwdParams {
   float* da;      // [T,B,H], contiguous: every da_t (the large-H tail's)
   S* dx;          // [T,B,H], contiguous: dx = da when the input is not
                   // projected, else null
+  const int64_t* lengths;  // [B] or null; with lengths, !reverse and no
+                           // g_hn (bwd_relayout's inputs)
   int T, B, H;
   bool reverse;
 };
@@ -564,9 +566,12 @@ struct ClusterBwdParams {
 // slices, every block gets da_t through distributed shared memory, and one
 // cluster barrier closes the step. g_t and h_t of the block's units come
 // through a ring of cp.async copies issued kClusterBwdRing - 1 steps ahead,
-// so no global load is on a step's path; grad_h_n is read before the loop.
-// With lengths the inputs are bwd_relayout's (zero after each row's end),
-// so the steps after a row's end give da = 0.
+// so no global load is on a step's path; grad_h_n is added to the first
+// walked step's slot before the loop. With lengths the inputs are
+// bwd_relayout's (zero after each row's end, grad_h_n folded in), so the
+// steps after a row's end give da = 0: with at most 4 rows the cluster
+// starts at its longest row's last step, n0 = T - (that length), and only
+// stores da = 0 for the steps before (8 rows walk every step).
 template <typename S, int HP, int R, bool RELU>
 IRNN_DEVICE void cluster_bwd_body(const ClusterBwdParams<S>& p);
 
@@ -598,6 +603,29 @@ IRNN_DEVICE void cluster_bwd_body(const ClusterBwdParams<S>& p) {
   const int row0 = (blockIdx.x / C) * R;
   const bool unit = k < H;
   const int slot = (k / KS) * SST + k % KS;
+  int steps = 0;  // of the cluster's longest row (T without lengths)
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int l = row0 + r < p.B ? row_length(p.lengths, row0 + r, T) : 0;
+    steps = l > steps ? l : steps;
+  }
+  // The first walk step computed. At 8 rows the kernel holds 255
+  // registers and a start known only at run time spills: those walk every
+  // step (the zeros give da = 0 after each row's end).
+  const int n0 = R <= 4 ? T - steps : 0;
+  // da_t of the thread's unit in row 0 at walk step n0, and its step.
+  const int64_t da_step = p.reverse ? (int64_t)p.B * H : -(int64_t)p.B * H;
+  int64_t da_at = ((int64_t)(p.reverse ? 0 : T - 1) * p.B + row0) * H + k;
+  // The steps after the cluster's rows have all ended: da = 0.
+  for (int n = 0; n < n0; ++n, da_at += da_step) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if (s == r % kClusterSlices && unit && row0 + r < p.B) {
+        p.da[da_at + r * H] = 0.f;
+        if (p.dx) p.dx[da_at + r * H] = from_acc<S>(0.f);
+      }
+    }
+  }
 
   float w[KS];
 #pragma unroll
@@ -640,11 +668,11 @@ IRNN_DEVICE void cluster_bwd_body(const ClusterBwdParams<S>& p) {
       if (copies >> i & 1u)
         irnn_cp_async<4>(dst + i * NT, src + i * RSTEP * csb);
   };
-  for (int n = 0; n < NS - 1; ++n) {
+  for (int n = n0; n < n0 + NS - 1; ++n) {
     if (n < T) issue(n, csrc + n * cstep);
     irnn_cp_async_commit();
   }
-  irnn_cp_async_wait<NS - 2>();  // this thread's copies of step 0
+  irnn_cp_async_wait<NS - 2>();  // this thread's copies of step n0
   // grad_h_n joins the g of the first step walked, added by the thread
   // that copied it (or zeroed it, without g_out).
   if (p.g_hn && T > 0 && ch == 0 && ckk < H) {
@@ -652,20 +680,19 @@ IRNN_DEVICE void cluster_bwd_body(const ClusterBwdParams<S>& p) {
     for (int i = 0; i < NC; ++i) {
       const int r = cr0 + i * RSTEP;
       if (tid + i * NT < SLOT && row0 + r < p.B)
-        ring[tid + i * NT] += to_acc(p.g_hn[(int64_t)(row0 + r) * H + ckk]);
+        ring[(n0 & (NS - 1)) * SLOT + tid + i * NT] +=
+            to_acc(p.g_hn[(int64_t)(row0 + r) * H + ckk]);
     }
   }
-  // Every block has started, zeroed its buffers and copied step 0.
+  // Every block has started, zeroed its buffers and copied step n0.
   irnn_cluster_arrive();
   irnn_cluster_wait();
 
   float* hp = dbuf;  // da_{t+1}
   float* hn = dbuf + R * RS;
-  const S* next = copies ? csrc + (NS - 1) * cstep : nullptr;  // step n+NS-1
-  // da_t of the thread's unit in row 0, and its step.
-  const int64_t da_step = p.reverse ? (int64_t)p.B * H : -(int64_t)p.B * H;
-  int64_t da_at = ((int64_t)(p.reverse ? 0 : T - 1) * p.B + row0) * H + k;
-  for (int n = 0; n < T; ++n) {
+  // The source of step n + NS - 1.
+  const S* next = copies ? csrc + (n0 + NS - 1) * cstep : nullptr;
+  for (int n = n0; n < T; ++n) {
     // The slot read in step n - 1, free since its barrier.
     if (n + NS - 1 < T) issue(n + NS - 1, next);
     irnn_cp_async_commit();

@@ -184,6 +184,7 @@ irnn_error run_backward_cluster(const BwdArgs& a, const LaunchConfig& c,
   p.w_hh = static_cast<const S*>(a.w_hh);
   p.da = da;
   p.dx = a.project ? nullptr : static_cast<S*>(a.dx);
+  p.lengths = a.lengths;
   p.T = static_cast<int>(a.T); p.B = static_cast<int>(a.B);
   p.H = static_cast<int>(a.H);
   p.reverse = a.reverse;
