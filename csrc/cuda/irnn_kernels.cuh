@@ -223,6 +223,59 @@ struct alignas(16) Float4 {
   float x, y, z, w;
 };
 
+// x of steps [s0, s0 + n) of the rows [row0, +R) in shared memory as
+// xs[q][r][kRegFwdMaxInput] (step s0 + q; zero past I, past the batch and
+// after each row's end), staged by the block's nt threads from thread
+// `first`; the caller's barrier publishes it. The register-resident and
+// the cluster forwards' x staging.
+template <typename S, int R>
+IRNN_DEVICE void stage_x_chunk(float* xs, const RegFwdParams<S>& p, int row0,
+                               int s0, int n, int first, int nt) {
+  constexpr int XI = kRegFwdMaxInput;
+  for (int e = first; e < n * R * XI; e += nt) {
+    const int q = e / (R * XI), r = (e / XI) % R, i = e % XI;
+    const int t = p.reverse ? p.T - 1 - (s0 + q) : s0 + q;
+    xs[e] = i < p.I && row0 + r < p.B &&
+                    s0 + q < row_length(p.lengths, row0 + r, p.T)
+                ? to_acc(p.x[t * p.x_st + (int64_t)(row0 + r) * p.x_sb + i])
+                : 0.f;
+  }
+}
+
+// The four accumulators of each of R rows: acc[r][0] starts from the input
+// term (bias + w_ih . x of the step, from its Float4 of staged x), the
+// others from 0.
+template <int R>
+IRNN_DEVICE void start_accumulators(float (&acc)[R][4], const float* xq,
+                                    float bias, const float (&wi)[4]) {
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const Float4 xv = *reinterpret_cast<const Float4*>(xq + r * 4);
+    acc[r][0] = bias + wi[0] * xv.x + wi[1] * xv.y + wi[2] * xv.z +
+                wi[3] * xv.w;
+    acc[r][1] = acc[r][2] = acc[r][3] = 0.f;
+  }
+}
+
+// acc[r][c] += w[k + c] * v[r * row_stride + k + c] for k < K in steps of
+// 4: one 16-byte broadcast of v feeds four independent accumulators per
+// row (the dot products of every register-resident and cluster kernel).
+template <int K, int R>
+IRNN_DEVICE void broadcast_dots(float (&acc)[R][4], const float (&w)[K],
+                                const float* v, int row_stride) {
+#pragma unroll
+  for (int k = 0; k < K; k += 4) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const Float4 hv = *reinterpret_cast<const Float4*>(v + r * row_stride + k);
+      acc[r][0] += w[k] * hv.x;
+      acc[r][1] += w[k + 1] * hv.y;
+      acc[r][2] += w[k + 2] * hv.z;
+      acc[r][3] += w[k + 3] * hv.w;
+    }
+  }
+}
+
 // The register-resident forward for H <= HP. Thread j keeps row j of W_hh
 // (zero beyond H) and of W_ih (zero beyond I) in registers and computes unit
 // j of the block's R rows [blockIdx.x * R, +R); threads j >= H compute
@@ -288,14 +341,7 @@ irnn_fwd_reg_kernel(RegFwdParams<S> p) {
   for (int s0 = 0; s0 < steps; s0 += p.chunk) {
     const int n = steps - s0 < p.chunk ? steps - s0 : p.chunk;
     // The previous chunk's steps ended with a barrier: xs is free.
-    for (int e = j; e < n * R * XI; e += NT) {
-      const int q = e / (R * XI), r = (e / XI) % R, i = e % XI;
-      const int t = p.reverse ? p.T - 1 - (s0 + q) : s0 + q;
-      xs[e] = i < I && row0 + r < p.B &&
-                      s0 + q < row_length(p.lengths, row0 + r, p.T)
-                  ? to_acc(p.x[t * p.x_st + (int64_t)(row0 + r) * p.x_sb + i])
-                  : 0.f;
-    }
+    stage_x_chunk<S, R>(xs, p, row0, s0, n, j, NT);
     __syncthreads();
     // Steps row r still stores from this chunk's first: to the h buffer,
     // and (0 without a sequence) to out. At one row, two compares per step
@@ -310,26 +356,8 @@ irnn_fwd_reg_kernel(RegFwdParams<S> p) {
     }
     for (int q = 0; q < n; ++q) {
       float acc[R][4];
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const Float4 xv =
-            *reinterpret_cast<const Float4*>(xs + (q * R + r) * XI);
-        acc[r][0] = bias + wi[0] * xv.x + wi[1] * xv.y + wi[2] * xv.z +
-                    wi[3] * xv.w;
-        acc[r][1] = acc[r][2] = acc[r][3] = 0.f;
-      }
-#pragma unroll
-      for (int k = 0; k < HP; k += 4) {
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-          const Float4 hv =
-              *reinterpret_cast<const Float4*>(hp + r * HP + k);
-          acc[r][0] += w[k] * hv.x;
-          acc[r][1] += w[k + 1] * hv.y;
-          acc[r][2] += w[k + 2] * hv.z;
-          acc[r][3] += w[k + 3] * hv.w;
-        }
-      }
+      start_accumulators(acc, xs + q * R * XI, bias, wi);
+      broadcast_dots(acc, w, hp, HP);
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         const float a = (acc[r][0] + acc[r][1]) + (acc[r][2] + acc[r][3]);
@@ -456,14 +484,7 @@ IRNN_DEVICE void cluster_fwd_body(const RegFwdParams<S>& p) {
   for (int s0 = 0; s0 < steps; s0 += p.chunk) {
     const int n = steps - s0 < p.chunk ? steps - s0 : p.chunk;
     // The previous chunk's steps ended with a cluster barrier: xs is free.
-    for (int e = tid; e < n * R * XI; e += kClusterThreads) {
-      const int q = e / (R * XI), r = (e / XI) % R, i = e % XI;
-      const int t = p.reverse ? p.T - 1 - (s0 + q) : s0 + q;
-      xs[e] = i < I && row0 + r < p.B &&
-                      s0 + q < row_length(p.lengths, row0 + r, p.T)
-                  ? to_acc(p.x[t * p.x_st + (int64_t)(row0 + r) * p.x_sb + i])
-                  : 0.f;
-    }
+    stage_x_chunk<S, R>(xs, p, row0, s0, n, tid, kClusterThreads);
     __syncthreads();
     // Steps row r still stores from this chunk's first: h (to every block)
     // and, by the row's own slice thread (s == r % 4), out.
@@ -472,26 +493,8 @@ IRNN_DEVICE void cluster_fwd_body(const RegFwdParams<S>& p) {
     for (int r = 0; r < R; ++r) left[r] = len[r] - s0;
     for (int q = 0; q < n; ++q) {
       float acc[R][4];
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const Float4 xv =
-            *reinterpret_cast<const Float4*>(xs + (q * R + r) * XI);
-        acc[r][0] = bias + wi[0] * xv.x + wi[1] * xv.y + wi[2] * xv.z +
-                    wi[3] * xv.w;
-        acc[r][1] = acc[r][2] = acc[r][3] = 0.f;
-      }
-#pragma unroll
-      for (int k = 0; k < KS; k += 4) {
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-          const Float4 hv =
-              *reinterpret_cast<const Float4*>(hp + r * RS + s * SST + k);
-          acc[r][0] += w[k] * hv.x;
-          acc[r][1] += w[k + 1] * hv.y;
-          acc[r][2] += w[k + 2] * hv.z;
-          acc[r][3] += w[k + 3] * hv.w;
-        }
-      }
+      start_accumulators(acc, xs + q * R * XI, bias, wi);
+      broadcast_dots(acc, w, hp + s * SST, RS);
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         float a = (acc[r][0] + acc[r][1]) + (acc[r][2] + acc[r][3]);
@@ -701,18 +704,7 @@ IRNN_DEVICE void cluster_bwd_body(const ClusterBwdParams<S>& p) {
     float acc[R][4];
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = 0.f;
-#pragma unroll
-    for (int jj = 0; jj < KS; jj += 4) {
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const Float4 dv =
-            *reinterpret_cast<const Float4*>(hp + r * RS + s * SST + jj);
-        acc[r][0] += w[jj] * dv.x;
-        acc[r][1] += w[jj + 1] * dv.y;
-        acc[r][2] += w[jj + 2] * dv.z;
-        acc[r][3] += w[jj + 3] * dv.w;
-      }
-    }
+    broadcast_dots(acc, w, hp + s * SST, RS);
     float da[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
