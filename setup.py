@@ -117,7 +117,9 @@ def _torch_version_flag():
 
 
 OPENMP = _openmp_flag()
-cxx_flags = ["-O3", "-std=c++20", OPENMP, _torch_version_flag()]
+# -g0 undoes the -g of Python's own compile flags: debug information for the
+# kernels' template instantiations costs about a third of their compile time.
+cxx_flags = ["-O3", "-g0", "-std=c++20", OPENMP, _torch_version_flag()]
 sources = _rel(glob.glob(os.path.join(HERE, "csrc", "*.cpp"))
                + glob.glob(os.path.join(HERE, "csrc", "cpu", "*.cpp")))
 cuda_sources = _rel(glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cpp"))
