@@ -55,7 +55,7 @@ import time
 
 import torch
 
-from irnn_cuda import FusedIRNN, has_kernels
+from irnn_cuda import FusedIRNN, cpu_kernels, has_kernels
 
 MODES = ("fwd", "fwd+bwd", "last", "fwd+bwd:last")
 
@@ -334,6 +334,8 @@ def main(argv=None):
             "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
             "repeats": repeats, "smoke": args.smoke,
             "machine": platform.processor() or platform.machine()}
+    if device.type == "cpu":
+        info["cpu_kernels"] = cpu_kernels()
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cudnn"] = torch.backends.cudnn.version()

@@ -28,8 +28,9 @@ __attribute__((used)) const char irnn_cuda_build_record[] =
 
 // `import irnn_cuda._C` only needs a module object; importing it runs the
 // static registrations below. The module carries the CPU kernels' fused-input
-// capacity, which irnn_cuda/functional.py checks its contract against, and
-// the torch version it was built against (TORCH_VERSION).
+// capacity, which irnn_cuda/functional.py checks its contract against, the
+// torch version it was built against (TORCH_VERSION) and the instruction set
+// of the CPU kernels in use (CPU_KERNELS: avx512, avx2 or generic).
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {
       PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
@@ -38,7 +39,9 @@ PyObject* PyInit__C(void) {
       (PyModule_AddIntConstant(module, "CPU_MAX_FUSED_INPUT",
                                irnn_cuda::kMaxFusedInput) < 0 ||
        PyModule_AddStringConstant(module, "TORCH_VERSION",
-                                  IRNN_TORCH_VERSION) < 0)) {
+                                  IRNN_TORCH_VERSION) < 0 ||
+       PyModule_AddStringConstant(module, "CPU_KERNELS",
+                                  irnn_cuda::cpu_kernels_name()) < 0)) {
     Py_DECREF(module);
     return nullptr;
   }

@@ -122,6 +122,16 @@ def has_kernels(device_type):
     return _KERNELS.get(device_type, False)
 
 
+def cpu_kernels():
+    """The instruction set of the CPU kernels in use: "avx512" (float32; the
+    float64 kernels are AVX2 then), "avx2" or "generic"; None without the
+    extension. IRNN_CPU_KERNELS=avx2 or =generic, set before the import,
+    caps the choice."""
+    if not extension_loaded():
+        return None
+    return getattr(_C, "CPU_KERNELS", None)
+
+
 def warn_fallback(device_type):
     """Warns once per device type that the reference is standing in."""
     if device_type in _warned:

@@ -23,11 +23,13 @@ F32_EPS = torch.finfo(torch.float32).eps
 NAMES = ("output", "h_n", "grad_input", "grad_h0", "grad_weight_ih",
          "grad_weight_hh", "grad_bias")
 
-# Sizes (T, B, I, H): B not a multiple of the 8-float / 4-double vector
-# width, H = 1, 33, 257, I above the fused-input limit (12 > 8), B = 101 for
-# batch slices above the backward's 48-row chunk.
+# Sizes (T, B, I, H): B not a multiple of the 16- or 8-float / 4-double
+# vector width, H = 1, 33, 257, I above the fused-input limit (12 > 8),
+# B = 101 for batch slices above the backward's 48-row chunk; H = 60 and 90
+# (4 and 6 AVX-512 vectors) for the column tiles the others leave out.
 SIZES = [(1, 1, 1, 1), (5, 3, 1, 33), (12, 9, 3, 100), (7, 17, 12, 257),
-         (4, 6, 1, 5), (9, 13, 2, 8), (3, 101, 2, 20)]
+         (4, 6, 1, 5), (9, 13, 2, 8), (3, 101, 2, 20), (4, 10, 2, 90),
+         (3, 8, 1, 60)]
 CASES = all_pairs({
     "size": SIZES,
     "nonlinearity": ["relu", "tanh"],
@@ -264,11 +266,13 @@ def test_nan_propagates(nonlinearity, where):
 
 
 def test_portable_kernels_match_reference():
-    """The non-AVX2 build of the kernels, forced on by IRNN_CPU_KERNELS."""
+    """The portable build of the kernels (any CPU), forced on by
+    IRNN_CPU_KERNELS=generic: float64 against the reference."""
     code = (
         "import torch, irnn_cuda, sys\n"
         "sys.path.insert(0, %r)\n"
         "import test_cpu_kernels as t\n"
+        "assert irnn_cuda.cpu_kernels() == 'generic', irnn_cuda.cpu_kernels()\n"
         "for case in t.CASES[:6]:\n"
         "    t.test_ops_match_reference_float64(case)\n"
         "print('ok')\n" % os.path.dirname(os.path.abspath(__file__)))
@@ -276,6 +280,68 @@ def test_portable_kernels_match_reference():
     proc = subprocess.run([sys.executable, "-c", code], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+def float32_results_with_kernels(isa, path):
+    """run_ops over every case in float32, in a process whose CPU kernels are
+    capped at `isa` (IRNN_CPU_KERNELS); the results are saved to `path`."""
+    code = (
+        "import torch, irnn_cuda, sys\n"
+        "sys.path.insert(0, %r)\n"
+        "import test_cpu_kernels as t\n"
+        "assert irnn_cuda.cpu_kernels() == %r, irnn_cuda.cpu_kernels()\n"
+        "res = []\n"
+        "for case in t.CASES:\n"
+        "    args, g_out, g_hn = t.case_grads(case, torch.float32)\n"
+        "    res.append(t.run_ops(args, case['nonlinearity'], case['reverse'],\n"
+        "                         g_out, g_hn))\n"
+        "torch.save(res, %r)\n"
+        % (os.path.dirname(os.path.abspath(__file__)), isa, str(path)))
+    env = dict(os.environ, IRNN_CPU_KERNELS=isa)
+    proc = subprocess.run([sys.executable, "-c", code], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(path)
+
+
+@pytest.mark.skipif(irnn_cuda.cpu_kernels() != "avx512",
+                    reason="the CPU kernels in use are not the AVX-512 build")
+def test_avx512_kernels_equal_avx2_kernels(tmp_path):
+    """The float32 kernels of the AVX-512 build (this process's) and of the
+    AVX2 build sum every element in the same order, so they agree bitwise:
+    the AVX2 build, which CPUs without AVX-512 run, is checked through the
+    AVX-512 one's tests. The fused dx (I <= 8) is the exception: its partial
+    sums are split over the vector lanes, 16 or 8."""
+    wide = float32_results_with_kernels("avx512", tmp_path / "avx512.pt")
+    narrow = float32_results_with_kernels("avx2", tmp_path / "avx2.pt")
+    assert len(wide) == len(narrow) == len(CASES)
+    fused_dx = 0
+    for case, a_res, b_res in zip(CASES, wide, narrow):
+        I = case["size"][2]
+        for name, a, b in zip(NAMES, a_res, b_res):
+            where = f"{case_id(case)}: {name}"
+            assert a.shape == b.shape, where
+            if name == "grad_input" and case["project"] and I <= 8:
+                fused_dx += 1
+                assert max_rel_err(a, b) <= 8 * F32_EPS, where
+            else:
+                assert torch.equal(a, b), where
+    assert fused_dx > 0
+
+
+def test_unknown_kernel_cap_is_refused():
+    """A misspelt IRNN_CPU_KERNELS fails the first CPU op, naming the
+    variable and the values it takes, instead of silently picking a build."""
+    code = ("import torch, irnn_cuda\n"
+            "print(irnn_cuda.cpu_kernels())\n"
+            "irnn_cuda.FusedIRNN(1, 4)(torch.randn(3, 2, 1))\n")
+    env = dict(os.environ, IRNN_CPU_KERNELS="avx3")
+    proc = subprocess.run([sys.executable, "-c", code], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "invalid IRNN_CPU_KERNELS" in proc.stdout
+    assert "IRNN_CPU_KERNELS=avx3 is not one of avx512, avx2, generic" in proc.stderr, \
+        proc.stderr[-3000:]
 
 
 def test_empty_batch():

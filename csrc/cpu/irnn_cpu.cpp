@@ -34,26 +34,57 @@
 namespace irnn_cuda {
 namespace {
 
-// IRNN_CPU_KERNELS=generic forces the portable kernels (for testing them on
-// an AVX2 machine); anything else picks the best the CPU supports.
-bool use_avx2() {
-  static const bool avx2 = [] {
-    const char* env = std::getenv("IRNN_CPU_KERNELS");
-    return cpu_avx2::supported() &&
-           !(env != nullptr && std::strcmp(env, "generic") == 0);
+// The widest kernels the CPU supports: AVX-512 (float32; float64 keeps
+// AVX2), AVX2, or the portable build. IRNN_CPU_KERNELS=avx2 or =generic caps
+// the choice there, to test the narrower builds on a wider CPU; any other
+// value is refused when the kernels are first used, so a misspelt cap never
+// passes silently.
+enum class Isa { kGeneric, kAvx2, kAvx512, kBadEnv };
+Isa cpu_isa() {
+  static const Isa isa = [] {
+    Isa cap = Isa::kAvx512;
+    if (const char* env = std::getenv("IRNN_CPU_KERNELS")) {
+      if (std::strcmp(env, "generic") == 0) {
+        cap = Isa::kGeneric;
+      } else if (std::strcmp(env, "avx2") == 0) {
+        cap = Isa::kAvx2;
+      } else if (std::strcmp(env, "avx512") != 0 && env[0] != '\0') {
+        return Isa::kBadEnv;
+      }
+    }
+    if (cap == Isa::kAvx512 && cpu_avx512::supported()) return Isa::kAvx512;
+    if (cap != Isa::kGeneric && cpu_avx2::supported()) return Isa::kAvx2;
+    return Isa::kGeneric;
   }();
-  return avx2;
+  return isa;
+}
+
+void check_isa() {
+  TORCH_CHECK(cpu_isa() != Isa::kBadEnv, "IRNN_CPU_KERNELS=",
+              std::getenv("IRNN_CPU_KERNELS"),
+              " is not one of avx512, avx2, generic (unset it to use the "
+              "widest kernels this CPU supports)");
 }
 
 template <typename S>
 KernelTable<S> kernels();
 template <>
 KernelTable<float> kernels<float>() {
-  return use_avx2() ? cpu_avx2::table_float() : cpu_generic::table_float();
+  check_isa();
+  switch (cpu_isa()) {
+    case Isa::kAvx512:
+      return cpu_avx512::table_float();
+    case Isa::kAvx2:
+      return cpu_avx2::table_float();
+    default:
+      return cpu_generic::table_float();
+  }
 }
 template <>
 KernelTable<double> kernels<double>() {
-  return use_avx2() ? cpu_avx2::table_double() : cpu_generic::table_double();
+  check_isa();
+  return cpu_isa() != Isa::kGeneric ? cpu_avx2::table_double()
+                                    : cpu_generic::table_double();
 }
 
 // Low-precision arguments run in float32; this is the dtype the loops see.
@@ -360,6 +391,19 @@ irnn_backward_cpu(const c10::optional<at::Tensor>& grad_output,
 }
 
 }  // namespace
+
+const char* cpu_kernels_name() {
+  switch (cpu_isa()) {
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    case Isa::kGeneric:
+      return "generic";
+    default:
+      return "invalid IRNN_CPU_KERNELS";
+  }
+}
 
 TORCH_LIBRARY_IMPL(irnn_cuda, CPU, m) {
   m.impl("irnn_forward", &irnn_forward_cpu);

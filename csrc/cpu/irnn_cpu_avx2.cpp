@@ -25,6 +25,7 @@ struct VecF {
   using S = float;
   using R = __m256;
   static constexpr int kL = 8;
+  static constexpr int kRegs = 16;
   static R zero() { return _mm256_setzero_ps(); }
   static R set1(S x) { return _mm256_set1_ps(x); }
   static R load(const S* p) { return _mm256_loadu_ps(p); }
@@ -99,6 +100,7 @@ struct VecD {
   using S = double;
   using R = __m256d;
   static constexpr int kL = 4;
+  static constexpr int kRegs = 16;
   static R zero() { return _mm256_setzero_pd(); }
   static R set1(S x) { return _mm256_set1_pd(x); }
   static R load(const S* p) { return _mm256_loadu_pd(p); }

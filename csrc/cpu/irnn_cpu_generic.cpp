@@ -19,6 +19,7 @@ struct Scalar {
   using S = S_;
   using R = S_;
   static constexpr int kL = 1;
+  static constexpr int kRegs = 16;
   static R zero() { return S(0); }
   static R set1(S x) { return x; }
   static R load(const S* p) { return *p; }

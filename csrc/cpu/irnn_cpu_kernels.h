@@ -6,10 +6,12 @@
 // This header is compiled once per instruction set: each including file
 // defines IRNN_CPU_ISA (the namespace its instantiations live in, so that an
 // AVX2 build of a template never replaces the portable one at link time) and
-// a vector policy V (see irnn_cpu_avx2.cpp and irnn_cpu_generic.cpp):
-//   V::S scalar, V::R register, V::kL lanes; zero, set1, load, load_n (the
-//   first n lanes, the rest 0), store, store_n, add, sub, mul,
-//   fma(a, b, c) = a*b+c, relu, relu_grad, tanh, hsum.
+// a vector policy V (see irnn_cpu_avx512.cpp, irnn_cpu_avx2.cpp and
+// irnn_cpu_generic.cpp):
+//   V::S scalar, V::R register, V::kL lanes, V::kRegs vector registers;
+//   zero, set1, load, load_n (the first n lanes, the rest 0), store,
+//   store_n, add, sub, mul, fma(a, b, c) = a*b+c, relu, relu_grad, tanh,
+//   hsum.
 //
 // Shapes (T steps, B batch, I input, H hidden, Hp = H rounded up to kL):
 //   packed weights are row-major with rows padded to Hp by zeros, so a column
@@ -29,10 +31,16 @@ namespace irnn_cuda {
 namespace IRNN_CPU_ISA {
 
 // Row tile -> widest column tile (in vectors) that keeps MR*NV accumulators,
-// NV loaded weight vectors and one broadcast within 16 vector registers.
+// NV loaded weight vectors and one broadcast within the V::kRegs vector
+// registers (16 for AVX2, 32 for AVX-512).
 constexpr int kMaxRows = 6;
+template <class V>
 constexpr int max_vecs(int rows) {
-  return rows == 1 ? 6 : rows == 2 ? 5 : rows <= 4 ? 3 : 2;
+  if constexpr (V::kRegs >= 32) {
+    return rows <= 2 ? 8 : rows <= 4 ? 5 : 4;
+  } else {
+    return rows == 1 ? 6 : rows == 2 ? 5 : rows <= 4 ? 3 : 2;
+  }
 }
 
 // C tile [MR rows x NV vectors] += A[MR x K] * B[K x NV*kL]. Row r of A is
@@ -107,7 +115,7 @@ inline __attribute__((always_inline)) void with_rows(int mr, F&& f) {
 template <class V, int MR, class Tile>
 inline __attribute__((always_inline)) void over_columns(int64_t H,
                                                         Tile&& tile) {
-  constexpr int kNv = max_vecs(MR);
+  constexpr int kNv = max_vecs<V>(MR);
   const int64_t nvec = (H + V::kL - 1) / V::kL;
   for (int64_t v0 = 0; v0 < nvec; v0 += kNv) {
     const int nv = static_cast<int>(nvec - v0 < kNv ? nvec - v0 : kNv);

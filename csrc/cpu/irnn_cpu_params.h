@@ -76,6 +76,16 @@ struct KernelTable {
   int64_t lanes;  // vector width: Hp is a multiple of it
 };
 
+// The float32 kernels the CPU ops use: "avx512", "avx2" or "generic" (the
+// float64 ones are AVX2 where the float32 ones are AVX-512), after the
+// IRNN_CPU_KERNELS cap; "invalid IRNN_CPU_KERNELS" where the cap is unknown.
+const char* cpu_kernels_name();
+
+namespace cpu_avx512 {  // float32 only
+bool supported();
+KernelTable<float> table_float();
+}  // namespace cpu_avx512
+
 namespace cpu_avx2 {
 bool supported();
 KernelTable<float> table_float();
