@@ -266,3 +266,26 @@ def test_tsan_cluster_forward_race_free(tsan_exe):
     assert TSAN_WARNING not in text, text[-6000:]
     assert proc.returncode == 0 and "cluster exchange: ok" in text and \
         "cluster: all cases agree" in text, text[-3000:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_large_h_workspace_within_twice_the_sequence(harness, dtype):
+    """Above H = 512 (no cluster holds W_hh) both directions take the
+    per-step path. Its backward keeps every step's da (float32) and one
+    [H, H] block, at most 2x the float32 [T, B, H] sequence at the GPU
+    check's sizes (H = 1024, 2048; B = 16, 128, 1024); the forward needs
+    none with the sequence stored, and two [B, H] states without it."""
+    T = 784
+    elem = torch.finfo(dtype).bits // 8
+    for H in (1024, 2048):
+        for B in (16, 128, 1024):
+            seq = T * B * H * 4
+            c = harness.config(emu.H100, True, dtype, T, B, 1, H, True, True)
+            assert c["path"] == LARGE_H, (H, B, c)
+            assert c["workspace"] == (T * B * H + H * H) * 4, (H, B, c)
+            assert c["workspace"] <= 2 * seq, (H, B, c)
+            for store, want in ((True, 0), (False, 2 * B * H * elem)):
+                c = harness.config(emu.H100, False, dtype, T, B, 1, H, True,
+                                   store)
+                assert c["path"] == LARGE_H, (H, B, c)
+                assert c["workspace"] == want, (H, B, store, c)
