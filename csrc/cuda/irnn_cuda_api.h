@@ -538,6 +538,32 @@ inline LaunchConfig make_launch_config(const DeviceProps& p, bool backward,
   return c;
 }
 
+// The per-step path's recurrent GEMM, handed to a library instead of the
+// tiled kernel (cuBLASLt, from irnn_ops_cuda.cpp; the emulation's tests hand
+// it to a plain loop). float32, row-major, for m < M, n < N:
+//   d[m*ldd + n] = act(sum_k a[m*lda + k] * w[n*ldw + k] + c[m*ldc + n])
+// with act relu or the identity; c is d itself (ldc == ldd) in every call
+// the launcher makes.
+struct StepGemm {
+  int64_t M, N, K;
+  const float* a;
+  int64_t lda;
+  const float* w;
+  int64_t ldw;
+  const float* c;
+  int64_t ldc;
+  float* d;
+  int64_t ldd;
+  bool relu;
+};
+// `run` enqueues the GEMM on `stream` and returns 0, or a nonzero code the
+// launch then returns; the hook's owner keeps any detail in `ctx`
+// (irnn_ops_cuda.cpp names the failed cuBLAS call and status).
+struct StepGemmHook {
+  int (*run)(const StepGemm& g, void* ctx, void* stream);
+  void* ctx;
+};
+
 // Raw arguments of irnn_forward; pointers to elements of the call's dtype.
 struct FwdArgs {
   DType dtype;
@@ -559,6 +585,9 @@ struct FwdArgs {
   // row b of step t at offsets[t] + b (a PackedSequence's order).
   const int64_t* lengths;
   const int64_t* offsets;
+  // The per-step path's recurrent GEMM by a library, or null (the tiled
+  // kernel); used where step_gemm_suits (irnn_launch.cuh) says.
+  const StepGemmHook* step_gemm;
 };
 
 // Raw arguments of irnn_backward.

@@ -1370,6 +1370,7 @@ enum class Epilogue : int {
   kStoreAcc,     // dst_acc(m,n) = acc
   kFwdStep,      // h = phi(acc + bias + input), stored
   kBwdStep,      // da = phi'(h) * (acc + g), stored to da (A) and dx
+  kProject,      // dst(m,n) = acc + b_ih(n) + b_hh(n) (+ x(m,n)), stored
 };
 
 template <typename S>
@@ -1395,6 +1396,7 @@ struct GemmParams {
   int64_t d_sm, d_sn;
   const A* addend;  // kStore: [M,N] contiguous, or null
   A* dst_acc;       // kStoreAcc, kBwdStep (da of this step): [M,N]
+  // kProject: biases, and x(m, n) at x[m * x_sb + n] when x is set.
   // kFwdStep: x (m = b, n = j), w_ih, biases, h_n (last step only; with
   // lengths every step, stored for the rows whose last step this is; the
   // outputs after a row's end are zeros)
@@ -1551,6 +1553,11 @@ irnn_gemm_kernel(GemmParams<S> p) {
         p.dst[m * p.d_sm + n * p.d_sn] = h;
         if (p.h_n && (p.lengths == nullptr || p.t == len - 1))
           p.h_n[m * p.N + n] = h;
+      } else if (p.epilogue == Epilogue::kProject) {
+        if (p.b_ih) v += to_acc(p.b_ih[n]);
+        if (p.b_hh) v += to_acc(p.b_hh[n]);
+        if (p.x) v += to_acc(p.x[m * p.x_sb + n]);
+        p.dst[m * p.d_sm + n * p.d_sn] = from_acc<S>(v);
       } else {  // kBwdStep: m = b, n = k
         if (p.g_out) v += to_acc(p.g_out[p.t * p.g_st + m * p.g_sb + n]);
         if (p.g_hn) v += to_acc(p.g_hn[m * p.N + n]);

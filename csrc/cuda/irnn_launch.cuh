@@ -270,6 +270,66 @@ irnn_error run_backward_reg(const BwdArgs& a, const LaunchConfig& c,
   return kIrnnInvalidConfig;
 }
 
+// Where the per-step path hands its recurrent GEMM to a.step_gemm: float32
+// relu (a library epilogue has no tanh), no lengths, the sequence stored,
+// and x and out walked as [T*B, *] row blocks (t-stride = B rows).
+inline bool step_gemm_suits(const FwdArgs& a, const LaunchConfig& c) {
+  return a.step_gemm != nullptr && a.step_gemm->run != nullptr &&
+         c.path == Path::kLargeH && a.dtype == DType::kFloat && a.relu &&
+         a.lengths == nullptr && a.out != nullptr && a.B > 0 &&
+         a.x_st == a.B * a.x_sb && a.out_st == a.B * a.out_sb;
+}
+
+// The per-step path with a library GEMM per step (step_gemm_suits): every
+// step's input part x W_ih^T + b_ih + b_hh (or x + biases, unprojected) is
+// written into out by one tiled GEMM over all T*B rows; then each step is
+// out_t = relu(h_{t-1} W_hh^T + out_t) by the hook, in place; h_n is a copy
+// of the last step's state. A template (S = float only), so that only the
+// translation unit that runs the forward instantiates the GEMM kernels.
+template <typename S>
+irnn_error run_forward_step_gemm(const FwdArgs& a, const LaunchConfig& c,
+                                 irnn_stream stream) {
+  static_assert(std::is_same_v<S, float>, "StepGemm is float32");
+  const int64_t T = a.T, B = a.B, H = a.H;
+  const float* x = static_cast<const float*>(a.x);
+  float* out = static_cast<float*>(a.out);
+  GemmParams<float> p{};
+  p.M = T * B; p.N = H; p.K = a.project ? a.I : 0;
+  p.a_s = operand(x, a.x_sb, int64_t(1));                 // x(m, k)
+  p.b = operand(static_cast<const float*>(a.w_ih), a.I,   // W_ih^T(k, n)
+                int64_t(1));
+  p.epilogue = Epilogue::kProject;
+  p.dst = out; p.d_sm = a.out_sb; p.d_sn = 1;
+  p.x = a.project ? nullptr : x; p.x_sb = a.x_sb;
+  p.b_ih = static_cast<const float*>(a.b_ih);
+  p.b_hh = static_cast<const float*>(a.b_hh);
+  irnn_error err = run_gemm(p, c.blocks, stream);
+  if (err != kIrnnSuccess) return err;
+  const float* prev = static_cast<const float*>(a.h0);
+  int64_t prev_ld = H;
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = a.reverse ? T - 1 - s : s;
+    float* dst = out + t * a.out_st;
+    StepGemm g{};
+    g.M = B; g.N = H; g.K = H;
+    g.a = prev; g.lda = prev_ld;
+    g.w = static_cast<const float*>(a.w_hh); g.ldw = H;
+    g.c = dst; g.ldc = a.out_sb;
+    g.d = dst; g.ldd = a.out_sb;
+    g.relu = true;
+    const int rc = a.step_gemm->run(g, a.step_gemm->ctx, stream);
+    if (rc != 0) return static_cast<irnn_error>(rc);
+    prev = dst;
+    prev_ld = a.out_sb;
+  }
+  GemmParams<float> last{};  // h_n = the last step's state (K = 0)
+  last.M = B; last.N = H; last.K = 0;
+  last.epilogue = Epilogue::kProject;
+  last.x = prev; last.x_sb = prev_ld;
+  last.dst = static_cast<float*>(a.h_n); last.d_sm = H; last.d_sn = 1;
+  return run_gemm(last, c.blocks, stream);
+}
+
 // The forward kernels on the padded layout; with lengths, forward direction
 // only (run_forward relayouts the others).
 template <typename S>
@@ -307,6 +367,9 @@ irnn_error run_forward_kernels(const FwdArgs& a, const LaunchConfig& c,
   }
   // Large H: one GEMM per step with the pointwise part fused as epilogue.
   // h_prev is h0, then the stored sequence or a ping-pong workspace.
+  if constexpr (std::is_same_v<S, float>) {
+    if (step_gemm_suits(a, c)) return run_forward_step_gemm<S>(a, c, stream);
+  }
   S* ping = static_cast<S*>(ws);
   const S* prev = h0;
   int64_t prev_sb = H;

@@ -58,7 +58,7 @@ class FwdArgs(ctypes.Structure):
         ("x", _P), ("x_st", _I64), ("x_sb", _I64), ("h0", _P), ("w_ih", _P),
         ("w_hh", _P), ("b_ih", _P), ("b_hh", _P), ("out", _P),
         ("out_st", _I64), ("out_sb", _I64), ("h_n", _P), ("lengths", _P),
-        ("offsets", _P)]
+        ("offsets", _P), ("step_gemm", _P)]
 
 
 class BwdArgs(ctypes.Structure):
@@ -119,7 +119,7 @@ class Emu:
         lib = ctypes.CDLL(path)
         lib.emu_last_error.restype = ctypes.c_char_p
         lib.emu_sizeof.restype = ctypes.c_int64
-        for name in ("emu_forward", "emu_backward"):
+        for name in ("emu_forward", "emu_backward", "emu_forward_step_gemm"):
             getattr(lib, name).restype = ctypes.c_int
         self.lib = lib
         for i, cls in enumerate((DeviceProps, LaunchConfig, FwdArgs, BwdArgs)):
@@ -140,10 +140,13 @@ class Emu:
 
     def forward(self, table, x, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse,
                 store_sequence, block_order_seed=0, lengths=None,
-                packed=False):
+                packed=False, step_gemm=None):
         """irnn_forward on CPU tensors; x may have any [T,B,*] strides with a
         unit inner stride, or with `packed` be [N, I] in PackedSequence
-        order with `lengths`. Returns (output or None, h_n, config)."""
+        order with `lengths`. Returns (output or None, h_n, config).
+        step_gemm: a dict given the per-step path's library GEMM as a plain
+        loop (emu_forward_step_gemm); its "fail_at" (default -1) names the
+        call that fails, and "calls" is set to the number of calls made."""
         lengths, offsets = _lengths_args(lengths, packed)
         H = w_hh.shape[0]
         if packed:
@@ -165,10 +168,22 @@ class Emu:
             out=_ptr(out), out_st=out_st, out_sb=H, h_n=_ptr(h_n),
             lengths=_ptr(lengths), offsets=_ptr(offsets))
         cfg = LaunchConfig()
-        self._check(self.lib.emu_forward(ctypes.byref(_props(table)),
-                                         ctypes.byref(args),
-                                         ctypes.c_uint(block_order_seed),
-                                         ctypes.byref(cfg)))
+        if step_gemm is None:
+            rc = self.lib.emu_forward(ctypes.byref(_props(table)),
+                                      ctypes.byref(args),
+                                      ctypes.c_uint(block_order_seed),
+                                      ctypes.byref(cfg))
+        else:
+            calls = ctypes.c_int64(0)
+            rc = self.lib.emu_forward_step_gemm(
+                ctypes.byref(_props(table)), ctypes.byref(args),
+                ctypes.c_uint(block_order_seed), ctypes.byref(cfg),
+                _I64(step_gemm.get("fail_at", -1)), ctypes.byref(calls))
+            step_gemm["calls"] = calls.value
+            step_gemm["rc"] = rc
+            if rc == 77:
+                return out, h_n, cfg.as_dict()
+        self._check(rc)
         return out, h_n, cfg.as_dict()
 
     def backward(self, table, g_out, g_hn, x, h0, w_ih, w_hh, out, relu,
