@@ -18,6 +18,8 @@ import tempfile
 import pytest
 import torch
 
+import irnn_cuda
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import mnist_data  # noqa: E402
@@ -206,6 +208,9 @@ def test_learns_and_writes_the_run_directory(tmp_path):
     assert config["settings"]["optimizer"] == "adam"
     assert config["settings"]["hidden"] == 100
     assert config["environment"]["torch"] == torch.__version__
+    assert config["environment"]["irnn_cuda_cpu_kernels"] == (
+        irnn_cuda.cpu_kernels() if config["environment"]["device"] == "cpu"
+        else None)
     assert config["train_images"] == 256 and config["val_images"] == 64
     best = load(os.path.join(out, "best.pt"))
     best_epoch = max(rows, key=lambda r: r["val_acc"])["epoch"]

@@ -38,6 +38,9 @@ def environment(d):
         "python": platform.python_version(), "torch": torch.__version__,
         "torchvision": tv, "irnn_cuda": irnn_cuda.__version__,
         "irnn_cuda_kernels": irnn_cuda.has_kernels(dev.type),
+        # The CPU kernels' build (avx512, avx2, generic); None on a GPU.
+        "irnn_cuda_cpu_kernels": (irnn_cuda.cpu_kernels() if dev.type == "cpu"
+                                  else None),
         "cuda": torch.version.cuda, "platform": platform.platform(),
         "device": str(dev),
         "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda"
