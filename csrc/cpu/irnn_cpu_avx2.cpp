@@ -16,6 +16,7 @@
 
 #define IRNN_CPU_ISA cpu_avx2
 #include "irnn_cpu_kernels.h"
+#include "irnn_cpu_cephes.h"
 
 namespace irnn_cuda {
 namespace cpu_avx2 {
@@ -52,17 +53,11 @@ struct VecF {
   }
   // exp(x) for 0 <= x <= 88 (Cephes expf: 2^n e^r, |r| <= ln2 / 2).
   static R exp_nonneg(R x) {
-    const R n = _mm256_round_ps(_mm256_mul_ps(x, set1(1.44269504088896341f)),
+    const R n = _mm256_round_ps(_mm256_mul_ps(x, set1(cephes::kLog2e)),
                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    R r = _mm256_fnmadd_ps(n, set1(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, set1(-2.12194440e-4f), r);
-    R p = set1(1.9875691500e-4f);
-    p = fma(p, r, set1(1.3981999507e-3f));
-    p = fma(p, r, set1(8.3334519073e-3f));
-    p = fma(p, r, set1(4.1665795894e-2f));
-    p = fma(p, r, set1(1.6666665459e-1f));
-    p = fma(p, r, set1(5.0000001201e-1f));
-    p = fma(p, mul(r, r), add(r, set1(1.0f)));
+    R r = _mm256_fnmadd_ps(n, set1(cephes::kLn2Hi), x);
+    r = _mm256_fnmadd_ps(n, set1(cephes::kLn2Lo), r);
+    const R p = cephes::exp_reduced<VecF>(r);
     const __m256i scale = _mm256_slli_epi32(
         _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return mul(p, _mm256_castsi256_ps(scale));
@@ -76,15 +71,9 @@ struct VecF {
     const R big = _mm256_or_ps(
         sub(set1(1.0f), _mm256_div_ps(set1(2.0f), add(e, set1(1.0f)))),
         _mm256_and_ps(x, sign_bit));
-    const R z = mul(x, x);
-    R q = set1(-5.70498872745e-3f);
-    q = fma(q, z, set1(2.06390887954e-2f));
-    q = fma(q, z, set1(-5.37397155531e-2f));
-    q = fma(q, z, set1(1.33314422036e-1f));
-    q = fma(q, z, set1(-3.33332819422e-1f));
-    const R small = fma(mul(q, z), x, x);
+    const R small = cephes::tanh_small<VecF>(x);
     const R y = _mm256_blendv_ps(big, small,
-                                 _mm256_cmp_ps(ax, set1(0.625f), _CMP_LT_OQ));
+                                 _mm256_cmp_ps(ax, set1(cephes::kTanhSmall), _CMP_LT_OQ));
     return _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
   }
   static S hsum(R a) {
