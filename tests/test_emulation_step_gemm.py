@@ -1,6 +1,7 @@
-"""The per-step path with its recurrent GEMM handed to a library
-(StepGemmHook in csrc/cuda/irnn_cuda_api.h, run_forward_step_gemm in
-irnn_launch.cuh), executed on the CPU (tests/emu/) with a plain-loop hook
+"""The per-step path with its recurrent GEMM, and the large-H and cluster
+backward with their gradient GEMMs, handed to a library (GemmHook in
+csrc/cuda/irnn_cuda_api.h; run_forward_step_gemm and run_backward_grad_gemm
+in irnn_launch.cuh), executed on the CPU (tests/emu/) with a plain-loop hook
 in place of cuBLASLt: the orchestration around the hook (one projection of
 every step's input, one hook call per step in walking order, in place on
 the output, h_n copied from the last step) against the float64 reference,
@@ -17,7 +18,9 @@ from irnn_cuda.reference import irnn_layer_reference
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None,
                                 reason="needs g++ to build the emulation")
 
-from test_emulation import LARGE_H, harness  # noqa: E402,F401
+from test_emulation import (LARGE_H, harness, make_inputs,  # noqa: E402,F401
+                            run_and_compare)
+from test_emulation_cluster import CLUSTER_BWD  # noqa: E402
 import emu  # noqa: E402  (on sys.path through test_emulation)
 
 TABLE = emu.A100  # no clusters: H = 300 takes the per-step path
@@ -101,3 +104,98 @@ def test_hook_failure_is_returned(harness):
     hook = {"fail_at": 2}
     forward(harness, v, step_gemm=hook)
     assert hook["rc"] == 77 and hook["calls"] == 3, hook
+
+
+# The backward's gradient GEMMs through the hook (grad_gemm_suits,
+# run_backward_grad_gemm): dh0, dW_hh (the steps with a stored h_prev, then
+# the h0 step added in place), and with the projection dW_ih and dx.
+@pytest.mark.parametrize("T,B,I,H,project,reverse,grads", [
+    (5, 4, 3, 300, True, False, "both"),
+    (4, 3, 1, 300, True, True, "seq"),
+    (4, 3, 0, 300, False, False, "last"),
+    (1, 3, 2, 300, True, False, "both"),
+])
+def test_hook_backward_matches_reference(harness, T, B, I, H, project,
+                                         reverse, grads):
+    hook = {}
+    _, bcfg = run_and_compare(harness, TABLE, torch.float32, T, B, I or 5, H,
+                              reverse=reverse, project=project, grads=grads,
+                              expect_path=LARGE_H, grad_gemm=hook)
+    # dh0, the h0 step of dW_hh, the other steps' (T > 1), and dx; dW_ih
+    # stays tiled for run_and_compare's batch_first x.
+    assert hook["calls"] == 2 + (T > 1) + project, hook
+
+
+def test_hook_backward_with_lengths_and_cluster(harness):
+    """Lengths (the padded copies of bwd_relayout) and the cluster backward
+    (same da_t workspace) both hand their gradient GEMMs to the hook; tanh
+    too, since the hook has no activation there."""
+    hook = {}
+    run_and_compare(harness, TABLE, torch.float32, 4, 3, 2, 300, "tanh",
+                    grad_gemm=hook)
+    assert hook["calls"] == 4, hook  # dW_ih tiled: batch_first x
+    T, B, I, H = 3, 5, 2, 300
+    gen = torch.Generator().manual_seed(3)
+    v = make_inputs(torch.float32, T, B, I, H, True, True, gen)
+    lengths = torch.tensor([3, 1, 2, 3, 2])
+    out, _, _ = harness.forward(TABLE, v["x"], v["h0"], v["w_ih"], v["w_hh"],
+                                v["b_ih"], v["b_hh"], True, False, True,
+                                lengths=lengths)
+    g_out = torch.randn(T, B, H, generator=gen)
+    hook = {}
+    got = harness.backward(TABLE, g_out, None, v["x"], v["h0"], v["w_ih"],
+                           v["w_hh"], out, True, False, lengths=lengths,
+                           grad_gemm=hook)
+    assert hook["calls"] == 5 and got[-1]["path"] == LARGE_H, hook
+    tiled = harness.backward(TABLE, g_out, None, v["x"], v["h0"], v["w_ih"],
+                             v["w_hh"], out, True, False, lengths=lengths)
+    for a, b in zip(got[:5], tiled[:5]):
+        assert max_rel_err(a, b) <= 2e-6
+    hook = {}
+    _, bcfg = run_and_compare(harness, emu.H100, torch.float32, 3, 4, 2, 256,
+                              grad_gemm=hook)
+    assert bcfg["path"] == CLUSTER_BWD and hook["calls"] == 4, (bcfg, hook)
+
+
+def test_hook_backward_not_used_where_it_cannot_serve(harness):
+    """The tiled GEMM keeps float64 and the 16-bit types, a stored sequence
+    whose time stride is not B rows, and the persistent kernels' sizes; dW_ih
+    alone stays tiled for an x whose time stride is not B rows."""
+    for dtype in (torch.float64, torch.bfloat16):
+        hook = {}
+        run_and_compare(harness, TABLE, dtype, 3, 2, 2, 300, grad_gemm=hook)
+        assert hook["calls"] == 0, dtype
+    hook = {}
+    _, bcfg = run_and_compare(harness, TABLE, torch.float32, 3, 2, 2, 32,
+                              grad_gemm=hook)
+    assert bcfg["path"] != LARGE_H and hook["calls"] == 0, bcfg
+    T, B, I, H = 3, 4, 2, 300
+    v = inputs(T, B, I, H, True, True)
+    out, _, _ = forward(harness, v)
+    g_out = torch.randn(T, B, H)
+    want = harness.backward(TABLE, g_out, None, v["x"], v["h0"], v["w_ih"],
+                            v["w_hh"], out, True, False)
+    strided_out = out.transpose(0, 1).contiguous().transpose(0, 1)
+    hook = {}
+    got = harness.backward(TABLE, g_out, None, v["x"], v["h0"], v["w_ih"],
+                           v["w_hh"], strided_out, True, False, grad_gemm=hook)
+    assert hook["calls"] == 0
+    for a, b in zip(got[:5], want[:5]):
+        assert torch.equal(a, b)
+    strided_x = v["x"].transpose(0, 1).contiguous().transpose(0, 1)
+    hook = {}
+    got = harness.backward(TABLE, g_out, None, strided_x, v["h0"], v["w_ih"],
+                           v["w_hh"], out, True, False, grad_gemm=hook)
+    assert hook["calls"] == 4  # all but dW_ih
+    for a, b in zip(got[:5], want[:5]):
+        assert max_rel_err(a, b) <= 2e-6
+
+
+def test_hook_backward_failure_is_returned(harness):
+    T, B, I, H = 3, 2, 1, 300
+    v = inputs(T, B, I, H, True, True)
+    out, _, _ = forward(harness, v)
+    hook = {"fail_at": 1}
+    harness.backward(TABLE, torch.randn(T, B, H), None, v["x"], v["h0"],
+                     v["w_ih"], v["w_hh"], out, True, False, grad_gemm=hook)
+    assert hook["rc"] == 77 and hook["calls"] == 2, hook

@@ -538,18 +538,23 @@ inline LaunchConfig make_launch_config(const DeviceProps& p, bool backward,
   return c;
 }
 
-// The per-step path's recurrent GEMM, handed to a library instead of the
-// tiled kernel (cuBLASLt, from irnn_ops_cuda.cpp; the emulation's tests hand
-// it to a plain loop). float32, row-major, for m < M, n < N:
-//   d[m*ldd + n] = act(sum_k a[m*lda + k] * w[n*ldw + k] + c[m*ldc + n])
-// with act relu or the identity; c is d itself (ldc == ldd) in every call
-// the launcher makes.
-struct StepGemm {
+// A float32 GEMM handed to a library instead of the tiled kernel (cuBLASLt,
+// from irnn_ops_cuda.cpp; the emulation's tests hand it to a plain loop):
+// the per-step path's recurrent GEMM in the forward, and the weight and
+// input gradients' GEMMs in the backward. For m < M, n < N:
+//   d[m*ldd + n] = act(sum_k A(m, k) * W(n, k) + c[m*ldc + n])
+//   A(m, k) = a_t ? a[k*lda + m] : a[m*lda + k]
+//   W(n, k) = w_t ? w[k*ldw + n] : w[n*ldw + k]
+// with act relu or the identity; c is null (nothing added) or d itself
+// (ldc == ldd). K may be 0 only with c null (d = 0).
+struct HookGemm {
   int64_t M, N, K;
   const float* a;
   int64_t lda;
+  bool a_t;
   const float* w;
   int64_t ldw;
+  bool w_t;
   const float* c;
   int64_t ldc;
   float* d;
@@ -559,8 +564,8 @@ struct StepGemm {
 // `run` enqueues the GEMM on `stream` and returns 0, or a nonzero code the
 // launch then returns; the hook's owner keeps any detail in `ctx`
 // (irnn_ops_cuda.cpp names the failed cuBLAS call and status).
-struct StepGemmHook {
-  int (*run)(const StepGemm& g, void* ctx, void* stream);
+struct GemmHook {
+  int (*run)(const HookGemm& g, void* ctx, void* stream);
   void* ctx;
 };
 
@@ -587,7 +592,7 @@ struct FwdArgs {
   const int64_t* offsets;
   // The per-step path's recurrent GEMM by a library, or null (the tiled
   // kernel); used where step_gemm_suits (irnn_launch.cuh) says.
-  const StepGemmHook* step_gemm;
+  const GemmHook* step_gemm;
 };
 
 // Raw arguments of irnn_backward.
@@ -614,6 +619,10 @@ struct BwdArgs {
   // (g_out, out [N,H], x and dx [N,I]).
   const int64_t* lengths;
   const int64_t* offsets;
+  // The weight and input gradients' GEMMs of the per-step and cluster
+  // backward by a library, or null (the tiled kernel); used where
+  // grad_gemm_suits (irnn_launch.cuh) says.
+  const GemmHook* grad_gemm;
 };
 
 // Variable lengths on the kernels (irnn_launch.cuh): the kernels themselves

@@ -289,7 +289,7 @@ inline bool step_gemm_suits(const FwdArgs& a, const LaunchConfig& c) {
 template <typename S>
 irnn_error run_forward_step_gemm(const FwdArgs& a, const LaunchConfig& c,
                                  irnn_stream stream) {
-  static_assert(std::is_same_v<S, float>, "StepGemm is float32");
+  static_assert(std::is_same_v<S, float>, "HookGemm is float32");
   const int64_t T = a.T, B = a.B, H = a.H;
   const float* x = static_cast<const float*>(a.x);
   float* out = static_cast<float*>(a.out);
@@ -310,10 +310,10 @@ irnn_error run_forward_step_gemm(const FwdArgs& a, const LaunchConfig& c,
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = a.reverse ? T - 1 - s : s;
     float* dst = out + t * a.out_st;
-    StepGemm g{};
+    HookGemm g{};
     g.M = B; g.N = H; g.K = H;
     g.a = prev; g.lda = prev_ld;
-    g.w = static_cast<const float*>(a.w_hh); g.ldw = H;
+    g.w = static_cast<const float*>(a.w_hh); g.ldw = H;  // W_hh(n, k)
     g.c = dst; g.ldc = a.out_sb;
     g.d = dst; g.ldd = a.out_sb;
     g.relu = true;
@@ -403,6 +403,155 @@ irnn_error run_forward_kernels(const FwdArgs& a, const LaunchConfig& c,
     prev_sb = p.d_sm;
   }
   return kIrnnSuccess;
+}
+
+// The large-H backward after its recurrence (every da_t in da_all, fp32):
+// dh0 = da_{t_first} W_hh, dW_hh = sum_t da_t^T h_{t-1}, and with the
+// projection dW_ih = sum_t da_t^T x_t and dx = da W_ih, by the tiled GEMM.
+template <typename S>
+irnn_error run_backward_grad_tiled(const BwdArgs& a, const LaunchConfig& c,
+                                   typename AccOf<S>::type* da_all,
+                                   typename AccOf<S>::type* dw_first,
+                                   int64_t t_first, irnn_stream stream) {
+  using A = typename AccOf<S>::type;
+  const int64_t T = a.T, B = a.B, I = a.I, H = a.H;
+  const S* x = static_cast<const S*>(a.x);
+  const S* h0 = static_cast<const S*>(a.h0);
+  const S* w_ih = a.project ? static_cast<const S*>(a.w_ih) : nullptr;
+  const S* w_hh = static_cast<const S*>(a.w_hh);
+  const S* out = static_cast<const S*>(a.out);
+  S* dx = static_cast<S*>(a.dx);
+  S* dh0 = static_cast<S*>(a.dh0);
+  S* dw_ih = a.project ? static_cast<S*>(a.dw_ih) : nullptr;
+  S* dw_hh = static_cast<S*>(a.dw_hh);
+  irnn_error err = kIrnnSuccess;
+  {  // dh0 = da_{t_first} W_hh
+    GemmParams<S> p{};
+    p.M = B; p.N = H; p.K = H;
+    p.a_acc = GemmOperand<A>{da_all + t_first * B * H, H, 0, 1, kNoSplit};
+    p.b = operand(w_hh, int64_t(1), H);
+    p.epilogue = Epilogue::kStore;
+    p.dst = dh0; p.d_sm = H; p.d_sn = 1;
+    if ((err = run_gemm(p, c.blocks, stream)) != kIrnnSuccess) return err;
+  }
+  {  // dW_hh = sum over steps with a stored h_prev, then the h0 step
+    const int64_t da0 = a.reverse ? 0 : 1;  // first t whose h_prev is stored
+    const int64_t hp0 = a.reverse ? 1 : 0;  // its h_prev = out[hp0]
+    GemmParams<S> p{};
+    p.M = H; p.N = H; p.K = (T - 1) * B;
+    p.a_acc = GemmOperand<A>{da_all + da0 * B * H, 1, B * H, H, B};
+    p.b = GemmOperand<S>{out + hp0 * a.o_st, 1, a.o_st, a.o_sb, B};
+    p.epilogue = Epilogue::kStoreAcc;
+    p.dst_acc = dw_first;
+    if ((err = run_gemm(p, c.blocks, stream)) != kIrnnSuccess) return err;
+    GemmParams<S> q{};
+    q.M = H; q.N = H; q.K = B;
+    q.a_acc = GemmOperand<A>{da_all + t_first * B * H, 1, 0, H, kNoSplit};
+    q.b = operand(h0, int64_t(1), H);
+    q.epilogue = Epilogue::kStore;
+    q.addend = dw_first;
+    q.dst = dw_hh; q.d_sm = H; q.d_sn = 1;
+    if ((err = run_gemm(q, c.blocks, stream)) != kIrnnSuccess) return err;
+  }
+  if (a.project) {
+    GemmParams<S> p{};  // dW_ih = sum_{t,b} da^T x
+    p.M = H; p.N = I; p.K = T * B;
+    p.a_acc = GemmOperand<A>{da_all, 1, B * H, H, B};
+    p.b = GemmOperand<S>{x, 1, a.x_st, a.x_sb, B};
+    p.epilogue = Epilogue::kStore;
+    p.dst = dw_ih; p.d_sm = I; p.d_sn = 1;
+    if ((err = run_gemm(p, c.blocks, stream)) != kIrnnSuccess) return err;
+    GemmParams<S> q{};  // dx = da W_ih
+    q.M = T * B; q.N = I; q.K = H;
+    q.a_acc = GemmOperand<A>{da_all, H, 0, 1, kNoSplit};
+    q.b = operand(w_ih, int64_t(1), I);
+    q.epilogue = Epilogue::kStore;
+    q.dst = dx; q.d_sm = I; q.d_sn = 1;
+    if ((err = run_gemm(q, c.blocks, stream)) != kIrnnSuccess) return err;
+  }
+  return kIrnnSuccess;
+}
+
+// Where the large-H and cluster backward hand their gradient GEMMs to
+// a.grad_gemm: float32, and the stored sequence walked as [T*B, H] rows
+// (t-stride = B rows; always so for the forward's own output, and after
+// bwd_relayout).
+inline bool grad_gemm_suits(const BwdArgs& a, const LaunchConfig& c) {
+  return a.grad_gemm != nullptr && a.grad_gemm->run != nullptr &&
+         (c.path == Path::kLargeH || c.path == Path::kClusterBwd) &&
+         a.dtype == DType::kFloat && a.B > 0 && a.o_st == a.B * a.o_sb;
+}
+
+// run_backward_grad_tiled's GEMMs by a.grad_gemm (grad_gemm_suits): the
+// same sums in the same grouping (dW_hh over the steps with a stored
+// h_prev, then the h0 step added), each one library call. dW_ih keeps the
+// tiled GEMM where x is not [T*B, I] rows (a batch_first input). A
+// template (S = float only), as run_forward_step_gemm.
+template <typename S>
+irnn_error run_backward_grad_gemm(const BwdArgs& a, const LaunchConfig& c,
+                                  float* da_all, int64_t t_first,
+                                  irnn_stream stream) {
+  static_assert(std::is_same_v<S, float>, "HookGemm is float32");
+  const int64_t T = a.T, B = a.B, I = a.I, H = a.H;
+  const GemmHook& hook = *a.grad_gemm;
+  const auto run = [&](const HookGemm& g) {
+    return static_cast<irnn_error>(hook.run(g, hook.ctx, stream));
+  };
+  const float* da_first = da_all + t_first * B * H;
+  irnn_error err = kIrnnSuccess;
+  {  // dh0(b, k) = sum_j da_first(b, j) W_hh(j, k)
+    HookGemm g{};
+    g.M = B; g.N = H; g.K = H;
+    g.a = da_first; g.lda = H;
+    g.w = static_cast<const float*>(a.w_hh); g.ldw = H; g.w_t = true;
+    g.d = static_cast<float*>(a.dh0); g.ldd = H;
+    if ((err = run(g)) != kIrnnSuccess) return err;
+  }
+  float* dw_hh = static_cast<float*>(a.dw_hh);
+  if (T > 1) {  // dW_hh(j, k) = sum over (t, b) with a stored h_prev
+    const int64_t da0 = a.reverse ? 0 : 1;  // first t whose h_prev is stored
+    const int64_t hp0 = a.reverse ? 1 : 0;  // its h_prev = out[hp0]
+    HookGemm g{};
+    g.M = H; g.N = H; g.K = (T - 1) * B;
+    g.a = da_all + da0 * B * H; g.lda = H; g.a_t = true;
+    g.w = static_cast<const float*>(a.out) + hp0 * a.o_st; g.ldw = a.o_sb;
+    g.w_t = true;
+    g.d = dw_hh; g.ldd = H;
+    if ((err = run(g)) != kIrnnSuccess) return err;
+  }
+  {  // + the h0 step
+    HookGemm g{};
+    g.M = H; g.N = H; g.K = B;
+    g.a = da_first; g.lda = H; g.a_t = true;
+    g.w = static_cast<const float*>(a.h0); g.ldw = H; g.w_t = true;
+    if (T > 1) { g.c = dw_hh; g.ldc = H; }
+    g.d = dw_hh; g.ldd = H;
+    if ((err = run(g)) != kIrnnSuccess) return err;
+  }
+  if (!a.project) return kIrnnSuccess;
+  if (a.x_st != B * a.x_sb) {  // dW_ih = sum_{t,b} da^T x, tiled
+    GemmParams<float> p{};
+    p.M = H; p.N = I; p.K = T * B;
+    p.a_acc = GemmOperand<float>{da_all, 1, B * H, H, B};
+    p.b = GemmOperand<float>{static_cast<const float*>(a.x), 1, a.x_st,
+                             a.x_sb, B};
+    p.epilogue = Epilogue::kStore;
+    p.dst = static_cast<float*>(a.dw_ih); p.d_sm = I; p.d_sn = 1;
+    if ((err = run_gemm(p, c.blocks, stream)) != kIrnnSuccess) return err;
+  } else {  // dW_ih(j, i) = sum_{t,b} da(t, b, j) x(t, b, i)
+    HookGemm g{};
+    g.M = H; g.N = I; g.K = T * B;
+    g.a = da_all; g.lda = H; g.a_t = true;
+    g.w = static_cast<const float*>(a.x); g.ldw = a.x_sb; g.w_t = true;
+    g.d = static_cast<float*>(a.dw_ih); g.ldd = I;
+    if ((err = run(g)) != kIrnnSuccess) return err;
+  }
+  HookGemm g{};  // dx(t, b, i) = sum_j da(t, b, j) W_ih(j, i)
+  g.M = T * B; g.N = I; g.K = H;
+  g.a = da_all; g.lda = H;
+  g.w = static_cast<const float*>(a.w_ih); g.ldw = I; g.w_t = true;
+  g.d = static_cast<float*>(a.dx); g.ldd = I;
+  return run(g);
 }
 
 // The backward kernels on the padded layout; with lengths, forward
@@ -500,50 +649,15 @@ irnn_error run_backward_kernels(const BwdArgs& a, const LaunchConfig& c,
     if ((err = run_gemm(p, c.blocks, stream)) != kIrnnSuccess) return err;
   }
   const int64_t t_first = a.reverse ? T - 1 : 0;  // the step walked first
-  {  // dh0 = da_{t_first} W_hh
-    GemmParams<S> p{};
-    p.M = B; p.N = H; p.K = H;
-    p.a_acc = GemmOperand<A>{da_all + t_first * B * H, H, 0, 1, kNoSplit};
-    p.b = operand(w_hh, int64_t(1), H);
-    p.epilogue = Epilogue::kStore;
-    p.dst = dh0; p.d_sm = H; p.d_sn = 1;
-    if ((err = run_gemm(p, c.blocks, stream)) != kIrnnSuccess) return err;
+  if constexpr (std::is_same_v<S, float> && std::is_same_v<A, float>) {
+    if (grad_gemm_suits(a, c))
+      err = run_backward_grad_gemm<S>(a, c, da_all, t_first, stream);
+    else
+      err = run_backward_grad_tiled<S>(a, c, da_all, dw_first, t_first, stream);
+  } else {
+    err = run_backward_grad_tiled<S>(a, c, da_all, dw_first, t_first, stream);
   }
-  {  // dW_hh = sum over steps with a stored h_prev, then the h0 step
-    const int64_t da0 = a.reverse ? 0 : 1;  // first t whose h_prev is stored
-    const int64_t hp0 = a.reverse ? 1 : 0;  // its h_prev = out[hp0]
-    GemmParams<S> p{};
-    p.M = H; p.N = H; p.K = (T - 1) * B;
-    p.a_acc = GemmOperand<A>{da_all + da0 * B * H, 1, B * H, H, B};
-    p.b = GemmOperand<S>{out + hp0 * a.o_st, 1, a.o_st, a.o_sb, B};
-    p.epilogue = Epilogue::kStoreAcc;
-    p.dst_acc = dw_first;
-    if ((err = run_gemm(p, c.blocks, stream)) != kIrnnSuccess) return err;
-    GemmParams<S> q{};
-    q.M = H; q.N = H; q.K = B;
-    q.a_acc = GemmOperand<A>{da_all + t_first * B * H, 1, 0, H, kNoSplit};
-    q.b = operand(h0, int64_t(1), H);
-    q.epilogue = Epilogue::kStore;
-    q.addend = dw_first;
-    q.dst = dw_hh; q.d_sm = H; q.d_sn = 1;
-    if ((err = run_gemm(q, c.blocks, stream)) != kIrnnSuccess) return err;
-  }
-  if (a.project) {
-    GemmParams<S> p{};  // dW_ih = sum_{t,b} da^T x
-    p.M = H; p.N = I; p.K = T * B;
-    p.a_acc = GemmOperand<A>{da_all, 1, B * H, H, B};
-    p.b = GemmOperand<S>{x, 1, a.x_st, a.x_sb, B};
-    p.epilogue = Epilogue::kStore;
-    p.dst = dw_ih; p.d_sm = I; p.d_sn = 1;
-    if ((err = run_gemm(p, c.blocks, stream)) != kIrnnSuccess) return err;
-    GemmParams<S> q{};  // dx = da W_ih
-    q.M = T * B; q.N = I; q.K = H;
-    q.a_acc = GemmOperand<A>{da_all, H, 0, 1, kNoSplit};
-    q.b = operand(w_ih, int64_t(1), I);
-    q.epilogue = Epilogue::kStore;
-    q.dst = dx; q.d_sm = I; q.d_sn = 1;
-    if ((err = run_gemm(q, c.blocks, stream)) != kIrnnSuccess) return err;
-  }
+  if (err != kIrnnSuccess) return err;
   ColumnSumParams<S> cs{da_all, T * B, H, db};
   IRNN_LAUNCH(irnn_column_sum_kernel<S>,
               static_cast<unsigned>(ceil_div(H, 128)), 128, 0, stream, cs);

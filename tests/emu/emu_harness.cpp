@@ -80,36 +80,45 @@ int emu_forward(const DeviceProps* p, const FwdArgs* a,
   });
 }
 
-// emu_forward with a.step_gemm set to a plain-loop StepGemm hook (the
-// contract of irnn_cuda_api.h, float accumulation in k order): *calls
-// counts the hook's calls; the call numbered fail_at (0-based; -1: none)
-// returns 77 without computing, which the launch must return.
+// A plain-loop GemmHook (the contract of irnn_cuda_api.h, float
+// accumulation in k order) for the emulation: it counts its calls, and the
+// call numbered fail_at (0-based; -1: none) returns 77 without computing,
+// which the launch must return.
+struct PlainGemm {
+  int64_t fail_at = -1, calls = 0;
+  irnn_cuda::GemmHook hook() {
+    irnn_cuda::GemmHook h{};
+    h.ctx = this;
+    h.run = [](const irnn_cuda::HookGemm& g, void* c, void*) -> int {
+      auto* st = static_cast<PlainGemm*>(c);
+      if (st->calls++ == st->fail_at) return 77;
+      for (int64_t m = 0; m < g.M; ++m) {
+        for (int64_t n = 0; n < g.N; ++n) {
+          float acc = 0.0f;
+          for (int64_t k = 0; k < g.K; ++k)
+            acc += (g.a_t ? g.a[k * g.lda + m] : g.a[m * g.lda + k]) *
+                   (g.w_t ? g.w[k * g.ldw + n] : g.w[n * g.ldw + k]);
+          const float v = acc + (g.c ? g.c[m * g.ldc + n] : 0.0f);
+          g.d[m * g.ldd + n] = g.relu ? (v < 0.0f ? 0.0f : v) : v;
+        }
+      }
+      return 0;
+    };
+    return h;
+  }
+};
+
+// emu_forward with a.step_gemm a PlainGemm; *calls counts its calls.
 int emu_forward_step_gemm(const DeviceProps* p, const FwdArgs* a,
                           unsigned block_order_seed, LaunchConfig* cfg_out,
                           int64_t fail_at, int64_t* calls) {
-  struct Ctx {
-    int64_t fail_at, calls;
-  } ctx{fail_at, 0};
-  irnn_cuda::StepGemmHook hook{};
-  hook.ctx = &ctx;
-  hook.run = [](const irnn_cuda::StepGemm& g, void* c, void*) -> int {
-    auto* st = static_cast<Ctx*>(c);
-    if (st->calls++ == st->fail_at) return 77;
-    for (int64_t m = 0; m < g.M; ++m) {
-      for (int64_t n = 0; n < g.N; ++n) {
-        float acc = 0.0f;
-        for (int64_t k = 0; k < g.K; ++k)
-          acc += g.a[m * g.lda + k] * g.w[n * g.ldw + k];
-        const float v = acc + (g.c ? g.c[m * g.ldc + n] : 0.0f);
-        g.d[m * g.ldd + n] = g.relu ? (v < 0.0f ? 0.0f : v) : v;
-      }
-    }
-    return 0;
-  };
+  PlainGemm plain;
+  plain.fail_at = fail_at;
+  const irnn_cuda::GemmHook hook = plain.hook();
   FwdArgs b = *a;
   b.step_gemm = &hook;
   const int rc = emu_forward(p, &b, block_order_seed, cfg_out);
-  *calls = ctx.calls;
+  *calls = plain.calls;
   return rc;
 }
 
@@ -132,6 +141,20 @@ int emu_backward(const DeviceProps* p, const BwdArgs* a,
     }
     return -2;
   });
+}
+
+// emu_backward with a.grad_gemm a PlainGemm; *calls counts its calls.
+int emu_backward_grad_gemm(const DeviceProps* p, const BwdArgs* a,
+                           unsigned block_order_seed, LaunchConfig* cfg_out,
+                           int64_t fail_at, int64_t* calls) {
+  PlainGemm plain;
+  plain.fail_at = fail_at;
+  const irnn_cuda::GemmHook hook = plain.hook();
+  BwdArgs b = *a;
+  b.grad_gemm = &hook;
+  const int rc = emu_backward(p, &b, block_order_seed, cfg_out);
+  *calls = plain.calls;
+  return rc;
 }
 
 }  // extern "C"
