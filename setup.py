@@ -75,6 +75,35 @@ def _want_cuda():
     return False
 
 
+def _find_cublaslt():
+    """(include dir, library file) of cuBLASLt for the per-step path's GEMMs
+    (csrc/cuda/irnn_ops_cuda.cpp), or None. The toolkit's own first, else
+    the nvidia-cublas wheel that a CUDA build of torch installs (its library
+    is the one torch loads, named by its major version only). Without it the
+    extension builds with the tiled GEMM alone."""
+    major = (torch.version.cuda or "").split(".")[0]
+    roots = [(os.path.join(_cuda_home, "include"),
+              [os.path.join(_cuda_home, d) for d in ("lib64", "lib")])]
+    try:
+        import nvidia  # the namespace package of NVIDIA's wheels
+        for base in list(nvidia.__path__):
+            for sub in (f"cu{major}", "cublas"):
+                root = os.path.join(base, sub)
+                roots.append((os.path.join(root, "include"),
+                              [os.path.join(root, "lib")]))
+    except ImportError:
+        pass
+    for inc, libdirs in roots:
+        if not os.path.exists(os.path.join(inc, "cublasLt.h")):
+            continue
+        for libdir in libdirs:
+            for name in ("libcublasLt.so", f"libcublasLt.so.{major}"):
+                lib = os.path.join(libdir, name)
+                if os.path.exists(lib):
+                    return inc, lib
+    return None
+
+
 def _rel(paths):
     return sorted(os.path.relpath(p, HERE) for p in paths)
 
@@ -129,12 +158,27 @@ if _want_cuda() and cuda_sources:
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not (
             torch.cuda.is_available() and torch.cuda.device_count() > 0):
         os.environ["TORCH_CUDA_ARCH_LIST"] = "7.5;8.0;9.0+PTX"
+    macros, cxx_cuda, link = [("IRNN_WITH_CUDA", "1")], list(cxx_flags), [OPENMP]
+    lt = _find_cublaslt()
+    if lt:
+        # The header directory is searched after the toolkit's (-idirafter),
+        # so a wheel's other headers never shadow the toolkit's; only the
+        # C++ sources include cublasLt.h. Linked by its path: the wheel has
+        # no unversioned libcublasLt.so; at run time torch has already
+        # loaded the library of that name.
+        macros.append(("IRNN_WITH_CUBLASLT", "1"))
+        cxx_cuda += ["-idirafter", lt[0]]
+        link += [lt[1], "-Wl,-rpath," + os.path.dirname(lt[1])]
+        print(f"irnn_cuda: cuBLASLt from {lt[1]}", file=sys.stderr)
+    else:
+        print("irnn_cuda: cuBLASLt not found (cublasLt.h and libcublasLt); "
+              "the per-step path keeps the tiled GEMM", file=sys.stderr)
     ext = CUDAExtension(
         "irnn_cuda._C", sources + cuda_sources,
-        define_macros=[("IRNN_WITH_CUDA", "1")],
-        extra_link_args=[OPENMP],
+        define_macros=macros,
+        extra_link_args=link,
         extra_compile_args={
-            "cxx": cxx_flags,
+            "cxx": cxx_cuda,
             # -Xptxas -v prints registers and spills per kernel into the build
             # log, so they are visible without a GPU.
             "nvcc": ["-O3", "-std=c++20", "-Xptxas", "-v", "-lineinfo"],

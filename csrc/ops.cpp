@@ -30,7 +30,13 @@ __attribute__((used)) const char irnn_cuda_build_record[] =
 // static registrations below. The module carries the CPU kernels' fused-input
 // capacity, which irnn_cuda/functional.py checks its contract against, the
 // torch version it was built against (TORCH_VERSION) and the instruction set
-// of the CPU kernels in use (CPU_KERNELS: avx512, avx2 or generic).
+// of the CPU kernels in use (CPU_KERNELS: avx512, avx2 or generic), and
+// whether the CUDA ops can hand their per-step GEMMs to cuBLASLt (CUBLASLT).
+#ifdef IRNN_WITH_CUBLASLT
+constexpr int kCublasLt = 1;
+#else
+constexpr int kCublasLt = 0;
+#endif
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {
       PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
@@ -41,7 +47,8 @@ PyObject* PyInit__C(void) {
        PyModule_AddStringConstant(module, "TORCH_VERSION",
                                   IRNN_TORCH_VERSION) < 0 ||
        PyModule_AddStringConstant(module, "CPU_KERNELS",
-                                  irnn_cuda::cpu_kernels_name()) < 0)) {
+                                  irnn_cuda::cpu_kernels_name()) < 0 ||
+       PyModule_AddIntConstant(module, "CUBLASLT", kCublasLt) < 0)) {
     Py_DECREF(module);
     return nullptr;
   }

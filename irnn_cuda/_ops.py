@@ -132,6 +132,25 @@ def cpu_kernels():
     return getattr(_C, "CPU_KERNELS", None)
 
 
+def cuda_gemm():
+    """The GEMM the CUDA ops hand the per-step path's steps and the large-H
+    and cluster backward's gradient GEMMs to: "cublaslt" or "tiled" (our own
+    kernel); None without CUDA kernels. IRNN_CUDA_GEMM=tiled or =cublaslt
+    chooses (read at every call); unset, cuBLASLt where the build has it.
+    An unknown value, or cublaslt in a build without it, raises ValueError
+    here and RuntimeError from the ops."""
+    if not has_kernels("cuda"):
+        return None
+    built = bool(getattr(_C, "CUBLASLT", 0))
+    want = os.environ.get("IRNN_CUDA_GEMM", "")
+    if want not in ("", "cublaslt", "tiled"):
+        raise ValueError(f"IRNN_CUDA_GEMM={want} is not one of cublaslt, tiled")
+    if want == "cublaslt" and not built:
+        raise ValueError("IRNN_CUDA_GEMM=cublaslt, but irnn_cuda was built "
+                         "without cuBLASLt")
+    return "cublaslt" if built and want != "tiled" else "tiled"
+
+
 def warn_fallback(device_type):
     """Warns once per device type that the reference is standing in."""
     if device_type in _warned:

@@ -159,7 +159,48 @@ def test_gradcheck_float64(cuda, project):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("H,B", [(100, 1024), (300, 64)])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_per_step_gemm_choices_agree(cuda, monkeypatch, batch_first):
+    """The per-step path (H = 1024) with its GEMMs by cuBLASLt and by the
+    tiled kernel: both within the float32 tolerance of the float64
+    reference, every output and gradient; an unknown IRNN_CUDA_GEMM is
+    refused by the op."""
+    T, B, H = 6, 5, 1024
+    v = layer_inputs(torch.float32, cuda, T, B, 2, H, True)
+    if batch_first:
+        v["x"] = v["x"].transpose(0, 1).contiguous().transpose(0, 1)
+    g_out = torch.randn(T, B, H, device=cuda)
+    ref = {k: t.detach().cpu().double().requires_grad_() for k, t in v.items()}
+    r_out, r_hn = irnn_layer_reference(ref["x"], ref["h0"], ref["w_ih"],
+                                       ref["w_hh"], ref["b_ih"], ref["b_hh"],
+                                       "relu", False)
+    expected = torch.autograd.grad((r_out * g_out.cpu().double()).sum(),
+                                   [ref[k] for k in ("x", "h0", "w_ih", "w_hh",
+                                                     "b_ih")])
+    choices = ["tiled"] + (["cublaslt"] if irnn_cuda._C.CUBLASLT else [])
+    for choice in choices:
+        monkeypatch.setenv("IRNN_CUDA_GEMM", choice)
+        assert irnn_cuda.cuda_gemm() == choice
+        out, h_n = torch.ops.irnn_cuda.irnn_forward(
+            v["x"], v["h0"], v["w_ih"], v["w_hh"], v["b_ih"], v["b_hh"],
+            "relu", False, True)
+        assert max_rel_err(out, r_out) <= TOL[torch.float32], choice
+        assert max_rel_err(h_n, r_hn) <= TOL[torch.float32], choice
+        grads = torch.ops.irnn_cuda.irnn_backward(
+            g_out, None, v["x"], v["h0"], v["w_ih"], v["w_hh"], out, "relu",
+            False)
+        for name, got, exp in zip(("dx", "dh0", "dw_ih", "dw_hh", "db"),
+                                  grads, expected):
+            assert max_rel_err(got, exp) <= TOL[torch.float32], (choice, name)
+    monkeypatch.setenv("IRNN_CUDA_GEMM", "cublas")
+    with pytest.raises(RuntimeError, match="IRNN_CUDA_GEMM=cublas is not one of"):
+        torch.ops.irnn_cuda.irnn_forward(
+            v["x"], v["h0"], v["w_ih"], v["w_hh"], v["b_ih"], v["b_hh"],
+            "relu", False, True)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("H,B", [(100, 1024), (300, 64), (1024, 16)])
 def test_gradients_bitwise_deterministic(cuda, H, B):
     v = layer_inputs(torch.float32, cuda, 20, B, 1, H, True)
     g_out = torch.randn(20, B, H, device=cuda)
@@ -176,14 +217,16 @@ def test_gradients_bitwise_deterministic(cuda, H, B):
 
 
 @pytest.mark.cuda
-def test_cuda_graph_training_step(cuda):
+@pytest.mark.parametrize("H", [64, 1024])
+def test_cuda_graph_training_step(cuda, H):
     """Forward, loss, backward and an SGD step captured once and replayed
-    give the same parameters as the same steps run eagerly."""
+    give the same parameters as the same steps run eagerly; H = 1024 takes
+    the per-step path, its GEMMs by cuBLASLt where the build has it."""
     torch.manual_seed(0)
 
     def make():
         torch.manual_seed(0)
-        return FusedIRNN(1, 64, device=cuda), torch.nn.Linear(64, 10, device=cuda)
+        return FusedIRNN(1, H, device=cuda), torch.nn.Linear(H, 10, device=cuda)
     T, B = 30, 32
     xs = [torch.randn(T, B, 1, device=cuda) for _ in range(3)]
     ys = [torch.randint(0, 10, (B,), device=cuda) for _ in range(3)]

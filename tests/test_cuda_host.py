@@ -12,6 +12,7 @@
   pick the large-H path). On a machine without a GPU every query fails.
 """
 import ctypes
+import os
 import shutil
 import subprocess
 import sys
@@ -116,3 +117,26 @@ def test_device_props_report_failed_queries():
         assert props.smem_per_block > 0 and props.smem_per_block_optin > 0
         major = torch.cuda.get_device_capability(0)[0]
         assert props.cluster_launch == (1 if major >= 9 else 0), props.cluster_launch
+
+
+def test_cuda_gemm_choice(monkeypatch):
+    """irnn_cuda.cuda_gemm() names the GEMM of the per-step path and of the
+    large-H and cluster backward's gradients. A CUDA build on a machine with
+    the toolkit's or torch's cuBLASLt links it (CI: IRNN_EXPECT_CUDA=1);
+    IRNN_CUDA_GEMM=tiled chooses the tiled kernel, an unknown value is
+    refused."""
+    if not irnn_cuda.has_kernels("cuda"):
+        if os.environ.get("IRNN_EXPECT_CUDA") == "1":
+            pytest.fail("IRNN_EXPECT_CUDA=1 but irnn_cuda._C has no CUDA kernels")
+        assert irnn_cuda.cuda_gemm() is None
+        pytest.skip("no CUDA kernels in this build")
+    monkeypatch.delenv("IRNN_CUDA_GEMM", raising=False)
+    if os.environ.get("IRNN_EXPECT_CUDA") == "1":
+        assert irnn_cuda._C.CUBLASLT == 1, "the CUDA build did not link cuBLASLt"
+    assert irnn_cuda.cuda_gemm() == ("cublaslt" if irnn_cuda._C.CUBLASLT
+                                     else "tiled")
+    monkeypatch.setenv("IRNN_CUDA_GEMM", "tiled")
+    assert irnn_cuda.cuda_gemm() == "tiled"
+    monkeypatch.setenv("IRNN_CUDA_GEMM", "cuBLAS")
+    with pytest.raises(ValueError, match="not one of cublaslt, tiled"):
+        irnn_cuda.cuda_gemm()

@@ -10,7 +10,16 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#ifdef IRNN_WITH_CUBLASLT
+#include <cublasLt.h>
+#endif
+
+#include <cstdlib>
 #include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -135,6 +144,258 @@ const int64_t* lengths_ptr(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<int64_t>() : nullptr;
 }
 
+// Which GEMM serves the per-step path's steps and the large-H and cluster
+// backward's gradient GEMMs (GemmHook, irnn_cuda_api.h): IRNN_CUDA_GEMM=
+// cublaslt or tiled; unset, cuBLASLt where the build has it. Any other
+// value, or cublaslt in a build without it, is refused.
+bool use_cublaslt() {
+  const char* v = std::getenv("IRNN_CUDA_GEMM");
+  const std::string want = v ? v : "";
+#ifdef IRNN_WITH_CUBLASLT
+  constexpr bool built = true;
+#else
+  constexpr bool built = false;
+#endif
+  TORCH_CHECK(want.empty() || want == "cublaslt" || want == "tiled",
+              "IRNN_CUDA_GEMM=", want, " is not one of cublaslt, tiled");
+  TORCH_CHECK(want != "cublaslt" || built,
+              "IRNN_CUDA_GEMM=cublaslt, but irnn_cuda was built without "
+              "cuBLASLt (cublasLt.h and libcublasLt were not found at build "
+              "time); unset it, or rebuild with the CUDA toolkit's cuBLAS");
+  return built && want != "tiled";
+}
+
+#ifdef IRNN_WITH_CUBLASLT
+// The GemmHook by cuBLASLt. HookGemm is row-major; cuBLASLt is column-major,
+// so it computes D^T (N x M) = W (N x K) * A^T (K x M): its A is our w
+// (transposed unless w_t) and its B our a (transposed when a_t). Float32
+// compute (CUBLAS_COMPUTE_32F: never TF32, as the kernels), no workspace
+// (nothing to allocate, so a stream under capture takes it as it is),
+// relu as the epilogue applied to alpha AB + beta C. A plan (descriptors and
+// the heuristic's algorithm) is cached per shape, leading dimensions and
+// pointer alignments; the heuristic is host-side only.
+struct LtKey {
+  int device;
+  int64_t M, N, K, lda, ldw, ldc, ldd;
+  bool a_t, w_t, has_c, relu;
+  int align_a, align_w, align_c, align_d;
+  auto tie() const {
+    return std::tie(device, M, N, K, lda, ldw, ldc, ldd, a_t, w_t, has_c, relu,
+                    align_a, align_w, align_c, align_d);
+  }
+  bool operator<(const LtKey& o) const { return tie() < o.tie(); }
+};
+
+struct LtPlan {
+  cublasLtHandle_t handle = nullptr;  // the device's, never destroyed
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t w = nullptr, a = nullptr, c = nullptr, d = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  ~LtPlan() {
+    if (op) cublasLtMatmulDescDestroy(op);
+    for (auto l : {w, a, c, d})
+      if (l) cublasLtMatrixLayoutDestroy(l);
+  }
+};
+
+// The first failure of a call's hook, named for the error message.
+struct LtCtx {
+  const char* what = nullptr;
+  cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
+};
+
+constexpr int kLtFailed = -1000;  // the hook's code for a failed call
+
+int pointer_align(const void* p) {
+  const auto v = reinterpret_cast<uintptr_t>(p);
+  int align = 256;
+  while (align > 1 && v % align != 0) align /= 2;
+  return align;
+}
+
+class LtPlans {
+ public:
+  // The plan for g on the current device, or null with ctx set.
+  std::shared_ptr<LtPlan> get(const HookGemm& g, int device, LtCtx& ctx) {
+    LtKey k{device, g.M, g.N, g.K, g.lda, g.ldw, g.c ? g.ldc : 0, g.ldd,
+            g.a_t, g.w_t, g.c != nullptr, g.relu, pointer_align(g.a),
+            pointer_align(g.w), pointer_align(g.c ? g.c : g.d),
+            pointer_align(g.d)};
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = plans_.find(k);
+    if (it != plans_.end()) return it->second;
+    cublasLtHandle_t h = handle(device, ctx);
+    if (!h) return nullptr;
+    auto plan = make(h, g, k, ctx);
+    if (!plan) return nullptr;
+    plan->handle = h;
+    if (plans_.size() >= 512) plans_.clear();  // plans in use live on
+    plans_.emplace(k, plan);
+    return plan;
+  }
+
+ private:
+  cublasLtHandle_t handle(int device, LtCtx& ctx) {
+    auto it = handles_.find(device);
+    if (it != handles_.end()) return it->second;
+    cublasLtHandle_t h = nullptr;
+    const cublasStatus_t st = cublasLtCreate(&h);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+      ctx.what = "cublasLtCreate";
+      ctx.status = st;
+      return nullptr;
+    }
+    handles_.emplace(device, h);  // kept for the process's lifetime
+    return h;
+  }
+
+  static std::shared_ptr<LtPlan> make(cublasLtHandle_t h, const HookGemm& g,
+                                      const LtKey& k, LtCtx& ctx) {
+    auto plan = std::make_shared<LtPlan>();
+    const auto ok = [&](cublasStatus_t st, const char* what) {
+      if (st == CUBLAS_STATUS_SUCCESS) return true;
+      ctx.what = what;
+      ctx.status = st;
+      return false;
+    };
+    const cublasOperation_t op_w = g.w_t ? CUBLAS_OP_N : CUBLAS_OP_T;
+    const cublasOperation_t op_a = g.a_t ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasLtEpilogue_t epi =
+        g.relu ? CUBLASLT_EPILOGUE_RELU : CUBLASLT_EPILOGUE_DEFAULT;
+    const uint64_t N = g.N, M = g.M, K = g.K;
+    if (!ok(cublasLtMatmulDescCreate(&plan->op, CUBLAS_COMPUTE_32F, CUDA_R_32F),
+            "cublasLtMatmulDescCreate") ||
+        !ok(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSA,
+                                           &op_w, sizeof(op_w)),
+            "cublasLtMatmulDescSetAttribute(TRANSA)") ||
+        !ok(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSB,
+                                           &op_a, sizeof(op_a)),
+            "cublasLtMatmulDescSetAttribute(TRANSB)") ||
+        !ok(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_EPILOGUE,
+                                           &epi, sizeof(epi)),
+            "cublasLtMatmulDescSetAttribute(EPILOGUE)") ||
+        !ok(cublasLtMatrixLayoutCreate(&plan->w, CUDA_R_32F, g.w_t ? N : K,
+                                       g.w_t ? K : N, g.ldw),
+            "cublasLtMatrixLayoutCreate(W)") ||
+        !ok(cublasLtMatrixLayoutCreate(&plan->a, CUDA_R_32F, g.a_t ? M : K,
+                                       g.a_t ? K : M, g.lda),
+            "cublasLtMatrixLayoutCreate(A)") ||
+        !ok(cublasLtMatrixLayoutCreate(&plan->c, CUDA_R_32F, N, M,
+                                       g.c ? g.ldc : g.ldd),
+            "cublasLtMatrixLayoutCreate(C)") ||
+        !ok(cublasLtMatrixLayoutCreate(&plan->d, CUDA_R_32F, N, M, g.ldd),
+            "cublasLtMatrixLayoutCreate(D)"))
+      return nullptr;
+    cublasLtMatmulPreference_t pref = nullptr;
+    if (!ok(cublasLtMatmulPreferenceCreate(&pref),
+            "cublasLtMatmulPreferenceCreate"))
+      return nullptr;
+    const uint64_t no_workspace = 0;
+    const uint32_t aligns[4] = {
+        static_cast<uint32_t>(k.align_w), static_cast<uint32_t>(k.align_a),
+        static_cast<uint32_t>(k.align_c), static_cast<uint32_t>(k.align_d)};
+    const cublasLtMatmulPreferenceAttributes_t which[4] = {
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+    bool good = ok(cublasLtMatmulPreferenceSetAttribute(
+                       pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                       &no_workspace, sizeof(no_workspace)),
+                   "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE)");
+    for (int i = 0; i < 4 && good; ++i)
+      good = ok(cublasLtMatmulPreferenceSetAttribute(pref, which[i], &aligns[i],
+                                                     sizeof(aligns[i])),
+                "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)");
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    if (good)
+      good = ok(cublasLtMatmulAlgoGetHeuristic(h, plan->op, plan->w, plan->a,
+                                               plan->c, plan->d, pref, 1,
+                                               &result, &found),
+                "cublasLtMatmulAlgoGetHeuristic");
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (!good) return nullptr;
+    if (found == 0) {
+      ctx.what = "cublasLtMatmulAlgoGetHeuristic (no algorithm)";
+      ctx.status = CUBLAS_STATUS_NOT_SUPPORTED;
+      return nullptr;
+    }
+    plan->algo = result.algo;
+    return plan;
+  }
+
+  std::mutex mu_;
+  std::map<LtKey, std::shared_ptr<LtPlan>> plans_;
+  std::map<int, cublasLtHandle_t> handles_;
+};
+
+LtPlans& lt_plans() {
+  static LtPlans* plans = new LtPlans();  // never destroyed: used at exit
+  return *plans;
+}
+
+struct LtHook {
+  int device;
+  LtCtx ctx;
+};
+
+int lt_run(const HookGemm& g, void* ctx_ptr, void* stream) {
+  auto* hook = static_cast<LtHook*>(ctx_ptr);
+  LtCtx& ctx = hook->ctx;
+  if (ctx.what) return kLtFailed;
+  const std::shared_ptr<LtPlan> plan = lt_plans().get(g, hook->device, ctx);
+  if (!plan) return kLtFailed;
+  const float alpha = 1.0f, beta = g.c ? 1.0f : 0.0f;
+  const cublasStatus_t st = cublasLtMatmul(
+      plan->handle, plan->op, &alpha, g.w, plan->w, g.a, plan->a, &beta,
+      g.c ? g.c : g.d, plan->c, g.d, plan->d, &plan->algo, nullptr, 0,
+      static_cast<cudaStream_t>(stream));
+  if (st != CUBLAS_STATUS_SUCCESS) {
+    ctx.what = "cublasLtMatmul";
+    ctx.status = st;
+    return kLtFailed;
+  }
+  return 0;
+}
+#endif
+
+// The GemmHook of a call (null: the tiled GEMM), and after the launch the
+// error of a failed library call.
+class CallGemm {
+ public:
+  explicit CallGemm(int device) {
+#ifdef IRNN_WITH_CUBLASLT
+    if (use_cublaslt()) {
+      lt_.device = device;
+      hook_.run = &lt_run;
+      hook_.ctx = &lt_;
+      use_ = true;
+    }
+#else
+    (void)device;
+    use_cublaslt();  // refuses IRNN_CUDA_GEMM=cublaslt
+#endif
+  }
+  const GemmHook* hook() const { return use_ ? &hook_ : nullptr; }
+  void check(const char* op) const {
+#ifdef IRNN_WITH_CUBLASLT
+    TORCH_CHECK(lt_.ctx.what == nullptr, "irnn_cuda::", op, " (CUDA): ",
+                lt_.ctx.what, " failed: ", cublasLtGetStatusString(lt_.ctx.status),
+                "; IRNN_CUDA_GEMM=tiled runs the tiled GEMM instead");
+#else
+    (void)op;
+#endif
+  }
+
+ private:
+  GemmHook hook_{};
+  bool use_ = false;
+#ifdef IRNN_WITH_CUBLASLT
+  LtHook lt_{};
+#endif
+};
+
 std::tuple<at::Tensor, at::Tensor> irnn_forward_cuda(
     const at::Tensor& input, const at::Tensor& h0,
     const c10::optional<at::Tensor>& weight_ih, const at::Tensor& weight_hh,
@@ -178,11 +439,14 @@ std::tuple<at::Tensor, at::Tensor> irnn_forward_cuda(
   a.h_n = h_n.data_ptr();
   a.lengths = lengths_ptr(len.lengths);
   a.offsets = lengths_ptr(len.offsets);
+  const CallGemm gemm(input.get_device());
+  a.step_gemm = gemm.hook();
   at::Tensor ws = workspace(fwd_workspace_bytes(a, cfg), input);
-  check_launch(irnn_forward_cuda_launch(
-                   a, cfg, ws.data_ptr(),
-                   c10::cuda::getCurrentCUDAStream(input.get_device()).stream()),
-               "irnn_forward");
+  const int err = irnn_forward_cuda_launch(
+      a, cfg, ws.data_ptr(),
+      c10::cuda::getCurrentCUDAStream(input.get_device()).stream());
+  gemm.check("irnn_forward");
+  check_launch(err, "irnn_forward");
   return {out, h_n};
 }
 
@@ -240,11 +504,14 @@ irnn_backward_cuda(const c10::optional<at::Tensor>& grad_output,
   a.dw_hh = dw_hh.data_ptr(); a.db = db.data_ptr();
   a.lengths = lengths_ptr(len.lengths);
   a.offsets = lengths_ptr(len.offsets);
+  const CallGemm gemm(input.get_device());
+  a.grad_gemm = gemm.hook();
   at::Tensor ws = workspace(bwd_workspace_bytes(a, cfg), input);
-  check_launch(irnn_backward_cuda_launch(
-                   a, cfg, ws.data_ptr(),
-                   c10::cuda::getCurrentCUDAStream(input.get_device()).stream()),
-               "irnn_backward");
+  const int err = irnn_backward_cuda_launch(
+      a, cfg, ws.data_ptr(),
+      c10::cuda::getCurrentCUDAStream(input.get_device()).stream());
+  gemm.check("irnn_backward");
+  check_launch(err, "irnn_backward");
   // The kernels compute every gradient; an unwanted one is returned as the
   // empty [0] the schema promises.
   const auto result = [&](const at::Tensor& t, bool wanted) {
