@@ -55,7 +55,7 @@ import time
 
 import torch
 
-from irnn_cuda import FusedIRNN, cpu_kernels, has_kernels
+from irnn_cuda import FusedIRNN, cpu_kernels, cuda_gemm, has_kernels
 
 MODES = ("fwd", "fwd+bwd", "last", "fwd+bwd:last")
 
@@ -339,6 +339,7 @@ def main(argv=None):
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cudnn"] = torch.backends.cudnn.version()
+        info["cuda_gemm"] = cuda_gemm()  # the per-step path's (H > 512)
     print(" ".join(f"{k}={v}" for k, v in info.items()))
     if not info["fused_kernels"]:
         print(f"WARNING: no compiled {device.type} kernels; FusedIRNN runs the "

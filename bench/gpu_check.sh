@@ -25,7 +25,11 @@
 #   6. sanitizer   compute-sanitizer racecheck and synccheck on a small
 #                  forward+backward of both paths;
 #   7. mnist       given MNIST_DIR, a short training run (40 steps at batch
-#                  1024) per implementation, fused and torch.
+#                  1024) per implementation, fused and torch;
+#   8. large-h     the per-step path against cuDNN, forward and fwd+bwd:
+#                  H = 1024 at B = 16, 128, 1024 and H = 2048 at B = 16, 128
+#                  with its GEMMs by cuBLASLt (the default), then H = 1024 at
+#                  B = 16, 128 with IRNN_CUDA_GEMM=tiled (our GEMM kernel).
 # A tool that refuses the device (under gVisor, compute-sanitizer and ncu
 # answer "Device not supported" or ERR_NVGPUCTRPERM) is reported as n/a.
 # Every log and JSON goes into OUTDIR as the stage runs; the compact table
@@ -40,16 +44,18 @@ CUDA_TESTS=(tests/test_cuda.py "tests/test_variable_length.py::test_cuda_packed_
             "tests/test_variable_length.py::test_cuda_ops_lengths_match_cpu"
             "tests/test_variable_length.py::test_cuda_lengths_without_host_sync_and_in_a_graph")
 # Each stage's timeout in seconds; their sum is the run's budget.
-STAGES=(build cuda-tests bench sweep ncu sanitizer mnist)
+STAGES=(build cuda-tests bench sweep ncu sanitizer mnist large-h)
 # From the H200 run of 2026-11-28 (docs/gpu/2026-11-28-h200/summary.txt):
 # build 49 s for three architectures, CUDA tests 26 s, the benchmark 13 s
 # per TF32 setting, racecheck 18 s, a one-epoch MNIST run 11-12 s; ncu
 # starts Python and CUDA three times under its own overhead.
 # The variable-length rows add four forward+backward contenders at T=784.
 # H = 256 and 512 at B = 16, 128 and 1024 (the cluster forward) add six
-# rows; ncu gives up the time.
-declare -A STAGE_CAPS=([build]=75 [cuda-tests]=45 [bench]=50 [sweep]=25
-                       [ncu]=35 [sanitizer]=45 [mnist]=25)
+# rows; ncu gives up the time. The large-H rows (about 1-2 s each at 3
+# repeats by cuBLAS's rate) take time from the build (49 s measured),
+# ncu and the sanitizer.
+declare -A STAGE_CAPS=([build]=65 [cuda-tests]=45 [bench]=50 [sweep]=25
+                       [ncu]=25 [sanitizer]=35 [mnist]=25 [large-h]=30)
 
 DRY=0
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
@@ -324,7 +330,7 @@ EOF
   "$PY" -m pytest -q --collect-only -p no:cacheprovider "${CUDA_TESTS[@]}" \
     > "$OUT/test_cuda_collect.log" 2>&1 \
     || { echo "the CUDA tests (${CUDA_TESTS[*]}) do not collect" >&2; exit 2; }
-  need_flags bench/bench_rnn.py --device --tf32 --json --varlen
+  need_flags bench/bench_rnn.py --device --tf32 --json --varlen --shapes --repeats
   need_flags bench/seq_mnist.py --data-dir --impl --batch-size --epochs \
     --max-steps --limit-test --device --out --no-progress
   if [ -n "$MNIST" ] && [ ! -d "$MNIST" ]; then
@@ -415,6 +421,20 @@ else
     case "$mn_st" in ok|n/a) ;; *) FAILED=1 ;; esac
     row mnist "$mn_st" "$(( $(date +%s) - mn_t0 ))s" "mnist_{fused,torch}.log"
   fi
+
+  # 8. The per-step path (H > 512) against cuDNN: cuBLASLt, then tiled.
+  lh_t0=$(date +%s); lh_st=ok
+  run large-h-cublaslt large_h_cublaslt.log $(( ${STAGE_CAPS[large-h]} * 2 / 3 )) "$PY" bench/bench_rnn.py \
+    --device cuda --tf32 off --repeats 3 --json "$OUT/large_h_cublaslt.json" \
+    --shapes 784x16x1x1024,784x128x1x1024,784x1024x1x1024,784x16x1x2048,784x128x1x2048
+  st=$(status large_h_cublaslt.log); [ "$st" = ok ] || lh_st=$st
+  run large-h-tiled large_h_tiled.log $(( ${STAGE_CAPS[large-h]} / 3 )) env IRNN_CUDA_GEMM=tiled \
+    "$PY" bench/bench_rnn.py --device cuda --tf32 off --repeats 2 \
+    --json "$OUT/large_h_tiled.json" --shapes 784x16x1x1024,784x128x1x1024
+  st=$(status large_h_tiled.log); [ "$st" = ok ] || lh_st=$st
+  [ "$lh_st" = ok ] || FAILED=1
+  row large-h "$lh_st" "$(( $(date +%s) - lh_t0 ))s" "$(grep -hE '^ *784 +(16|128|1024) +1 +(1024|2048) +fwd\+bwd' \
+    "$OUT/large_h_cublaslt.log" | awk '{printf "H=%s,B=%s %sx ", $4, $2, $8}')"
 fi
 
 {

@@ -163,8 +163,8 @@ def test_gradcheck_float64(cuda, project):
 def test_per_step_gemm_choices_agree(cuda, monkeypatch, batch_first):
     """The per-step path (H = 1024) with its GEMMs by cuBLASLt and by the
     tiled kernel: both within the float32 tolerance of the float64
-    reference, every output and gradient; an unknown IRNN_CUDA_GEMM is
-    refused by the op."""
+    reference, every output and gradient, and NaN propagating; an unknown
+    IRNN_CUDA_GEMM is refused by the op."""
     T, B, H = 6, 5, 1024
     v = layer_inputs(torch.float32, cuda, T, B, 2, H, True)
     if batch_first:
@@ -192,6 +192,14 @@ def test_per_step_gemm_choices_agree(cuda, monkeypatch, batch_first):
         for name, got, exp in zip(("dx", "dh0", "dw_ih", "dw_hh", "db"),
                                   grads, expected):
             assert max_rel_err(got, exp) <= TOL[torch.float32], (choice, name)
+        # relu(NaN) is NaN (a library relu epilogue would give 0).
+        x_nan = v["x"].clone()
+        x_nan[2, 1, 0] = float("nan")
+        out, _ = torch.ops.irnn_cuda.irnn_forward(
+            x_nan, v["h0"], v["w_ih"], v["w_hh"], v["b_ih"], v["b_hh"],
+            "relu", False, True)
+        assert out[2:, 1].isnan().all() and not out[:2].isnan().any(), choice
+        assert not out[:, [0, 2, 3, 4]].isnan().any(), choice
     monkeypatch.setenv("IRNN_CUDA_GEMM", "cublas")
     with pytest.raises(RuntimeError, match="IRNN_CUDA_GEMM=cublas is not one of"):
         torch.ops.irnn_cuda.irnn_forward(

@@ -105,12 +105,12 @@ def register_bwd_expected(table, dtype, T, B, I, H, project):
 def run_and_compare(harness, table, dtype, T, B, I, H, nonlinearity="relu",
                     reverse=False, project=True, bias=True, grads="both",
                     store_sequence=True, expect_path=None, seed=0,
-                    backward=True, grad_gemm=None):
+                    backward=True, bwd_gemm=None):
     """Forward and backward in the emulation against the reference (float64
     autograd on the same rounded inputs); returns the configurations.
     expect_path is the forward's and the backward's path unless a
     register-resident kernel covers the call (register_fwd_expected,
-    register_bwd_expected). grad_gemm: as Emu.backward's."""
+    register_bwd_expected). bwd_gemm: as Emu.backward's."""
     gen = torch.Generator().manual_seed(seed)
     v = make_inputs(dtype, T, B, I, H, project, bias, gen)
     relu = nonlinearity == "relu"
@@ -144,7 +144,7 @@ def run_and_compare(harness, table, dtype, T, B, I, H, nonlinearity="relu",
             if grads in ("last", "both") else None)
     dx, dh0, dw_ih, dw_hh, db, bcfg = harness.backward(
         table, g_out, g_hn, v["x"], v["h0"], v["w_ih"], v["w_hh"], out, relu,
-        reverse, grad_gemm=grad_gemm)
+        reverse, bwd_gemm=bwd_gemm)
     if expect_path is not None:
         reg = (register_bwd_expected(table, dtype, T, B, I, H, project)
                if expect_path == PERSISTENT else None)

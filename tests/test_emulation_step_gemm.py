@@ -1,6 +1,6 @@
 """The per-step path with its recurrent GEMM, and the large-H and cluster
 backward with their gradient GEMMs, handed to a library (GemmHook in
-csrc/cuda/irnn_cuda_api.h; run_forward_step_gemm and run_backward_grad_gemm
+csrc/cuda/irnn_cuda_api.h; run_forward_step_gemm and run_backward_grad_lib
 in irnn_launch.cuh), executed on the CPU (tests/emu/) with a plain-loop hook
 in place of cuBLASLt: the orchestration around the hook (one projection of
 every step's input, one hook call per step in walking order, in place on
@@ -51,36 +51,39 @@ def reference(v, relu=True, reverse=False):
                                 "relu" if relu else "tanh", reverse)
 
 
-@pytest.mark.parametrize("project,I,bias,reverse", [
-    (True, 1, True, False), (True, 3, True, True), (True, 2, False, False),
-    (False, 0, True, False), (False, 0, True, True)])
-def test_hook_forward_matches_reference(harness, project, I, bias, reverse):
+@pytest.mark.parametrize("project,I,bias,reverse,relu", [
+    (True, 1, True, False, True), (True, 3, True, True, True),
+    (True, 2, False, False, True), (False, 0, True, False, True),
+    (False, 0, True, True, True), (True, 2, True, False, False),
+    (False, 0, True, True, False)])
+def test_hook_forward_matches_reference(harness, project, I, bias, reverse,
+                                        relu):
     """Each step is one hook call (T in all) and the results agree with the
-    float64 reference and with the tiled kernel's run."""
+    float64 reference and with the tiled kernel's run, relu and tanh."""
     T, B, H = 6, 5, 300
     v = inputs(T, B, I, H, project, bias)
     hook = {}
-    out, h_n, cfg = forward(harness, v, reverse=reverse, step_gemm=hook)
+    out, h_n, cfg = forward(harness, v, relu=relu, reverse=reverse,
+                            step_gemm=hook)
     assert cfg["path"] == LARGE_H, cfg
     assert hook["calls"] == T, hook
-    ref_out, ref_hn = reference(v, reverse=reverse)
+    ref_out, ref_hn = reference(v, relu=relu, reverse=reverse)
     assert max_rel_err(out, ref_out) <= 2e-6
     assert max_rel_err(h_n, ref_hn) <= 2e-6
     # The last walked step's state is h_n, bit for bit.
     assert torch.equal(h_n, out[0 if reverse else -1])
-    tiled_out, tiled_hn, _ = forward(harness, v, reverse=reverse)
+    tiled_out, tiled_hn, _ = forward(harness, v, relu=relu, reverse=reverse)
     assert max_rel_err(out, tiled_out) <= 2e-6
     assert max_rel_err(h_n, tiled_hn) <= 2e-6
 
 
 def test_hook_not_used_where_it_cannot_serve(harness):
-    """The tiled kernel keeps tanh (no library epilogue), lengths, the last
-    state only (no sequence to project into), and an x whose time stride is
-    not B rows; a persistent-kernel size never reaches the hook."""
+    """The tiled kernel keeps lengths, the last state only (no sequence to
+    project into), and an x whose time stride is not B rows; a
+    persistent-kernel size never reaches the hook."""
     T, B, I, H = 4, 3, 1, 300
     v = inputs(T, B, I, H, True, True)
-    cases = [dict(relu=False), dict(store=False),
-             dict(lengths=torch.tensor([4, 3, 1]))]
+    cases = [dict(store=False), dict(lengths=torch.tensor([4, 3, 1]))]
     for kw in cases:
         hook = {}
         forward(harness, v, step_gemm=hook, **kw)
@@ -106,8 +109,27 @@ def test_hook_failure_is_returned(harness):
     assert hook["rc"] == 77 and hook["calls"] == 3, hook
 
 
-# The backward's gradient GEMMs through the hook (grad_gemm_suits,
-# run_backward_grad_gemm): dh0, dW_hh (the steps with a stored h_prev, then
+@pytest.mark.parametrize("nan_step", [0, 3])
+def test_hook_forward_propagates_nan(harness, nan_step):
+    """The activation after each hook call is the kernels' own (a library's
+    relu epilogue would map NaN to 0): a NaN input at a step makes that
+    step's row NaN and, through W_hh, every later state, as the tiled
+    kernel's."""
+    T, B, I, H = 5, 3, 1, 300
+    v = inputs(T, B, I, H, True, True)
+    v["x"][nan_step, 1, 0] = float("nan")
+    hook = {}
+    out, h_n, _ = forward(harness, v, step_gemm=hook)
+    assert hook["calls"] == T
+    tiled, _, _ = forward(harness, v)
+    assert torch.equal(out.isnan(), tiled.isnan())
+    assert out[nan_step, 1].isnan().all() and h_n[1].isnan().all()
+    assert not out[:nan_step].isnan().any()
+
+
+# The backward's GEMMs through the hook (bwd_gemm_suits): the recurrence's
+# step GEMMs with irnn_bwd_point_kernel (run_backward_steps_lib), then
+# (run_backward_grad_lib) dh0, dW_hh (the steps with a stored h_prev, then
 # the h0 step added in place), and with the projection dW_ih and dx.
 @pytest.mark.parametrize("T,B,I,H,project,reverse,grads", [
     (5, 4, 3, 300, True, False, "both"),
@@ -120,20 +142,20 @@ def test_hook_backward_matches_reference(harness, T, B, I, H, project,
     hook = {}
     _, bcfg = run_and_compare(harness, TABLE, torch.float32, T, B, I or 5, H,
                               reverse=reverse, project=project, grads=grads,
-                              expect_path=LARGE_H, grad_gemm=hook)
-    # dh0, the h0 step of dW_hh, the other steps' (T > 1), and dx; dW_ih
-    # stays tiled for run_and_compare's batch_first x.
-    assert hook["calls"] == 2 + (T > 1) + project, hook
+                              expect_path=LARGE_H, bwd_gemm=hook)
+    # T - 1 steps, then dh0, the h0 step of dW_hh, the other steps' (T > 1)
+    # and dx; dW_ih stays tiled for run_and_compare's batch_first x.
+    assert hook["calls"] == T - 1 + 2 + (T > 1) + project, hook
 
 
 def test_hook_backward_with_lengths_and_cluster(harness):
-    """Lengths (the padded copies of bwd_relayout) and the cluster backward
-    (same da_t workspace) both hand their gradient GEMMs to the hook; tanh
-    too, since the hook has no activation there."""
+    """tanh, lengths (the padded copies of bwd_relayout) and the cluster
+    backward (same da_t workspace, its own recurrence) go through the hook
+    too."""
     hook = {}
     run_and_compare(harness, TABLE, torch.float32, 4, 3, 2, 300, "tanh",
-                    grad_gemm=hook)
-    assert hook["calls"] == 4, hook  # dW_ih tiled: batch_first x
+                    bwd_gemm=hook)
+    assert hook["calls"] == 3 + 4, hook  # dW_ih tiled: batch_first x
     T, B, I, H = 3, 5, 2, 300
     gen = torch.Generator().manual_seed(3)
     v = make_inputs(torch.float32, T, B, I, H, True, True, gen)
@@ -145,15 +167,16 @@ def test_hook_backward_with_lengths_and_cluster(harness):
     hook = {}
     got = harness.backward(TABLE, g_out, None, v["x"], v["h0"], v["w_ih"],
                            v["w_hh"], out, True, False, lengths=lengths,
-                           grad_gemm=hook)
-    assert hook["calls"] == 5 and got[-1]["path"] == LARGE_H, hook
+                           bwd_gemm=hook)
+    assert hook["calls"] == T - 1 + 5 and got[-1]["path"] == LARGE_H, hook
     tiled = harness.backward(TABLE, g_out, None, v["x"], v["h0"], v["w_ih"],
                              v["w_hh"], out, True, False, lengths=lengths)
     for a, b in zip(got[:5], tiled[:5]):
         assert max_rel_err(a, b) <= 2e-6
     hook = {}
     _, bcfg = run_and_compare(harness, emu.H100, torch.float32, 3, 4, 2, 256,
-                              grad_gemm=hook)
+                              bwd_gemm=hook)
+    # The cluster kernel runs the recurrence: the gradients' calls only.
     assert bcfg["path"] == CLUSTER_BWD and hook["calls"] == 4, (bcfg, hook)
 
 
@@ -163,11 +186,11 @@ def test_hook_backward_not_used_where_it_cannot_serve(harness):
     alone stays tiled for an x whose time stride is not B rows."""
     for dtype in (torch.float64, torch.bfloat16):
         hook = {}
-        run_and_compare(harness, TABLE, dtype, 3, 2, 2, 300, grad_gemm=hook)
+        run_and_compare(harness, TABLE, dtype, 3, 2, 2, 300, bwd_gemm=hook)
         assert hook["calls"] == 0, dtype
     hook = {}
     _, bcfg = run_and_compare(harness, TABLE, torch.float32, 3, 2, 2, 32,
-                              grad_gemm=hook)
+                              bwd_gemm=hook)
     assert bcfg["path"] != LARGE_H and hook["calls"] == 0, bcfg
     T, B, I, H = 3, 4, 2, 300
     v = inputs(T, B, I, H, True, True)
@@ -178,15 +201,15 @@ def test_hook_backward_not_used_where_it_cannot_serve(harness):
     strided_out = out.transpose(0, 1).contiguous().transpose(0, 1)
     hook = {}
     got = harness.backward(TABLE, g_out, None, v["x"], v["h0"], v["w_ih"],
-                           v["w_hh"], strided_out, True, False, grad_gemm=hook)
+                           v["w_hh"], strided_out, True, False, bwd_gemm=hook)
     assert hook["calls"] == 0
     for a, b in zip(got[:5], want[:5]):
         assert torch.equal(a, b)
     strided_x = v["x"].transpose(0, 1).contiguous().transpose(0, 1)
     hook = {}
     got = harness.backward(TABLE, g_out, None, strided_x, v["h0"], v["w_ih"],
-                           v["w_hh"], out, True, False, grad_gemm=hook)
-    assert hook["calls"] == 4  # all but dW_ih
+                           v["w_hh"], out, True, False, bwd_gemm=hook)
+    assert hook["calls"] == T - 1 + 4  # all but dW_ih
     for a, b in zip(got[:5], want[:5]):
         assert max_rel_err(a, b) <= 2e-6
 
@@ -195,7 +218,8 @@ def test_hook_backward_failure_is_returned(harness):
     T, B, I, H = 3, 2, 1, 300
     v = inputs(T, B, I, H, True, True)
     out, _, _ = forward(harness, v)
-    hook = {"fail_at": 1}
-    harness.backward(TABLE, torch.randn(T, B, H), None, v["x"], v["h0"],
-                     v["w_ih"], v["w_hh"], out, True, False, grad_gemm=hook)
-    assert hook["rc"] == 77 and hook["calls"] == 2, hook
+    for fail_at in (1, T):  # a step's GEMM, a gradient's
+        hook = {"fail_at": fail_at}
+        harness.backward(TABLE, torch.randn(T, B, H), None, v["x"], v["h0"],
+                         v["w_ih"], v["w_hh"], out, True, False, bwd_gemm=hook)
+        assert hook["rc"] == 77 and hook["calls"] == fail_at + 1, hook

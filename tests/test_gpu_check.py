@@ -12,7 +12,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ["build", "cuda-tests", "bench", "sweep", "ncu", "sanitizer",
-          "mnist"]
+          "mnist", "large-h"]
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")

@@ -513,7 +513,9 @@ def cluster_bwd_budget(name):
 
 
 # Kernels without a step loop: only the local-memory check applies.
-PLAIN = re.compile(r"irnn_cuda::irnn_(reduce_partials|column_sum|relayout)_kernel<")
+PLAIN = re.compile(
+    r"irnn_cuda::irnn_(reduce_partials|column_sum|relayout|activate_rows|bwd_point)"
+    r"_kernel<")
 
 
 @pytest.fixture(scope="module")

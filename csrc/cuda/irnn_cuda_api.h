@@ -542,11 +542,12 @@ inline LaunchConfig make_launch_config(const DeviceProps& p, bool backward,
 // from irnn_ops_cuda.cpp; the emulation's tests hand it to a plain loop):
 // the per-step path's recurrent GEMM in the forward, and the weight and
 // input gradients' GEMMs in the backward. For m < M, n < N:
-//   d[m*ldd + n] = act(sum_k A(m, k) * W(n, k) + c[m*ldc + n])
+//   d[m*ldd + n] = sum_k A(m, k) * W(n, k) + c[m*ldc + n]
 //   A(m, k) = a_t ? a[k*lda + m] : a[m*lda + k]
 //   W(n, k) = w_t ? w[k*ldw + n] : w[n*ldw + k]
-// with act relu or the identity; c is null (nothing added) or d itself
-// (ldc == ldd). K may be 0 only with c null (d = 0).
+// c is null (nothing added) or d itself (ldc == ldd); K >= 1. No activation:
+// the launcher applies it (irnn_activate_rows_kernel), since a library's
+// relu epilogue maps NaN to 0 where the op's relu propagates it.
 struct HookGemm {
   int64_t M, N, K;
   const float* a;
@@ -559,7 +560,6 @@ struct HookGemm {
   int64_t ldc;
   float* d;
   int64_t ldd;
-  bool relu;
 };
 // `run` enqueues the GEMM on `stream` and returns 0, or a nonzero code the
 // launch then returns; the hook's owner keeps any detail in `ctx`
@@ -621,8 +621,8 @@ struct BwdArgs {
   const int64_t* offsets;
   // The weight and input gradients' GEMMs of the per-step and cluster
   // backward by a library, or null (the tiled kernel); used where
-  // grad_gemm_suits (irnn_launch.cuh) says.
-  const GemmHook* grad_gemm;
+  // bwd_gemm_suits (irnn_launch.cuh) says.
+  const GemmHook* bwd_gemm;
 };
 
 // Variable lengths on the kernels (irnn_launch.cuh): the kernels themselves

@@ -1638,4 +1638,60 @@ IRNN_GLOBAL void irnn_column_sum_kernel(ColumnSumParams<S> p) {
   }
 }
 
+// d = activate(d) in place over a [rows, cols] view with row stride ld:
+// the per-step path's step after a library GEMM. The kernels' own relu and
+// tanh (activate), so NaN propagates (docs/ops.md), which a library's relu
+// epilogue does not do.
+template <typename S>
+struct ActivateRowsParams {
+  S* d;
+  int64_t rows, cols, ld;
+  bool relu;
+};
+
+template <typename S>
+IRNN_GLOBAL void irnn_activate_rows_kernel(ActivateRowsParams<S> p) {
+  const int64_t n = p.rows * p.cols;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = i / p.cols, c = i - r * p.cols;
+    p.d[r * p.ld + c] = activate(p.d[r * p.ld + c], p.relu);
+  }
+}
+
+// The per-step backward's pointwise part after a library GEMM (as the
+// kBwdStep epilogue, same grouping): for row b and unit k of step t,
+//   v = (has_acc ? da[b,k] : 0) + g_out_t[b,k] + g_hn[b,k]
+//   da[b,k] = phi'(v, h_t[b,k]); dx_t[b,k] = da[b,k] (unprojected)
+// with da [B,H] contiguous (da_{t+1} W_hh from the hook on entry).
+template <typename S>
+struct BwdPointParams {
+  typename AccOf<S>::type* da;
+  bool has_acc;
+  const S* g;     // grad_output at step t, row stride g_sb, or null
+  int64_t g_sb;
+  const S* g_hn;  // [B,H] or null
+  const S* h;     // the stored h_t, row stride h_sb
+  int64_t h_sb;
+  S* dx;          // [B,H] at step t, or null
+  int64_t B, H;
+  bool relu;
+};
+
+template <typename S>
+IRNN_GLOBAL void irnn_bwd_point_kernel(BwdPointParams<S> p) {
+  using A = typename AccOf<S>::type;
+  const int64_t n = p.B * p.H;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t b = i / p.H, k = i - b * p.H;
+    A v = p.has_acc ? p.da[i] : A(0);
+    if (p.g) v += to_acc(p.g[b * p.g_sb + k]);
+    if (p.g_hn) v += to_acc(p.g_hn[i]);
+    const A d = activate_grad(v, to_acc(p.h[b * p.h_sb + k]), p.relu);
+    p.da[i] = d;
+    if (p.dx) p.dx[i] = from_acc<S>(d);
+  }
+}
+
 }  // namespace irnn_cuda

@@ -270,12 +270,12 @@ irnn_error run_backward_reg(const BwdArgs& a, const LaunchConfig& c,
   return kIrnnInvalidConfig;
 }
 
-// Where the per-step path hands its recurrent GEMM to a.step_gemm: float32
-// relu (a library epilogue has no tanh), no lengths, the sequence stored,
-// and x and out walked as [T*B, *] row blocks (t-stride = B rows).
+// Where the per-step path hands its recurrent GEMM to a.step_gemm: float32,
+// no lengths, the sequence stored, and x and out walked as [T*B, *] row
+// blocks (t-stride = B rows; a batch_first x is not).
 inline bool step_gemm_suits(const FwdArgs& a, const LaunchConfig& c) {
   return a.step_gemm != nullptr && a.step_gemm->run != nullptr &&
-         c.path == Path::kLargeH && a.dtype == DType::kFloat && a.relu &&
+         c.path == Path::kLargeH && a.dtype == DType::kFloat &&
          a.lengths == nullptr && a.out != nullptr && a.B > 0 &&
          a.x_st == a.B * a.x_sb && a.out_st == a.B * a.out_sb;
 }
@@ -283,9 +283,10 @@ inline bool step_gemm_suits(const FwdArgs& a, const LaunchConfig& c) {
 // The per-step path with a library GEMM per step (step_gemm_suits): every
 // step's input part x W_ih^T + b_ih + b_hh (or x + biases, unprojected) is
 // written into out by one tiled GEMM over all T*B rows; then each step is
-// out_t = relu(h_{t-1} W_hh^T + out_t) by the hook, in place; h_n is a copy
-// of the last step's state. A template (S = float only), so that only the
-// translation unit that runs the forward instantiates the GEMM kernels.
+// out_t = h_{t-1} W_hh^T + out_t by the hook, in place, and out_t =
+// phi(out_t) by irnn_activate_rows_kernel; h_n is a copy of the last step's
+// state. A template (S = float only), so that only the translation unit
+// that runs the forward instantiates the GEMM kernels.
 template <typename S>
 irnn_error run_forward_step_gemm(const FwdArgs& a, const LaunchConfig& c,
                                  irnn_stream stream) {
@@ -307,6 +308,9 @@ irnn_error run_forward_step_gemm(const FwdArgs& a, const LaunchConfig& c,
   if (err != kIrnnSuccess) return err;
   const float* prev = static_cast<const float*>(a.h0);
   int64_t prev_ld = H;
+  const int64_t act_grid = ceil_div(B * H, 256);
+  const unsigned act_blocks =
+      static_cast<unsigned>(act_grid < 4096 ? act_grid : 4096);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = a.reverse ? T - 1 - s : s;
     float* dst = out + t * a.out_st;
@@ -316,9 +320,11 @@ irnn_error run_forward_step_gemm(const FwdArgs& a, const LaunchConfig& c,
     g.w = static_cast<const float*>(a.w_hh); g.ldw = H;  // W_hh(n, k)
     g.c = dst; g.ldc = a.out_sb;
     g.d = dst; g.ldd = a.out_sb;
-    g.relu = true;
     const int rc = a.step_gemm->run(g, a.step_gemm->ctx, stream);
     if (rc != 0) return static_cast<irnn_error>(rc);
+    const ActivateRowsParams<float> r{dst, B, H, a.out_sb, a.relu};
+    IRNN_LAUNCH(irnn_activate_rows_kernel<float>, act_blocks, 256, 0, stream,
+                r);
     prev = dst;
     prev_ld = a.out_sb;
   }
@@ -473,27 +479,70 @@ irnn_error run_backward_grad_tiled(const BwdArgs& a, const LaunchConfig& c,
 }
 
 // Where the large-H and cluster backward hand their gradient GEMMs to
-// a.grad_gemm: float32, and the stored sequence walked as [T*B, H] rows
+// a.bwd_gemm: float32, and the stored sequence walked as [T*B, H] rows
 // (t-stride = B rows; always so for the forward's own output, and after
 // bwd_relayout).
-inline bool grad_gemm_suits(const BwdArgs& a, const LaunchConfig& c) {
-  return a.grad_gemm != nullptr && a.grad_gemm->run != nullptr &&
+inline bool bwd_gemm_suits(const BwdArgs& a, const LaunchConfig& c) {
+  return a.bwd_gemm != nullptr && a.bwd_gemm->run != nullptr &&
          (c.path == Path::kLargeH || c.path == Path::kClusterBwd) &&
          a.dtype == DType::kFloat && a.B > 0 && a.o_st == a.B * a.o_sb;
 }
 
-// run_backward_grad_tiled's GEMMs by a.grad_gemm (grad_gemm_suits): the
+// The large-H backward's recurrence with a library GEMM per step
+// (bwd_gemm_suits): walking the steps backwards, da_t = da_{s+1} W_hh by
+// the hook (none for the first walked step), then irnn_bwd_point_kernel
+// adds grad_output (and grad_h_n at the first walked step) and applies
+// phi' from the stored h_t, as the kBwdStep epilogue does; every da_t stays
+// in da_all. A template (S = float only), as run_forward_step_gemm.
+template <typename S>
+irnn_error run_backward_steps_lib(const BwdArgs& a, float* da_all,
+                                  irnn_stream stream) {
+  static_assert(std::is_same_v<S, float>, "HookGemm is float32");
+  const int64_t T = a.T, B = a.B, H = a.H;
+  const GemmHook& hook = *a.bwd_gemm;
+  const int64_t grid = ceil_div(B * H, 256);
+  const unsigned blocks = static_cast<unsigned>(grid < 4096 ? grid : 4096);
+  for (int64_t s = T - 1; s >= 0; --s) {
+    const int64_t t = a.reverse ? T - 1 - s : s;
+    const int64_t t_next = a.reverse ? t - 1 : t + 1;  // step s + 1
+    float* da = da_all + t * B * H;
+    if (s < T - 1) {
+      HookGemm g{};  // da(b, k) = sum_j da_next(b, j) W_hh(j, k)
+      g.M = B; g.N = H; g.K = H;
+      g.a = da_all + t_next * B * H; g.lda = H;
+      g.w = static_cast<const float*>(a.w_hh); g.ldw = H; g.w_t = true;
+      g.d = da; g.ldd = H;
+      const int rc = hook.run(g, hook.ctx, stream);
+      if (rc != 0) return static_cast<irnn_error>(rc);
+    }
+    BwdPointParams<float> p{};
+    p.da = da;
+    p.has_acc = s < T - 1;
+    p.g = a.g_out ? static_cast<const float*>(a.g_out) + t * a.g_st : nullptr;
+    p.g_sb = a.g_sb;
+    p.g_hn = s == T - 1 ? static_cast<const float*>(a.g_hn) : nullptr;
+    p.h = static_cast<const float*>(a.out) + t * a.o_st;
+    p.h_sb = a.o_sb;
+    p.dx = a.project ? nullptr : static_cast<float*>(a.dx) + t * B * H;
+    p.B = B; p.H = H;
+    p.relu = a.relu;
+    IRNN_LAUNCH(irnn_bwd_point_kernel<float>, blocks, 256, 0, stream, p);
+  }
+  return kIrnnSuccess;
+}
+
+// run_backward_grad_tiled's GEMMs by a.bwd_gemm (bwd_gemm_suits): the
 // same sums in the same grouping (dW_hh over the steps with a stored
 // h_prev, then the h0 step added), each one library call. dW_ih keeps the
 // tiled GEMM where x is not [T*B, I] rows (a batch_first input). A
 // template (S = float only), as run_forward_step_gemm.
 template <typename S>
-irnn_error run_backward_grad_gemm(const BwdArgs& a, const LaunchConfig& c,
+irnn_error run_backward_grad_lib(const BwdArgs& a, const LaunchConfig& c,
                                   float* da_all, int64_t t_first,
                                   irnn_stream stream) {
   static_assert(std::is_same_v<S, float>, "HookGemm is float32");
   const int64_t T = a.T, B = a.B, I = a.I, H = a.H;
-  const GemmHook& hook = *a.grad_gemm;
+  const GemmHook& hook = *a.bwd_gemm;
   const auto run = [&](const HookGemm& g) {
     return static_cast<irnn_error>(hook.run(g, hook.ctx, stream));
   };
@@ -610,8 +659,9 @@ irnn_error run_backward_kernels(const BwdArgs& a, const LaunchConfig& c,
   }
 
   // Large H. Walk the steps backwards with one GEMM each (da_{s+1} W_hh with
-  // the pointwise part as epilogue), keeping every da_t in the workspace;
-  // then the weight gradients are GEMMs over all (t, b) and db a column sum.
+  // the pointwise part as epilogue; with a.bwd_gemm, the library's GEMM and
+  // irnn_bwd_point_kernel), keeping every da_t in the workspace; then the
+  // weight gradients are GEMMs over all (t, b) and db a column sum.
   // The cluster backward computes the same da_t (and dx = da_t without the
   // projection) in one launch instead of the step GEMMs.
   A* da_all = work;                // [T,B,H]
@@ -625,8 +675,15 @@ irnn_error run_backward_kernels(const BwdArgs& a, const LaunchConfig& c,
       return kIrnnInvalidConfig;
     }
   }
-  for (int64_t s = T - 1; s >= 0 && B > 0 && c.path != Path::kClusterBwd;
-       --s) {
+  bool lib = false;  // the backward's GEMMs by a.bwd_gemm
+  if constexpr (std::is_same_v<S, float> && std::is_same_v<A, float>) {
+    lib = bwd_gemm_suits(a, c);
+    if (lib && c.path == Path::kLargeH &&
+        (err = run_backward_steps_lib<S>(a, da_all, stream)) != kIrnnSuccess)
+      return err;
+  }
+  for (int64_t s = T - 1;
+       s >= 0 && B > 0 && c.path != Path::kClusterBwd && !lib; --s) {
     const int64_t t = a.reverse ? T - 1 - s : s;
     const int64_t t_next = a.reverse ? t - 1 : t + 1;  // step s + 1
     GemmParams<S> p{};
@@ -650,8 +707,8 @@ irnn_error run_backward_kernels(const BwdArgs& a, const LaunchConfig& c,
   }
   const int64_t t_first = a.reverse ? T - 1 : 0;  // the step walked first
   if constexpr (std::is_same_v<S, float> && std::is_same_v<A, float>) {
-    if (grad_gemm_suits(a, c))
-      err = run_backward_grad_gemm<S>(a, c, da_all, t_first, stream);
+    if (lib)
+      err = run_backward_grad_lib<S>(a, c, da_all, t_first, stream);
     else
       err = run_backward_grad_tiled<S>(a, c, da_all, dw_first, t_first, stream);
   } else {

@@ -170,17 +170,17 @@ bool use_cublaslt() {
 // so it computes D^T (N x M) = W (N x K) * A^T (K x M): its A is our w
 // (transposed unless w_t) and its B our a (transposed when a_t). Float32
 // compute (CUBLAS_COMPUTE_32F: never TF32, as the kernels), no workspace
-// (nothing to allocate, so a stream under capture takes it as it is),
-// relu as the epilogue applied to alpha AB + beta C. A plan (descriptors and
+// (nothing to allocate, so a stream under capture takes it as it is), the
+// default epilogue (the launcher applies relu). A plan (descriptors and
 // the heuristic's algorithm) is cached per shape, leading dimensions and
 // pointer alignments; the heuristic is host-side only.
 struct LtKey {
   int device;
   int64_t M, N, K, lda, ldw, ldc, ldd;
-  bool a_t, w_t, has_c, relu;
+  bool a_t, w_t, has_c;
   int align_a, align_w, align_c, align_d;
   auto tie() const {
-    return std::tie(device, M, N, K, lda, ldw, ldc, ldd, a_t, w_t, has_c, relu,
+    return std::tie(device, M, N, K, lda, ldw, ldc, ldd, a_t, w_t, has_c,
                     align_a, align_w, align_c, align_d);
   }
   bool operator<(const LtKey& o) const { return tie() < o.tie(); }
@@ -218,7 +218,7 @@ class LtPlans {
   // The plan for g on the current device, or null with ctx set.
   std::shared_ptr<LtPlan> get(const HookGemm& g, int device, LtCtx& ctx) {
     LtKey k{device, g.M, g.N, g.K, g.lda, g.ldw, g.c ? g.ldc : 0, g.ldd,
-            g.a_t, g.w_t, g.c != nullptr, g.relu, pointer_align(g.a),
+            g.a_t, g.w_t, g.c != nullptr, pointer_align(g.a),
             pointer_align(g.w), pointer_align(g.c ? g.c : g.d),
             pointer_align(g.d)};
     std::lock_guard<std::mutex> lock(mu_);
@@ -260,8 +260,7 @@ class LtPlans {
     };
     const cublasOperation_t op_w = g.w_t ? CUBLAS_OP_N : CUBLAS_OP_T;
     const cublasOperation_t op_a = g.a_t ? CUBLAS_OP_T : CUBLAS_OP_N;
-    const cublasLtEpilogue_t epi =
-        g.relu ? CUBLASLT_EPILOGUE_RELU : CUBLASLT_EPILOGUE_DEFAULT;
+    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_DEFAULT;
     const uint64_t N = g.N, M = g.M, K = g.K;
     if (!ok(cublasLtMatmulDescCreate(&plan->op, CUBLAS_COMPUTE_32F, CUDA_R_32F),
             "cublasLtMatmulDescCreate") ||
@@ -505,7 +504,7 @@ irnn_backward_cuda(const c10::optional<at::Tensor>& grad_output,
   a.lengths = lengths_ptr(len.lengths);
   a.offsets = lengths_ptr(len.offsets);
   const CallGemm gemm(input.get_device());
-  a.grad_gemm = gemm.hook();
+  a.bwd_gemm = gemm.hook();
   at::Tensor ws = workspace(bwd_workspace_bytes(a, cfg), input);
   const int err = irnn_backward_cuda_launch(
       a, cfg, ws.data_ptr(),

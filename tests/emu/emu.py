@@ -67,7 +67,7 @@ class BwdArgs(ctypes.Structure):
         ("x", _P), ("x_st", _I64), ("x_sb", _I64), ("h0", _P), ("w_ih", _P),
         ("w_hh", _P), ("out", _P), ("o_st", _I64), ("o_sb", _I64),
         ("dx", _P), ("dh0", _P), ("dw_ih", _P), ("dw_hh", _P), ("db", _P),
-        ("lengths", _P), ("offsets", _P), ("grad_gemm", _P)]
+        ("lengths", _P), ("offsets", _P), ("bwd_gemm", _P)]
 
 
 def build(out_dir, extra_flags=("-O2",), output="emu_harness.so", main=None):
@@ -120,7 +120,7 @@ class Emu:
         lib.emu_last_error.restype = ctypes.c_char_p
         lib.emu_sizeof.restype = ctypes.c_int64
         for name in ("emu_forward", "emu_backward", "emu_forward_step_gemm",
-                     "emu_backward_grad_gemm"):
+                     "emu_backward_gemm"):
             getattr(lib, name).restype = ctypes.c_int
         self.lib = lib
         for i, cls in enumerate((DeviceProps, LaunchConfig, FwdArgs, BwdArgs)):
@@ -189,11 +189,11 @@ class Emu:
 
     def backward(self, table, g_out, g_hn, x, h0, w_ih, w_hh, out, relu,
                  reverse, block_order_seed=0, lengths=None, packed=False,
-                 grad_gemm=None):
+                 bwd_gemm=None):
         """irnn_backward (with `packed`, g_out, x and out are [N, *] in
         PackedSequence order); returns (dx, dh0, dw_ih or None, dw_hh, db,
-        config). grad_gemm: a dict, as forward's step_gemm, given the
-        gradient GEMMs as a plain loop (emu_backward_grad_gemm)."""
+        config). bwd_gemm: a dict, as forward's step_gemm, given the
+        gradient GEMMs as a plain loop (emu_backward_gemm)."""
         lengths, offsets = _lengths_args(lengths, packed)
         H = w_hh.shape[0]
         if packed:
@@ -220,19 +220,19 @@ class Emu:
             dw_ih=_ptr(dw_ih), dw_hh=_ptr(dw_hh), db=_ptr(db),
             lengths=_ptr(lengths), offsets=_ptr(offsets))
         cfg = LaunchConfig()
-        if grad_gemm is None:
+        if bwd_gemm is None:
             rc = self.lib.emu_backward(ctypes.byref(_props(table)),
                                        ctypes.byref(args),
                                        ctypes.c_uint(block_order_seed),
                                        ctypes.byref(cfg))
         else:
             calls = ctypes.c_int64(0)
-            rc = self.lib.emu_backward_grad_gemm(
+            rc = self.lib.emu_backward_gemm(
                 ctypes.byref(_props(table)), ctypes.byref(args),
                 ctypes.c_uint(block_order_seed), ctypes.byref(cfg),
-                _I64(grad_gemm.get("fail_at", -1)), ctypes.byref(calls))
-            grad_gemm["calls"] = calls.value
-            grad_gemm["rc"] = rc
+                _I64(bwd_gemm.get("fail_at", -1)), ctypes.byref(calls))
+            bwd_gemm["calls"] = calls.value
+            bwd_gemm["rc"] = rc
             if rc == 77:
                 return dx, dh0, dw_ih, dw_hh, db, cfg.as_dict()
         self._check(rc)

@@ -98,8 +98,7 @@ struct PlainGemm {
           for (int64_t k = 0; k < g.K; ++k)
             acc += (g.a_t ? g.a[k * g.lda + m] : g.a[m * g.lda + k]) *
                    (g.w_t ? g.w[k * g.ldw + n] : g.w[n * g.ldw + k]);
-          const float v = acc + (g.c ? g.c[m * g.ldc + n] : 0.0f);
-          g.d[m * g.ldd + n] = g.relu ? (v < 0.0f ? 0.0f : v) : v;
+          g.d[m * g.ldd + n] = acc + (g.c ? g.c[m * g.ldc + n] : 0.0f);
         }
       }
       return 0;
@@ -143,15 +142,15 @@ int emu_backward(const DeviceProps* p, const BwdArgs* a,
   });
 }
 
-// emu_backward with a.grad_gemm a PlainGemm; *calls counts its calls.
-int emu_backward_grad_gemm(const DeviceProps* p, const BwdArgs* a,
+// emu_backward with a.bwd_gemm a PlainGemm; *calls counts its calls.
+int emu_backward_gemm(const DeviceProps* p, const BwdArgs* a,
                            unsigned block_order_seed, LaunchConfig* cfg_out,
                            int64_t fail_at, int64_t* calls) {
   PlainGemm plain;
   plain.fail_at = fail_at;
   const irnn_cuda::GemmHook hook = plain.hook();
   BwdArgs b = *a;
-  b.grad_gemm = &hook;
+  b.bwd_gemm = &hook;
   const int rc = emu_backward(p, &b, block_order_seed, cfg_out);
   *calls = plain.calls;
   return rc;
