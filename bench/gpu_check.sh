@@ -29,7 +29,8 @@
 #   8. large-h     the per-step path against cuDNN, forward and fwd+bwd:
 #                  H = 1024 at B = 16, 128, 1024 and H = 2048 at B = 16, 128
 #                  with its GEMMs by cuBLASLt (the default), then H = 1024 at
-#                  B = 16, 128 with IRNN_CUDA_GEMM=tiled (our GEMM kernel).
+#                  B = 16, 128 with IRNN_CUDA_GEMM=tiled (our GEMM kernel)
+#                  and with IRNN_CUDA_GRAPHS=1 (the op's own CUDA graphs).
 # A tool that refuses the device (under gVisor, compute-sanitizer and ncu
 # answer "Device not supported" or ERR_NVGPUCTRPERM) is reported as n/a.
 # Every log and JSON goes into OUTDIR as the stage runs; the compact table
@@ -422,16 +423,22 @@ else
     row mnist "$mn_st" "$(( $(date +%s) - mn_t0 ))s" "mnist_{fused,torch}.log"
   fi
 
-  # 8. The per-step path (H > 512) against cuDNN: cuBLASLt, then tiled.
+  # 8. The per-step path (H > 512) against cuDNN: cuBLASLt, then tiled,
+  # then cuBLASLt with the op's CUDA graphs.
   lh_t0=$(date +%s); lh_st=ok
-  run large-h-cublaslt large_h_cublaslt.log $(( ${STAGE_CAPS[large-h]} * 2 / 3 )) "$PY" bench/bench_rnn.py \
+  lh_cap=${STAGE_CAPS[large-h]}
+  run large-h-cublaslt large_h_cublaslt.log $(( lh_cap * 7 / 15 )) "$PY" bench/bench_rnn.py \
     --device cuda --tf32 off --repeats 3 --json "$OUT/large_h_cublaslt.json" \
     --shapes 784x16x1x1024,784x128x1x1024,784x1024x1x1024,784x16x1x2048,784x128x1x2048
   st=$(status large_h_cublaslt.log); [ "$st" = ok ] || lh_st=$st
-  run large-h-tiled large_h_tiled.log $(( ${STAGE_CAPS[large-h]} / 3 )) env IRNN_CUDA_GEMM=tiled \
+  run large-h-tiled large_h_tiled.log $(( lh_cap * 4 / 15 )) env IRNN_CUDA_GEMM=tiled \
     "$PY" bench/bench_rnn.py --device cuda --tf32 off --repeats 2 \
     --json "$OUT/large_h_tiled.json" --shapes 784x16x1x1024,784x128x1x1024
   st=$(status large_h_tiled.log); [ "$st" = ok ] || lh_st=$st
+  run large-h-graphs large_h_graphs.log $(( lh_cap * 4 / 15 )) env IRNN_CUDA_GRAPHS=1 \
+    "$PY" bench/bench_rnn.py --device cuda --tf32 off --repeats 3 \
+    --json "$OUT/large_h_graphs.json" --shapes 784x16x1x1024,784x128x1x1024
+  st=$(status large_h_graphs.log); [ "$st" = ok ] || lh_st=$st
   [ "$lh_st" = ok ] || FAILED=1
   row large-h "$lh_st" "$(( $(date +%s) - lh_t0 ))s" "$(grep -hE '^ *784 +(16|128|1024) +1 +(1024|2048) +fwd\+bwd' \
     "$OUT/large_h_cublaslt.log" | awk '{printf "H=%s,B=%s %sx ", $4, $2, $8}')"

@@ -208,6 +208,41 @@ def test_per_step_gemm_choices_agree(cuda, monkeypatch, batch_first):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("H", [1024, 100])
+def test_op_graphs_match_direct_launches(cuda, monkeypatch, H):
+    """IRNN_CUDA_GRAPHS=1: the per-step path's launches as one cached graph
+    (replayed where a call's tensors sit where the last one's did, updated
+    where not) give the direct launches' results bit for bit (the same
+    kernels and GEMM algorithms); H = 100 (one launch) is unaffected. An
+    unknown value is refused."""
+    T, B = 7, 6
+
+    def call(v, g_out):
+        out, h_n = torch.ops.irnn_cuda.irnn_forward(
+            v["x"], v["h0"], v["w_ih"], v["w_hh"], v["b_ih"], v["b_hh"],
+            "relu", False, True)
+        grads = torch.ops.irnn_cuda.irnn_backward(
+            g_out, h_n, v["x"], v["h0"], v["w_ih"], v["w_hh"], out, "relu",
+            False)
+        return (out.clone(), h_n.clone()) + tuple(g.clone() for g in grads)
+
+    cases = [(layer_inputs(torch.float32, cuda, T, B, 2, H, True, seed=s),
+              torch.randn(T, B, H, device=cuda)) for s in (0, 1)]
+    monkeypatch.setenv("IRNN_CUDA_GRAPHS", "0")
+    direct = [call(*c) for c in cases]
+    monkeypatch.setenv("IRNN_CUDA_GRAPHS", "1")
+    # first capture, replay (same tensors), update (new tensors), replay
+    runs = [call(*cases[0]), call(*cases[0]), call(*cases[1]), call(*cases[1])]
+    torch.cuda.synchronize()
+    for got, want in zip(runs, [direct[0], direct[0], direct[1], direct[1]]):
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+    monkeypatch.setenv("IRNN_CUDA_GRAPHS", "yes")
+    with pytest.raises(RuntimeError, match="IRNN_CUDA_GRAPHS=yes is not one of"):
+        call(*cases[0])
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("H,B", [(100, 1024), (300, 64), (1024, 16)])
 def test_gradients_bitwise_deterministic(cuda, H, B):
     v = layer_inputs(torch.float32, cuda, 20, B, 1, H, True)
@@ -225,11 +260,14 @@ def test_gradients_bitwise_deterministic(cuda, H, B):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("H", [64, 1024])
-def test_cuda_graph_training_step(cuda, H):
+@pytest.mark.parametrize("H,graphs", [(64, "0"), (1024, "0"), (1024, "1")])
+def test_cuda_graph_training_step(cuda, monkeypatch, H, graphs):
     """Forward, loss, backward and an SGD step captured once and replayed
     give the same parameters as the same steps run eagerly; H = 1024 takes
-    the per-step path, its GEMMs by cuBLASLt where the build has it."""
+    the per-step path, its GEMMs by cuBLASLt where the build has it, and
+    with IRNN_CUDA_GRAPHS=1 launches into the caller's capture directly
+    (the eager steps through the op's own graphs)."""
+    monkeypatch.setenv("IRNN_CUDA_GRAPHS", graphs)
     torch.manual_seed(0)
 
     def make():

@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
 #include <torch/library.h>
 
 #ifdef IRNN_WITH_CUBLASLT
@@ -395,6 +396,203 @@ class CallGemm {
 #endif
 };
 
+// IRNN_CUDA_GRAPHS=1 (default 0: unmeasured so far): the large-H path's
+// launches (a GEMM, or a library GEMM and a pointwise kernel, per step) are
+// captured on a private stream into a CUDA graph and launched on the
+// caller's stream as one graph. The executable graph is cached per device
+// and call signature (sizes, flags, strides, launch configuration, GEMM
+// choice, pointer alignments): a later call with the same pointers replays
+// it as it is; other pointers update it in place (cudaGraphExecUpdate),
+// or, if that is refused, re-instantiate it. A caller's stream that is
+// capturing already (a user capturing a training step) gets the launches
+// directly, into the caller's own graph. Any other value is refused.
+bool use_graphs() {
+  const char* v = std::getenv("IRNN_CUDA_GRAPHS");
+  const std::string want = v ? v : "";
+  TORCH_CHECK(want.empty() || want == "0" || want == "1",
+              "IRNN_CUDA_GRAPHS=", want, " is not one of 0, 1");
+  return want == "1";
+}
+
+// A call's signature for the graph cache: `shape` must match for an update
+// to apply (what the launches are), `pointers` for a replay as it is.
+struct GraphKey {
+  std::vector<int64_t> shape, pointers;
+  void value(int64_t v) { shape.push_back(v); }
+  void pointer(const void* p) {
+    const auto v = static_cast<int64_t>(reinterpret_cast<uintptr_t>(p));
+    shape.push_back(p == nullptr ? -1 : v % 256);
+    pointers.push_back(v);
+  }
+};
+
+class GraphCache {
+ public:
+  // Launches `launch` as one graph on `user` (use_graphs, not capturing);
+  // returns its error, or a CUDA error of the capture or the graph.
+  template <typename F>
+  int run(const GraphKey& key, int device, cudaStream_t user, F&& launch) {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<int64_t> shape = key.shape;
+    shape.push_back(device);
+    Entry& e = entries_[shape];
+    if (e.exec != nullptr && e.pointers == key.pointers)
+      return cudaGraphLaunch(e.exec, user);
+    cudaStream_t cap = nullptr;
+    cudaError_t err = capture_stream(device, &cap);
+    if (err != cudaSuccess) return err;
+    if ((err = cudaStreamBeginCapture(cap, cudaStreamCaptureModeThreadLocal)) !=
+        cudaSuccess)
+      return err;
+    const int rc = launch(cap);
+    cudaGraph_t graph = nullptr;
+    err = cudaStreamEndCapture(cap, &graph);
+    if (rc != 0 || err != cudaSuccess) {
+      if (graph) cudaGraphDestroy(graph);
+      e.drop();
+      return rc != 0 ? rc : err;
+    }
+    if (e.exec != nullptr) {
+      cudaGraphExecUpdateResultInfo info{};
+      if (cudaGraphExecUpdate(e.exec, graph, &info) != cudaSuccess) {
+        (void)cudaGetLastError();  // refused: instantiate anew
+        e.drop();
+      }
+    }
+    if (e.exec == nullptr)
+      err = cudaGraphInstantiate(&e.exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (err != cudaSuccess) {
+      e.exec = nullptr;
+      return err;
+    }
+    e.pointers = key.pointers;
+    err = cudaGraphLaunch(e.exec, user);
+    if (entries_.size() > 32) {  // bounded; a running graph finishes first
+      Entry keep = std::move(e);
+      entries_.clear();
+      entries_[shape] = std::move(keep);
+    }
+    return err;
+  }
+
+ private:
+  struct Entry {
+    cudaGraphExec_t exec = nullptr;
+    std::vector<int64_t> pointers;
+    Entry() = default;
+    Entry(Entry&& o) noexcept : exec(o.exec), pointers(std::move(o.pointers)) {
+      o.exec = nullptr;
+    }
+    Entry& operator=(Entry&& o) noexcept {
+      if (this != &o) {
+        drop();
+        exec = o.exec;
+        pointers = std::move(o.pointers);
+        o.exec = nullptr;
+      }
+      return *this;
+    }
+    ~Entry() { drop(); }
+    void drop() {
+      if (exec) cudaGraphExecDestroy(exec);
+      exec = nullptr;
+    }
+  };
+
+  cudaError_t capture_stream(int device, cudaStream_t* out) {
+    auto it = streams_.find(device);
+    if (it != streams_.end()) {
+      *out = it->second;
+      return cudaSuccess;
+    }
+    const cudaError_t err =
+        cudaStreamCreateWithFlags(out, cudaStreamNonBlocking);
+    if (err == cudaSuccess) streams_.emplace(device, *out);  // never destroyed
+    return err;
+  }
+
+  std::mutex mu_;
+  std::map<std::vector<int64_t>, Entry> entries_;
+  std::map<int, cudaStream_t> streams_;
+};
+
+GraphCache& graph_cache() {
+  static GraphCache* cache = new GraphCache();  // never destroyed: used at exit
+  return *cache;
+}
+
+// Runs `launch` on the op's stream: through the graph cache where
+// use_graphs() and the path launches per step, else directly.
+template <typename F>
+int launch_on(const LaunchConfig& cfg, const GraphKey& key, int device,
+              cudaStream_t stream, F&& launch) {
+  if (!use_graphs() || cfg.path != Path::kLargeH) return launch(stream);
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  const cudaError_t err = cudaStreamIsCapturing(stream, &status);
+  if (err != cudaSuccess) return err;
+  if (status != cudaStreamCaptureStatusNone) return launch(stream);
+  return graph_cache().run(key, device, stream, launch);
+}
+
+void key_config(GraphKey& k, const LaunchConfig& c, const void* ws,
+                bool library) {
+  for (int64_t v : {int64_t(c.path), int64_t(c.rows_per_block),
+                    int64_t(c.row_groups), int64_t(c.rows_per_thread),
+                    int64_t(c.threads), int64_t(c.blocks), c.smem, c.workspace,
+                    int64_t(c.smem_optin), int64_t(c.cluster),
+                    int64_t(library)})
+    k.value(v);
+  k.pointer(ws);
+}
+
+GraphKey fwd_key(const FwdArgs& a, const LaunchConfig& c, const void* ws) {
+  GraphKey k;
+  for (int64_t v : {int64_t(0), int64_t(a.dtype), a.T, a.B, a.I, a.H,
+                    int64_t(a.project), int64_t(a.relu), int64_t(a.reverse),
+                    a.x_st, a.x_sb, a.out_st, a.out_sb})
+    k.value(v);
+  for (const void* p : {a.x, a.h0, a.w_ih, a.w_hh, a.b_ih, a.b_hh,
+                        static_cast<const void*>(a.out),
+                        static_cast<const void*>(a.h_n),
+                        static_cast<const void*>(a.lengths),
+                        static_cast<const void*>(a.offsets)})
+    k.pointer(p);
+  key_config(k, c, ws, a.step_gemm != nullptr);
+  return k;
+}
+
+GraphKey bwd_key(const BwdArgs& a, const LaunchConfig& c, const void* ws) {
+  GraphKey k;
+  for (int64_t v : {int64_t(1), int64_t(a.dtype), a.T, a.B, a.I, a.H,
+                    int64_t(a.project), int64_t(a.relu), int64_t(a.reverse),
+                    a.g_st, a.g_sb, a.x_st, a.x_sb, a.o_st, a.o_sb})
+    k.value(v);
+  for (const void* p :
+       {a.g_out, a.g_hn, a.x, a.h0, a.w_ih, a.w_hh, a.out,
+        static_cast<const void*>(a.dx), static_cast<const void*>(a.dh0),
+        static_cast<const void*>(a.dw_ih), static_cast<const void*>(a.dw_hh),
+        static_cast<const void*>(a.db), static_cast<const void*>(a.lengths),
+        static_cast<const void*>(a.offsets)})
+    k.pointer(p);
+  key_config(k, c, ws, a.bwd_gemm != nullptr);
+  return k;
+}
+
+// The library GEMMs walk x as [T*B, *] rows (step_gemm_suits, and dW_ih in
+// run_backward_grad_lib); a padded x that is not (a batch_first view) is
+// copied when they will run, T*B*I elements against the T*B*H of the
+// sequence they produce or read.
+at::Tensor rows_for_library(const at::Tensor& x, const GemmHook* hook,
+                            const LaunchConfig& cfg, DType dt, bool lengths) {
+  const bool library = hook != nullptr && dt == DType::kFloat && !lengths &&
+                       (cfg.path == Path::kLargeH ||
+                        cfg.path == Path::kClusterBwd);
+  if (!library || x.dim() != 3 || x.stride(0) == x.size(1) * x.stride(1))
+    return x;
+  return x.contiguous();
+}
+
 std::tuple<at::Tensor, at::Tensor> irnn_forward_cuda(
     const at::Tensor& input, const at::Tensor& h0,
     const c10::optional<at::Tensor>& weight_ih, const at::Tensor& weight_hh,
@@ -425,12 +623,16 @@ std::tuple<at::Tensor, at::Tensor> irnn_forward_cuda(
   const LaunchConfig cfg = make_launch_config(
       device_props(input, "irnn_forward"), false, dt, s.T, s.B, s.I,
       s.H, s.project, store_sequence);
+  const CallGemm gemm(input.get_device());
+  const at::Tensor xr =
+      rows_for_library(x, gemm.hook(), cfg, dt, has(lengths));
   FwdArgs a{};
+  a.step_gemm = gemm.hook();
   a.dtype = dt;
   a.T = s.T; a.B = s.B; a.I = s.I; a.H = s.H;
   a.project = s.project; a.relu = s.relu; a.reverse = reverse;
-  a.x = ptr(x);
-  std::tie(a.x_st, a.x_sb) = strides(x);
+  a.x = ptr(xr);
+  std::tie(a.x_st, a.x_sb) = strides(xr);
   a.h0 = ptr(h0c); a.w_ih = ptr(w_ih); a.w_hh = ptr(w_hh);
   a.b_ih = ptr(b_ih); a.b_hh = ptr(b_hh);
   a.out = store_sequence ? out.data_ptr() : nullptr;
@@ -438,12 +640,13 @@ std::tuple<at::Tensor, at::Tensor> irnn_forward_cuda(
   a.h_n = h_n.data_ptr();
   a.lengths = lengths_ptr(len.lengths);
   a.offsets = lengths_ptr(len.offsets);
-  const CallGemm gemm(input.get_device());
-  a.step_gemm = gemm.hook();
   at::Tensor ws = workspace(fwd_workspace_bytes(a, cfg), input);
-  const int err = irnn_forward_cuda_launch(
-      a, cfg, ws.data_ptr(),
-      c10::cuda::getCurrentCUDAStream(input.get_device()).stream());
+  const int err = launch_on(
+      cfg, fwd_key(a, cfg, ws.data_ptr()), input.get_device(),
+      c10::cuda::getCurrentCUDAStream(input.get_device()).stream(),
+      [&](cudaStream_t stream) {
+        return irnn_forward_cuda_launch(a, cfg, ws.data_ptr(), stream);
+      });
   gemm.check("irnn_forward");
   check_launch(err, "irnn_forward");
   return {out, h_n};
@@ -486,15 +689,19 @@ irnn_backward_cuda(const c10::optional<at::Tensor>& grad_output,
   const LaunchConfig cfg = make_launch_config(
       device_props(input, "irnn_backward"), true, dt, s.T, s.B, s.I,
       s.H, s.project, true);
+  const CallGemm gemm(input.get_device());
+  const at::Tensor xr =
+      rows_for_library(x, gemm.hook(), cfg, dt, has(lengths));
   BwdArgs a{};
+  a.bwd_gemm = gemm.hook();
   a.dtype = dt;
   a.T = s.T; a.B = s.B; a.I = s.I; a.H = s.H;
   a.project = s.project; a.relu = s.relu; a.reverse = reverse;
   a.g_out = ptr(g_out);
   if (g_out.defined()) std::tie(a.g_st, a.g_sb) = strides(g_out);
   a.g_hn = ptr(g_hn);
-  a.x = ptr(x);
-  std::tie(a.x_st, a.x_sb) = strides(x);
+  a.x = ptr(xr);
+  std::tie(a.x_st, a.x_sb) = strides(xr);
   a.h0 = ptr(h0c); a.w_ih = ptr(w_ih); a.w_hh = ptr(w_hh);
   a.out = ptr(out);
   std::tie(a.o_st, a.o_sb) = strides(out);
@@ -503,12 +710,13 @@ irnn_backward_cuda(const c10::optional<at::Tensor>& grad_output,
   a.dw_hh = dw_hh.data_ptr(); a.db = db.data_ptr();
   a.lengths = lengths_ptr(len.lengths);
   a.offsets = lengths_ptr(len.offsets);
-  const CallGemm gemm(input.get_device());
-  a.bwd_gemm = gemm.hook();
   at::Tensor ws = workspace(bwd_workspace_bytes(a, cfg), input);
-  const int err = irnn_backward_cuda_launch(
-      a, cfg, ws.data_ptr(),
-      c10::cuda::getCurrentCUDAStream(input.get_device()).stream());
+  const int err = launch_on(
+      cfg, bwd_key(a, cfg, ws.data_ptr()), input.get_device(),
+      c10::cuda::getCurrentCUDAStream(input.get_device()).stream(),
+      [&](cudaStream_t stream) {
+        return irnn_backward_cuda_launch(a, cfg, ws.data_ptr(), stream);
+      });
   gemm.check("irnn_backward");
   check_launch(err, "irnn_backward");
   // The kernels compute every gradient; an unwanted one is returned as the
