@@ -2,9 +2,11 @@
 backward with their gradient GEMMs, handed to a library (GemmHook in
 csrc/cuda/irnn_cuda_api.h; run_forward_step_gemm and run_backward_grad_lib
 in irnn_launch.cuh), executed on the CPU (tests/emu/) with a plain-loop hook
-in place of cuBLASLt: the orchestration around the hook (one projection of
-every step's input, one hook call per step in walking order, in place on
-the output, h_n copied from the last step) against the float64 reference,
+in place of cuBLASLt, and with a column-major model of the cuBLASLt call
+that irnn_ops_cuda.cpp makes: the orchestration around the hook (one
+projection of every step's input, one hook call per step in walking order,
+in place on the output, the activation after it, h_n copied from the last
+step; the backward's steps and gradients) against the float64 reference,
 and where the launcher must keep the tiled kernel instead.
 """
 import shutil
@@ -24,6 +26,10 @@ from test_emulation_cluster import CLUSTER_BWD  # noqa: E402
 import emu  # noqa: E402  (on sys.path through test_emulation)
 
 TABLE = emu.A100  # no clusters: H = 300 takes the per-step path
+# The hook's models (tests/emu/emu_harness.cpp, PlainGemm): the contract as
+# a row-major loop, and the cuBLASLt call of irnn_ops_cuda.cpp (lt_problem
+# in csrc/cuda/irnn_lt_map.h) evaluated as column-major cublasLtMatmul.
+MODELS = ["plain", "cublaslt"]
 
 
 def inputs(T, B, I, H, project, bias, seed=0):
@@ -56,13 +62,14 @@ def reference(v, relu=True, reverse=False):
     (True, 2, False, False, True), (False, 0, True, False, True),
     (False, 0, True, True, True), (True, 2, True, False, False),
     (False, 0, True, True, False)])
+@pytest.mark.parametrize("model", MODELS)
 def test_hook_forward_matches_reference(harness, project, I, bias, reverse,
-                                        relu):
+                                        relu, model):
     """Each step is one hook call (T in all) and the results agree with the
     float64 reference and with the tiled kernel's run, relu and tanh."""
     T, B, H = 6, 5, 300
     v = inputs(T, B, I, H, project, bias)
-    hook = {}
+    hook = {"model": model}
     out, h_n, cfg = forward(harness, v, relu=relu, reverse=reverse,
                             step_gemm=hook)
     assert cfg["path"] == LARGE_H, cfg
@@ -137,9 +144,10 @@ def test_hook_forward_propagates_nan(harness, nan_step):
     (4, 3, 0, 300, False, False, "last"),
     (1, 3, 2, 300, True, False, "both"),
 ])
+@pytest.mark.parametrize("model", MODELS)
 def test_hook_backward_matches_reference(harness, T, B, I, H, project,
-                                         reverse, grads):
-    hook = {}
+                                         reverse, grads, model):
+    hook = {"model": model}
     _, bcfg = run_and_compare(harness, TABLE, torch.float32, T, B, I or 5, H,
                               reverse=reverse, project=project, grads=grads,
                               expect_path=LARGE_H, bwd_gemm=hook)
@@ -148,11 +156,12 @@ def test_hook_backward_matches_reference(harness, T, B, I, H, project,
     assert hook["calls"] == T - 1 + 2 + (T > 1) + project, hook
 
 
-def test_hook_backward_with_lengths_and_cluster(harness):
+@pytest.mark.parametrize("model", MODELS)
+def test_hook_backward_with_lengths_and_cluster(harness, model):
     """tanh, lengths (the padded copies of bwd_relayout) and the cluster
     backward (same da_t workspace, its own recurrence) go through the hook
     too."""
-    hook = {}
+    hook = {"model": model}
     run_and_compare(harness, TABLE, torch.float32, 4, 3, 2, 300, "tanh",
                     bwd_gemm=hook)
     assert hook["calls"] == 3 + 4, hook  # dW_ih tiled: batch_first x
@@ -164,7 +173,7 @@ def test_hook_backward_with_lengths_and_cluster(harness):
                                 v["b_ih"], v["b_hh"], True, False, True,
                                 lengths=lengths)
     g_out = torch.randn(T, B, H, generator=gen)
-    hook = {}
+    hook = {"model": model}
     got = harness.backward(TABLE, g_out, None, v["x"], v["h0"], v["w_ih"],
                            v["w_hh"], out, True, False, lengths=lengths,
                            bwd_gemm=hook)
@@ -173,7 +182,7 @@ def test_hook_backward_with_lengths_and_cluster(harness):
                              v["w_hh"], out, True, False, lengths=lengths)
     for a, b in zip(got[:5], tiled[:5]):
         assert max_rel_err(a, b) <= 2e-6
-    hook = {}
+    hook = {"model": model}
     _, bcfg = run_and_compare(harness, emu.H100, torch.float32, 3, 4, 2, 256,
                               bwd_gemm=hook)
     # The cluster kernel runs the recurrence: the gradients' calls only.

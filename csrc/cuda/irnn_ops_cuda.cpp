@@ -26,6 +26,7 @@
 
 #include "../irnn_checks.h"
 #include "irnn_cuda_api.h"
+#include "irnn_lt_map.h"
 
 namespace irnn_cuda {
 namespace {
@@ -167,9 +168,9 @@ bool use_cublaslt() {
 }
 
 #ifdef IRNN_WITH_CUBLASLT
-// The GemmHook by cuBLASLt. HookGemm is row-major; cuBLASLt is column-major,
-// so it computes D^T (N x M) = W (N x K) * A^T (K x M): its A is our w
-// (transposed unless w_t) and its B our a (transposed when a_t). Float32
+// The GemmHook by cuBLASLt, posed as lt_problem (irnn_lt_map.h) says:
+// D^T = W A^T, its A our w and its B our a, which the emulation checks
+// through a column-major model of the same call. Float32
 // compute (CUBLAS_COMPUTE_32F: never TF32, as the kernels), no workspace
 // (nothing to allocate, so a stream under capture takes it as it is), the
 // default epilogue (the launcher applies relu). A plan (descriptors and
@@ -259,32 +260,30 @@ class LtPlans {
       ctx.status = st;
       return false;
     };
-    const cublasOperation_t op_w = g.w_t ? CUBLAS_OP_N : CUBLAS_OP_T;
-    const cublasOperation_t op_a = g.a_t ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const LtProblem lp = lt_problem(g);  // D^T = W A^T, column-major
+    const cublasOperation_t op_a = lp.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op_b = lp.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_DEFAULT;
-    const uint64_t N = g.N, M = g.M, K = g.K;
+    const auto layout = [&](cublasLtMatrixLayout_t* l, const LtMatrix& m,
+                            const char* what) {
+      return ok(cublasLtMatrixLayoutCreate(l, CUDA_R_32F, m.rows, m.cols, m.ld),
+                what);
+    };
     if (!ok(cublasLtMatmulDescCreate(&plan->op, CUBLAS_COMPUTE_32F, CUDA_R_32F),
             "cublasLtMatmulDescCreate") ||
         !ok(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSA,
-                                           &op_w, sizeof(op_w)),
+                                           &op_a, sizeof(op_a)),
             "cublasLtMatmulDescSetAttribute(TRANSA)") ||
         !ok(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSB,
-                                           &op_a, sizeof(op_a)),
+                                           &op_b, sizeof(op_b)),
             "cublasLtMatmulDescSetAttribute(TRANSB)") ||
         !ok(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_EPILOGUE,
                                            &epi, sizeof(epi)),
             "cublasLtMatmulDescSetAttribute(EPILOGUE)") ||
-        !ok(cublasLtMatrixLayoutCreate(&plan->w, CUDA_R_32F, g.w_t ? N : K,
-                                       g.w_t ? K : N, g.ldw),
-            "cublasLtMatrixLayoutCreate(W)") ||
-        !ok(cublasLtMatrixLayoutCreate(&plan->a, CUDA_R_32F, g.a_t ? M : K,
-                                       g.a_t ? K : M, g.lda),
-            "cublasLtMatrixLayoutCreate(A)") ||
-        !ok(cublasLtMatrixLayoutCreate(&plan->c, CUDA_R_32F, N, M,
-                                       g.c ? g.ldc : g.ldd),
-            "cublasLtMatrixLayoutCreate(C)") ||
-        !ok(cublasLtMatrixLayoutCreate(&plan->d, CUDA_R_32F, N, M, g.ldd),
-            "cublasLtMatrixLayoutCreate(D)"))
+        !layout(&plan->w, lp.a, "cublasLtMatrixLayoutCreate(W)") ||
+        !layout(&plan->a, lp.b, "cublasLtMatrixLayoutCreate(A)") ||
+        !layout(&plan->c, lp.c, "cublasLtMatrixLayoutCreate(C)") ||
+        !layout(&plan->d, lp.d, "cublasLtMatrixLayoutCreate(D)"))
       return nullptr;
     cublasLtMatmulPreference_t pref = nullptr;
     if (!ok(cublasLtMatmulPreferenceCreate(&pref),

@@ -17,7 +17,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 SOURCES = [os.path.join(HERE, f) for f in ("emu_harness.cpp", "emu_platform.h")] + [
     os.path.join(ROOT, "csrc", "cuda", f)
-    for f in ("irnn_cuda_api.h", "irnn_kernels.cuh", "irnn_launch.cuh")]
+    for f in ("irnn_cuda_api.h", "irnn_kernels.cuh", "irnn_launch.cuh",
+              "irnn_lt_map.h")]
 CXXFLAGS = ["-std=c++20", "-pthread", "-Wall", "-Wno-unknown-pragmas"]
 
 # Device property tables (cudaDeviceGetAttribute values).
@@ -146,8 +147,10 @@ class Emu:
         unit inner stride, or with `packed` be [N, I] in PackedSequence
         order with `lengths`. Returns (output or None, h_n, config).
         step_gemm: a dict given the per-step path's library GEMM as a plain
-        loop (emu_forward_step_gemm); its "fail_at" (default -1) names the
-        call that fails, and "calls" is set to the number of calls made."""
+        loop (emu_forward_step_gemm), or with "model": "cublaslt" as the
+        cuBLASLt call irnn_ops_cuda.cpp makes, evaluated column-major; its
+        "fail_at" (default -1) names the call that fails, and "calls" is set
+        to the number of calls made."""
         lengths, offsets = _lengths_args(lengths, packed)
         H = w_hh.shape[0]
         if packed:
@@ -179,7 +182,9 @@ class Emu:
             rc = self.lib.emu_forward_step_gemm(
                 ctypes.byref(_props(table)), ctypes.byref(args),
                 ctypes.c_uint(block_order_seed), ctypes.byref(cfg),
-                _I64(step_gemm.get("fail_at", -1)), ctypes.byref(calls))
+                _I64(step_gemm.get("fail_at", -1)),
+                ctypes.c_int(step_gemm.get("model") == "cublaslt"),
+                ctypes.byref(calls))
             step_gemm["calls"] = calls.value
             step_gemm["rc"] = rc
             if rc == 77:
@@ -230,7 +235,9 @@ class Emu:
             rc = self.lib.emu_backward_gemm(
                 ctypes.byref(_props(table)), ctypes.byref(args),
                 ctypes.c_uint(block_order_seed), ctypes.byref(cfg),
-                _I64(bwd_gemm.get("fail_at", -1)), ctypes.byref(calls))
+                _I64(bwd_gemm.get("fail_at", -1)),
+                ctypes.c_int(bwd_gemm.get("model") == "cublaslt"),
+                ctypes.byref(calls))
             bwd_gemm["calls"] = calls.value
             bwd_gemm["rc"] = rc
             if rc == 77:

@@ -5,6 +5,7 @@
 #include "emu_platform.h"
 
 #include "../../csrc/cuda/irnn_launch.cuh"
+#include "../../csrc/cuda/irnn_lt_map.h"
 
 using irnn_cuda::BwdArgs;
 using irnn_cuda::DeviceProps;
@@ -80,28 +81,64 @@ int emu_forward(const DeviceProps* p, const FwdArgs* a,
   });
 }
 
-// A plain-loop GemmHook (the contract of irnn_cuda_api.h, float
-// accumulation in k order) for the emulation: it counts its calls, and the
-// call numbered fail_at (0-based; -1: none) returns 77 without computing,
-// which the launch must return.
+// A GemmHook for the emulation, one of two models: the contract of
+// irnn_cuda_api.h as a plain row-major loop, or (lt_model) the call that
+// irnn_ops_cuda.cpp makes, posed by lt_problem (irnn_lt_map.h) and
+// evaluated as cublasLtMatmul's column-major D = op(A) op(B) + C, with the
+// layout checks cuBLASLt makes (operand sizes agree, ld >= rows; a call
+// that fails them returns 78). Both sum k in order in float. It counts its
+// calls, and the call numbered fail_at (0-based; -1: none) returns 77
+// without computing, which the launch must return.
 struct PlainGemm {
   int64_t fail_at = -1, calls = 0;
+  bool lt_model = false;
+  static int plain(const irnn_cuda::HookGemm& g) {
+    for (int64_t m = 0; m < g.M; ++m) {
+      for (int64_t n = 0; n < g.N; ++n) {
+        float acc = 0.0f;
+        for (int64_t k = 0; k < g.K; ++k)
+          acc += (g.a_t ? g.a[k * g.lda + m] : g.a[m * g.lda + k]) *
+                 (g.w_t ? g.w[k * g.ldw + n] : g.w[n * g.ldw + k]);
+        g.d[m * g.ldd + n] = acc + (g.c ? g.c[m * g.ldc + n] : 0.0f);
+      }
+    }
+    return 0;
+  }
+  static int lt(const irnn_cuda::HookGemm& g) {
+    using irnn_cuda::LtMatrix;
+    const irnn_cuda::LtProblem p = irnn_cuda::lt_problem(g);
+    const auto op_rows = [](const LtMatrix& x, bool t) { return t ? x.cols : x.rows; };
+    const auto op_cols = [](const LtMatrix& x, bool t) { return t ? x.rows : x.cols; };
+    const auto stored = [](const LtMatrix& x) {
+      return x.ld >= 1 && static_cast<uint64_t>(x.ld) >= x.rows;
+    };
+    if (op_rows(p.a, p.trans_a) != p.m || op_cols(p.a, p.trans_a) != p.k ||
+        op_rows(p.b, p.trans_b) != p.k || op_cols(p.b, p.trans_b) != p.n ||
+        p.c.rows != p.m || p.c.cols != p.n || p.d.rows != p.m ||
+        p.d.cols != p.n || !stored(p.a) || !stored(p.b) || !stored(p.c) ||
+        !stored(p.d) || (g.c == g.d && p.c.ld != p.d.ld))
+      return 78;
+    const float* A = g.w;  // cuBLASLt's A and B (lt_problem)
+    const float* B = g.a;
+    for (uint64_t j = 0; j < p.n; ++j) {
+      for (uint64_t i = 0; i < p.m; ++i) {
+        float acc = 0.0f;
+        for (uint64_t l = 0; l < p.k; ++l)
+          acc += (p.trans_a ? A[l + i * p.a.ld] : A[i + l * p.a.ld]) *
+                 (p.trans_b ? B[j + l * p.b.ld] : B[l + j * p.b.ld]);
+        const float c = g.c ? g.c[i + j * p.c.ld] : 0.0f;  // beta 1 or 0
+        g.d[i + j * p.d.ld] = acc + c;
+      }
+    }
+    return 0;
+  }
   irnn_cuda::GemmHook hook() {
     irnn_cuda::GemmHook h{};
     h.ctx = this;
     h.run = [](const irnn_cuda::HookGemm& g, void* c, void*) -> int {
       auto* st = static_cast<PlainGemm*>(c);
       if (st->calls++ == st->fail_at) return 77;
-      for (int64_t m = 0; m < g.M; ++m) {
-        for (int64_t n = 0; n < g.N; ++n) {
-          float acc = 0.0f;
-          for (int64_t k = 0; k < g.K; ++k)
-            acc += (g.a_t ? g.a[k * g.lda + m] : g.a[m * g.lda + k]) *
-                   (g.w_t ? g.w[k * g.ldw + n] : g.w[n * g.ldw + k]);
-          g.d[m * g.ldd + n] = acc + (g.c ? g.c[m * g.ldc + n] : 0.0f);
-        }
-      }
-      return 0;
+      return st->lt_model ? lt(g) : plain(g);
     };
     return h;
   }
@@ -110,9 +147,10 @@ struct PlainGemm {
 // emu_forward with a.step_gemm a PlainGemm; *calls counts its calls.
 int emu_forward_step_gemm(const DeviceProps* p, const FwdArgs* a,
                           unsigned block_order_seed, LaunchConfig* cfg_out,
-                          int64_t fail_at, int64_t* calls) {
+                          int64_t fail_at, int lt_model, int64_t* calls) {
   PlainGemm plain;
   plain.fail_at = fail_at;
+  plain.lt_model = lt_model != 0;
   const irnn_cuda::GemmHook hook = plain.hook();
   FwdArgs b = *a;
   b.step_gemm = &hook;
@@ -144,10 +182,11 @@ int emu_backward(const DeviceProps* p, const BwdArgs* a,
 
 // emu_backward with a.bwd_gemm a PlainGemm; *calls counts its calls.
 int emu_backward_gemm(const DeviceProps* p, const BwdArgs* a,
-                           unsigned block_order_seed, LaunchConfig* cfg_out,
-                           int64_t fail_at, int64_t* calls) {
+                      unsigned block_order_seed, LaunchConfig* cfg_out,
+                      int64_t fail_at, int lt_model, int64_t* calls) {
   PlainGemm plain;
   plain.fail_at = fail_at;
+  plain.lt_model = lt_model != 0;
   const irnn_cuda::GemmHook hook = plain.hook();
   BwdArgs b = *a;
   b.bwd_gemm = &hook;
