@@ -85,16 +85,14 @@ def test_hook_forward_matches_reference(harness, project, I, bias, reverse,
 
 
 def test_hook_not_used_where_it_cannot_serve(harness):
-    """The tiled kernel keeps lengths, the last state only (no sequence to
-    project into), and an x whose time stride is not B rows; a
-    persistent-kernel size never reaches the hook."""
+    """The tiled kernel keeps the last state only (no sequence to project
+    into) and an x whose time stride is not B rows; a persistent-kernel size
+    never reaches the hook."""
     T, B, I, H = 4, 3, 1, 300
     v = inputs(T, B, I, H, True, True)
-    cases = [dict(store=False), dict(lengths=torch.tensor([4, 3, 1]))]
-    for kw in cases:
-        hook = {}
-        forward(harness, v, step_gemm=hook, **kw)
-        assert hook["calls"] == 0, kw
+    hook = {}
+    forward(harness, v, step_gemm=hook, store=False)
+    assert hook["calls"] == 0
     strided = dict(v, x=v["x"].transpose(0, 1).contiguous().transpose(0, 1))
     hook = {}
     out, _, _ = forward(harness, strided, step_gemm=hook)
@@ -104,6 +102,41 @@ def test_hook_not_used_where_it_cannot_serve(harness):
     hook = {}
     _, _, cfg = forward(harness, small, step_gemm=hook)
     assert cfg["path"] != LARGE_H and hook["calls"] == 0, cfg
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("reverse,packed,relu", [
+    (False, False, True), (True, False, True), (False, True, False)])
+def test_hook_forward_with_lengths(harness, model, reverse, packed, relu):
+    """Lengths on the library path: each row stops at its end (zeros after
+    it in the padded output), h_n is each row's last state; reversed and
+    packed calls run it on run_forward's padded copy. Every output equals
+    the tiled kernel's within float32 and the float64 reference's."""
+    T, B, I, H = 5, 4, 2, 300
+    v = inputs(T, B, I, H, True, True)
+    lengths = torch.tensor([5, 4, 2, 1])  # sorted: a PackedSequence's order
+    x = v["x"]
+    if packed:
+        x = torch.nn.utils.rnn.pack_padded_sequence(x, lengths).data
+    hook = {"model": model}
+    out, h_n, cfg = harness.forward(TABLE, x, v["h0"], v["w_ih"], v["w_hh"],
+                                    v["b_ih"], v["b_hh"], relu, reverse, True,
+                                    lengths=lengths, packed=packed,
+                                    step_gemm=hook)
+    assert cfg["path"] == LARGE_H and hook["calls"] == T, hook
+    tiled, tiled_hn, _ = harness.forward(TABLE, x, v["h0"], v["w_ih"],
+                                         v["w_hh"], v["b_ih"], v["b_hh"],
+                                         relu, reverse, True, lengths=lengths,
+                                         packed=packed)
+    assert max_rel_err(out, tiled) <= 2e-6
+    assert max_rel_err(h_n, tiled_hn) <= 2e-6
+    for b, n in enumerate(lengths.tolist()):
+        one = dict(v, x=v["x"][:n, b:b + 1], h0=v["h0"][b:b + 1])
+        ref_out, ref_hn = reference(one, relu=relu, reverse=reverse)
+        assert max_rel_err(h_n[b:b + 1], ref_hn) <= 2e-6, b
+        if not packed:
+            assert max_rel_err(out[:n, b:b + 1], ref_out) <= 2e-6, b
+            assert torch.equal(out[n:, b], torch.zeros_like(out[n:, b]))
 
 
 def test_hook_failure_is_returned(harness):

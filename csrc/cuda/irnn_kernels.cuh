@@ -1639,14 +1639,18 @@ IRNN_GLOBAL void irnn_column_sum_kernel(ColumnSumParams<S> p) {
 }
 
 // d = activate(d) in place over a [rows, cols] view with row stride ld:
-// the per-step path's step after a library GEMM. The kernels' own relu and
-// tanh (activate), so NaN propagates (docs/ops.md), which a library's relu
-// epilogue does not do.
+// the per-step path's step t after a library GEMM. The kernels' own relu
+// and tanh (activate), so NaN propagates (docs/ops.md), which a library's
+// relu epilogue does not do. With lengths (forward direction, padded, as
+// kFwdStep): zeros after row r's end, and h_n[r] stored at its last step.
 template <typename S>
 struct ActivateRowsParams {
   S* d;
   int64_t rows, cols, ld;
   bool relu;
+  const int64_t* lengths;  // [rows] or null
+  int t, steps;
+  S* h_n;  // [rows, cols], with lengths only
 };
 
 template <typename S>
@@ -1655,7 +1659,18 @@ IRNN_GLOBAL void irnn_activate_rows_kernel(ActivateRowsParams<S> p) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t r = i / p.cols, c = i - r * p.cols;
-    p.d[r * p.ld + c] = activate(p.d[r * p.ld + c], p.relu);
+    S& v = p.d[r * p.ld + c];
+    if (p.lengths == nullptr) {
+      v = activate(v, p.relu);
+      continue;
+    }
+    const int len = row_length(p.lengths, r, p.steps);
+    if (p.t >= len) {
+      v = S(0);
+      continue;
+    }
+    v = activate(v, p.relu);
+    if (p.t == len - 1) p.h_n[i] = v;
   }
 }
 

@@ -271,12 +271,14 @@ irnn_error run_backward_reg(const BwdArgs& a, const LaunchConfig& c,
 }
 
 // Where the per-step path hands its recurrent GEMM to a.step_gemm: float32,
-// no lengths, the sequence stored, and x and out walked as [T*B, *] row
-// blocks (t-stride = B rows; a batch_first x is not).
+// the sequence stored, and x and out walked as [T*B, *] row blocks
+// (t-stride = B rows; a batch_first x is not). With lengths, the forward
+// direction on the padded layout only (run_forward relayouts the others).
 inline bool step_gemm_suits(const FwdArgs& a, const LaunchConfig& c) {
   return a.step_gemm != nullptr && a.step_gemm->run != nullptr &&
          c.path == Path::kLargeH && a.dtype == DType::kFloat &&
-         a.lengths == nullptr && a.out != nullptr && a.B > 0 &&
+         (a.lengths == nullptr || (!a.reverse && a.offsets == nullptr)) &&
+         a.out != nullptr && a.B > 0 &&
          a.x_st == a.B * a.x_sb && a.out_st == a.B * a.out_sb;
 }
 
@@ -285,7 +287,9 @@ inline bool step_gemm_suits(const FwdArgs& a, const LaunchConfig& c) {
 // written into out by one tiled GEMM over all T*B rows; then each step is
 // out_t = h_{t-1} W_hh^T + out_t by the hook, in place, and out_t =
 // phi(out_t) by irnn_activate_rows_kernel; h_n is a copy of the last step's
-// state. A template (S = float only), so that only the translation unit
+// state. With lengths, that kernel zeroes each row after its end (so the
+// next step's GEMM reads zeros there) and stores h_n at the row's last
+// step. A template (S = float only), so that only the translation unit
 // that runs the forward instantiates the GEMM kernels.
 template <typename S>
 irnn_error run_forward_step_gemm(const FwdArgs& a, const LaunchConfig& c,
@@ -322,12 +326,17 @@ irnn_error run_forward_step_gemm(const FwdArgs& a, const LaunchConfig& c,
     g.d = dst; g.ldd = a.out_sb;
     const int rc = a.step_gemm->run(g, a.step_gemm->ctx, stream);
     if (rc != 0) return static_cast<irnn_error>(rc);
-    const ActivateRowsParams<float> r{dst, B, H, a.out_sb, a.relu};
+    ActivateRowsParams<float> r{};
+    r.d = dst; r.rows = B; r.cols = H; r.ld = a.out_sb; r.relu = a.relu;
+    r.lengths = a.lengths;
+    r.t = static_cast<int>(t); r.steps = static_cast<int>(T);
+    r.h_n = static_cast<float*>(a.h_n);
     IRNN_LAUNCH(irnn_activate_rows_kernel<float>, act_blocks, 256, 0, stream,
                 r);
     prev = dst;
     prev_ld = a.out_sb;
   }
+  if (a.lengths) return kIrnnSuccess;  // h_n stored at each row's last step
   GemmParams<float> last{};  // h_n = the last step's state (K = 0)
   last.M = B; last.N = H; last.K = 0;
   last.epilogue = Epilogue::kProject;

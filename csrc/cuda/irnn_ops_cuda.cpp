@@ -580,11 +580,11 @@ GraphKey bwd_key(const BwdArgs& a, const LaunchConfig& c, const void* ws) {
 
 // The library GEMMs walk x as [T*B, *] rows (step_gemm_suits, and dW_ih in
 // run_backward_grad_lib); a padded x that is not (a batch_first view) is
-// copied when they will run, T*B*I elements against the T*B*H of the
-// sequence they produce or read.
+// copied when they will run on it (not on a relayout's copy), T*B*I
+// elements against the T*B*H of the sequence they produce or read.
 at::Tensor rows_for_library(const at::Tensor& x, const GemmHook* hook,
-                            const LaunchConfig& cfg, DType dt, bool lengths) {
-  const bool library = hook != nullptr && dt == DType::kFloat && !lengths &&
+                            const LaunchConfig& cfg, DType dt, bool relayout) {
+  const bool library = hook != nullptr && dt == DType::kFloat && !relayout &&
                        (cfg.path == Path::kLargeH ||
                         cfg.path == Path::kClusterBwd);
   if (!library || x.dim() != 3 || x.stride(0) == x.size(1) * x.stride(1))
@@ -623,8 +623,8 @@ std::tuple<at::Tensor, at::Tensor> irnn_forward_cuda(
       device_props(input, "irnn_forward"), false, dt, s.T, s.B, s.I,
       s.H, s.project, store_sequence);
   const CallGemm gemm(input.get_device());
-  const at::Tensor xr =
-      rows_for_library(x, gemm.hook(), cfg, dt, has(lengths));
+  const at::Tensor xr = rows_for_library(
+      x, gemm.hook(), cfg, dt, has(lengths) && (reverse || packed));
   FwdArgs a{};
   a.step_gemm = gemm.hook();
   a.dtype = dt;
@@ -690,7 +690,7 @@ irnn_backward_cuda(const c10::optional<at::Tensor>& grad_output,
       s.H, s.project, true);
   const CallGemm gemm(input.get_device());
   const at::Tensor xr =
-      rows_for_library(x, gemm.hook(), cfg, dt, has(lengths));
+      rows_for_library(x, gemm.hook(), cfg, dt, has(lengths));  // relayout
   BwdArgs a{};
   a.bwd_gemm = gemm.hook();
   a.dtype = dt;
