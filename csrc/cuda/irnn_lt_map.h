@@ -46,7 +46,8 @@ inline LtProblem lt_problem(const HookGemm& g) {
   p.trans_b = g.a_t;
   p.b = g.a_t ? LtMatrix{M, K, g.lda} : LtMatrix{K, M, g.lda};
   // D^T (N x M): d[m*ldd + n] is column-major (n, m) with ld = ldd; C the
-  // same (it is D itself, or absent with beta = 0).
+  // same (it is D itself, or absent with beta = 0), and irnn_ops_cuda.cpp
+  // passes D's layout for both.
   p.c = LtMatrix{N, M, g.c ? g.ldc : g.ldd};
   p.d = LtMatrix{N, M, g.ldd};
   return p;

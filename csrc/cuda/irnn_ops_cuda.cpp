@@ -191,11 +191,13 @@ struct LtKey {
 struct LtPlan {
   cublasLtHandle_t handle = nullptr;  // the device's, never destroyed
   cublasLtMatmulDesc_t op = nullptr;
-  cublasLtMatrixLayout_t w = nullptr, a = nullptr, c = nullptr, d = nullptr;
+  // C is D itself or absent (beta = 0): one layout serves both, as an
+  // in-place call needs.
+  cublasLtMatrixLayout_t w = nullptr, a = nullptr, d = nullptr;
   cublasLtMatmulAlgo_t algo{};
   ~LtPlan() {
     if (op) cublasLtMatmulDescDestroy(op);
-    for (auto l : {w, a, c, d})
+    for (auto l : {w, a, d})
       if (l) cublasLtMatrixLayoutDestroy(l);
   }
 };
@@ -282,7 +284,6 @@ class LtPlans {
             "cublasLtMatmulDescSetAttribute(EPILOGUE)") ||
         !layout(&plan->w, lp.a, "cublasLtMatrixLayoutCreate(W)") ||
         !layout(&plan->a, lp.b, "cublasLtMatrixLayoutCreate(A)") ||
-        !layout(&plan->c, lp.c, "cublasLtMatrixLayoutCreate(C)") ||
         !layout(&plan->d, lp.d, "cublasLtMatrixLayoutCreate(D)"))
       return nullptr;
     cublasLtMatmulPreference_t pref = nullptr;
@@ -310,7 +311,7 @@ class LtPlans {
     int found = 0;
     if (good)
       good = ok(cublasLtMatmulAlgoGetHeuristic(h, plan->op, plan->w, plan->a,
-                                               plan->c, plan->d, pref, 1,
+                                               plan->d, plan->d, pref, 1,
                                                &result, &found),
                 "cublasLtMatmulAlgoGetHeuristic");
     cublasLtMatmulPreferenceDestroy(pref);
@@ -343,12 +344,17 @@ int lt_run(const HookGemm& g, void* ctx_ptr, void* stream) {
   auto* hook = static_cast<LtHook*>(ctx_ptr);
   LtCtx& ctx = hook->ctx;
   if (ctx.what) return kLtFailed;
+  if (g.c != nullptr && (g.c != g.d || g.ldc != g.ldd)) {  // the contract
+    ctx.what = "the GEMM hook (C must be D itself)";
+    ctx.status = CUBLAS_STATUS_INVALID_VALUE;
+    return kLtFailed;
+  }
   const std::shared_ptr<LtPlan> plan = lt_plans().get(g, hook->device, ctx);
   if (!plan) return kLtFailed;
   const float alpha = 1.0f, beta = g.c ? 1.0f : 0.0f;
   const cublasStatus_t st = cublasLtMatmul(
       plan->handle, plan->op, &alpha, g.w, plan->w, g.a, plan->a, &beta,
-      g.c ? g.c : g.d, plan->c, g.d, plan->d, &plan->algo, nullptr, 0,
+      g.d, plan->d, g.d, plan->d, &plan->algo, nullptr, 0,
       static_cast<cudaStream_t>(stream));
   if (st != CUBLAS_STATUS_SUCCESS) {
     ctx.what = "cublasLtMatmul";

@@ -116,8 +116,8 @@ struct PlainGemm {
         op_rows(p.b, p.trans_b) != p.k || op_cols(p.b, p.trans_b) != p.n ||
         p.c.rows != p.m || p.c.cols != p.n || p.d.rows != p.m ||
         p.d.cols != p.n || !stored(p.a) || !stored(p.b) || !stored(p.c) ||
-        !stored(p.d) || (g.c == g.d && p.c.ld != p.d.ld))
-      return 78;
+        !stored(p.d) || (g.c != nullptr && (g.c != g.d || p.c.ld != p.d.ld)))
+      return 78;  // irnn_ops_cuda.cpp's call: C is D itself, one layout
     const float* A = g.w;  // cuBLASLt's A and B (lt_problem)
     const float* B = g.a;
     for (uint64_t j = 0; j < p.n; ++j) {
