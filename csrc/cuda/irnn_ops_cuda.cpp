@@ -173,7 +173,7 @@ bool use_cublaslt() {
 // through a column-major model of the same call. Float32
 // compute (CUBLAS_COMPUTE_32F: never TF32, as the kernels), no workspace
 // (nothing to allocate, so a stream under capture takes it as it is), the
-// default epilogue (the launcher applies relu). A plan (descriptors and
+// default epilogue (the launcher applies the activation). A plan (descriptors and
 // the heuristic's algorithm) is cached per shape, leading dimensions and
 // pointer alignments; the heuristic is host-side only.
 struct LtKey {
@@ -367,8 +367,12 @@ int lt_run(const HookGemm& g, void* ctx_ptr, void* stream) {
 
 // The GemmHook of a call (null: the tiled GEMM), and after the launch the
 // error of a failed library call.
+// Not const and not copied: the hook points at this object's own context,
+// which a failing call writes.
 class CallGemm {
  public:
+  CallGemm(const CallGemm&) = delete;
+  CallGemm& operator=(const CallGemm&) = delete;
   explicit CallGemm(int device) {
 #ifdef IRNN_WITH_CUBLASLT
     if (use_cublaslt()) {
@@ -628,7 +632,7 @@ std::tuple<at::Tensor, at::Tensor> irnn_forward_cuda(
   const LaunchConfig cfg = make_launch_config(
       device_props(input, "irnn_forward"), false, dt, s.T, s.B, s.I,
       s.H, s.project, store_sequence);
-  const CallGemm gemm(input.get_device());
+  CallGemm gemm(input.get_device());
   const at::Tensor xr = rows_for_library(
       x, gemm.hook(), cfg, dt, has(lengths) && (reverse || packed));
   FwdArgs a{};
@@ -694,7 +698,7 @@ irnn_backward_cuda(const c10::optional<at::Tensor>& grad_output,
   const LaunchConfig cfg = make_launch_config(
       device_props(input, "irnn_backward"), true, dt, s.T, s.B, s.I,
       s.H, s.project, true);
-  const CallGemm gemm(input.get_device());
+  CallGemm gemm(input.get_device());
   const at::Tensor xr =
       rows_for_library(x, gemm.hook(), cfg, dt, has(lengths));  // relayout
   BwdArgs a{};
