@@ -17,6 +17,12 @@ constexpr int64_t kNoSplit = int64_t(1) << 62;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Blocks of 256 threads for a grid-stride loop over n elements.
+inline unsigned elementwise_blocks(int64_t n) {
+  const int64_t blocks = ceil_div(n, 256);
+  return static_cast<unsigned>(blocks < 4096 ? blocks : 4096);
+}
+
 // One GEMM with TM x TN tiles of RM x RN outputs per thread.
 template <typename S, int TM, int TN, int RM, int RN>
 irnn_error launch_gemm(const GemmParams<S>& p, irnn_stream stream) {
@@ -312,9 +318,7 @@ irnn_error run_forward_step_gemm(const FwdArgs& a, const LaunchConfig& c,
   if (err != kIrnnSuccess) return err;
   const float* prev = static_cast<const float*>(a.h0);
   int64_t prev_ld = H;
-  const int64_t act_grid = ceil_div(B * H, 256);
-  const unsigned act_blocks =
-      static_cast<unsigned>(act_grid < 4096 ? act_grid : 4096);
+  const unsigned act_blocks = elementwise_blocks(B * H);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = a.reverse ? T - 1 - s : s;
     float* dst = out + t * a.out_st;
@@ -420,73 +424,6 @@ irnn_error run_forward_kernels(const FwdArgs& a, const LaunchConfig& c,
   return kIrnnSuccess;
 }
 
-// The large-H backward after its recurrence (every da_t in da_all, fp32):
-// dh0 = da_{t_first} W_hh, dW_hh = sum_t da_t^T h_{t-1}, and with the
-// projection dW_ih = sum_t da_t^T x_t and dx = da W_ih, by the tiled GEMM.
-template <typename S>
-irnn_error run_backward_grad_tiled(const BwdArgs& a, const LaunchConfig& c,
-                                   typename AccOf<S>::type* da_all,
-                                   typename AccOf<S>::type* dw_first,
-                                   int64_t t_first, irnn_stream stream) {
-  using A = typename AccOf<S>::type;
-  const int64_t T = a.T, B = a.B, I = a.I, H = a.H;
-  const S* x = static_cast<const S*>(a.x);
-  const S* h0 = static_cast<const S*>(a.h0);
-  const S* w_ih = a.project ? static_cast<const S*>(a.w_ih) : nullptr;
-  const S* w_hh = static_cast<const S*>(a.w_hh);
-  const S* out = static_cast<const S*>(a.out);
-  S* dx = static_cast<S*>(a.dx);
-  S* dh0 = static_cast<S*>(a.dh0);
-  S* dw_ih = a.project ? static_cast<S*>(a.dw_ih) : nullptr;
-  S* dw_hh = static_cast<S*>(a.dw_hh);
-  irnn_error err = kIrnnSuccess;
-  {  // dh0 = da_{t_first} W_hh
-    GemmParams<S> p{};
-    p.M = B; p.N = H; p.K = H;
-    p.a_acc = GemmOperand<A>{da_all + t_first * B * H, H, 0, 1, kNoSplit};
-    p.b = operand(w_hh, int64_t(1), H);
-    p.epilogue = Epilogue::kStore;
-    p.dst = dh0; p.d_sm = H; p.d_sn = 1;
-    if ((err = run_gemm(p, c.blocks, stream)) != kIrnnSuccess) return err;
-  }
-  {  // dW_hh = sum over steps with a stored h_prev, then the h0 step
-    const int64_t da0 = a.reverse ? 0 : 1;  // first t whose h_prev is stored
-    const int64_t hp0 = a.reverse ? 1 : 0;  // its h_prev = out[hp0]
-    GemmParams<S> p{};
-    p.M = H; p.N = H; p.K = (T - 1) * B;
-    p.a_acc = GemmOperand<A>{da_all + da0 * B * H, 1, B * H, H, B};
-    p.b = GemmOperand<S>{out + hp0 * a.o_st, 1, a.o_st, a.o_sb, B};
-    p.epilogue = Epilogue::kStoreAcc;
-    p.dst_acc = dw_first;
-    if ((err = run_gemm(p, c.blocks, stream)) != kIrnnSuccess) return err;
-    GemmParams<S> q{};
-    q.M = H; q.N = H; q.K = B;
-    q.a_acc = GemmOperand<A>{da_all + t_first * B * H, 1, 0, H, kNoSplit};
-    q.b = operand(h0, int64_t(1), H);
-    q.epilogue = Epilogue::kStore;
-    q.addend = dw_first;
-    q.dst = dw_hh; q.d_sm = H; q.d_sn = 1;
-    if ((err = run_gemm(q, c.blocks, stream)) != kIrnnSuccess) return err;
-  }
-  if (a.project) {
-    GemmParams<S> p{};  // dW_ih = sum_{t,b} da^T x
-    p.M = H; p.N = I; p.K = T * B;
-    p.a_acc = GemmOperand<A>{da_all, 1, B * H, H, B};
-    p.b = GemmOperand<S>{x, 1, a.x_st, a.x_sb, B};
-    p.epilogue = Epilogue::kStore;
-    p.dst = dw_ih; p.d_sm = I; p.d_sn = 1;
-    if ((err = run_gemm(p, c.blocks, stream)) != kIrnnSuccess) return err;
-    GemmParams<S> q{};  // dx = da W_ih
-    q.M = T * B; q.N = I; q.K = H;
-    q.a_acc = GemmOperand<A>{da_all, H, 0, 1, kNoSplit};
-    q.b = operand(w_ih, int64_t(1), I);
-    q.epilogue = Epilogue::kStore;
-    q.dst = dx; q.d_sm = I; q.d_sn = 1;
-    if ((err = run_gemm(q, c.blocks, stream)) != kIrnnSuccess) return err;
-  }
-  return kIrnnSuccess;
-}
-
 // Where the large-H and cluster backward hand their gradient GEMMs to
 // a.bwd_gemm: float32, and the stored sequence walked as [T*B, H] rows
 // (t-stride = B rows; always so for the forward's own output, and after
@@ -509,8 +446,7 @@ irnn_error run_backward_steps_lib(const BwdArgs& a, float* da_all,
   static_assert(std::is_same_v<S, float>, "HookGemm is float32");
   const int64_t T = a.T, B = a.B, H = a.H;
   const GemmHook& hook = *a.bwd_gemm;
-  const int64_t grid = ceil_div(B * H, 256);
-  const unsigned blocks = static_cast<unsigned>(grid < 4096 ? grid : 4096);
+  const unsigned blocks = elementwise_blocks(B * H);
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = a.reverse ? T - 1 - s : s;
     const int64_t t_next = a.reverse ? t - 1 : t + 1;  // step s + 1
@@ -540,8 +476,9 @@ irnn_error run_backward_steps_lib(const BwdArgs& a, float* da_all,
   return kIrnnSuccess;
 }
 
-// run_backward_grad_tiled's GEMMs by a.bwd_gemm (bwd_gemm_suits): the
-// same sums in the same grouping (dW_hh over the steps with a stored
+// The large-H backward's gradient GEMMs (run_backward_kernels, after the
+// recurrence) by a.bwd_gemm (bwd_gemm_suits): the tiled path's sums in its
+// grouping (dW_hh over the steps with a stored
 // h_prev, then the h0 step added), each one library call. dW_ih keeps the
 // tiled GEMM where x is not [T*B, I] rows (a batch_first input). A
 // template (S = float only), as run_forward_step_gemm.
@@ -715,15 +652,61 @@ irnn_error run_backward_kernels(const BwdArgs& a, const LaunchConfig& c,
     if ((err = run_gemm(p, c.blocks, stream)) != kIrnnSuccess) return err;
   }
   const int64_t t_first = a.reverse ? T - 1 : 0;  // the step walked first
+  // dh0 = da_{t_first} W_hh, dW_hh = sum_t da_t^T h_{t-1}, and with the
+  // projection dW_ih = sum_t da_t^T x_t and dx = da W_ih: by the library
+  // (run_backward_grad_lib), or by the tiled GEMM.
   if constexpr (std::is_same_v<S, float> && std::is_same_v<A, float>) {
-    if (lib)
-      err = run_backward_grad_lib<S>(a, c, da_all, t_first, stream);
-    else
-      err = run_backward_grad_tiled<S>(a, c, da_all, dw_first, t_first, stream);
-  } else {
-    err = run_backward_grad_tiled<S>(a, c, da_all, dw_first, t_first, stream);
+    if (lib &&
+        (err = run_backward_grad_lib<S>(a, c, da_all, t_first, stream)) !=
+            kIrnnSuccess)
+      return err;
   }
-  if (err != kIrnnSuccess) return err;
+  if (!lib) {
+    {  // dh0 = da_{t_first} W_hh
+      GemmParams<S> p{};
+      p.M = B; p.N = H; p.K = H;
+      p.a_acc = GemmOperand<A>{da_all + t_first * B * H, H, 0, 1, kNoSplit};
+      p.b = operand(w_hh, int64_t(1), H);
+      p.epilogue = Epilogue::kStore;
+      p.dst = dh0; p.d_sm = H; p.d_sn = 1;
+      if ((err = run_gemm(p, c.blocks, stream)) != kIrnnSuccess) return err;
+    }
+    {  // dW_hh = sum over steps with a stored h_prev, then the h0 step
+      const int64_t da0 = a.reverse ? 0 : 1;  // first t whose h_prev is stored
+      const int64_t hp0 = a.reverse ? 1 : 0;  // its h_prev = out[hp0]
+      GemmParams<S> p{};
+      p.M = H; p.N = H; p.K = (T - 1) * B;
+      p.a_acc = GemmOperand<A>{da_all + da0 * B * H, 1, B * H, H, B};
+      p.b = GemmOperand<S>{out + hp0 * a.o_st, 1, a.o_st, a.o_sb, B};
+      p.epilogue = Epilogue::kStoreAcc;
+      p.dst_acc = dw_first;
+      if ((err = run_gemm(p, c.blocks, stream)) != kIrnnSuccess) return err;
+      GemmParams<S> q{};
+      q.M = H; q.N = H; q.K = B;
+      q.a_acc = GemmOperand<A>{da_all + t_first * B * H, 1, 0, H, kNoSplit};
+      q.b = operand(h0, int64_t(1), H);
+      q.epilogue = Epilogue::kStore;
+      q.addend = dw_first;
+      q.dst = dw_hh; q.d_sm = H; q.d_sn = 1;
+      if ((err = run_gemm(q, c.blocks, stream)) != kIrnnSuccess) return err;
+    }
+    if (a.project) {
+      GemmParams<S> p{};  // dW_ih = sum_{t,b} da^T x
+      p.M = H; p.N = I; p.K = T * B;
+      p.a_acc = GemmOperand<A>{da_all, 1, B * H, H, B};
+      p.b = GemmOperand<S>{x, 1, a.x_st, a.x_sb, B};
+      p.epilogue = Epilogue::kStore;
+      p.dst = dw_ih; p.d_sm = I; p.d_sn = 1;
+      if ((err = run_gemm(p, c.blocks, stream)) != kIrnnSuccess) return err;
+      GemmParams<S> q{};  // dx = da W_ih
+      q.M = T * B; q.N = I; q.K = H;
+      q.a_acc = GemmOperand<A>{da_all, H, 0, 1, kNoSplit};
+      q.b = operand(w_ih, int64_t(1), I);
+      q.epilogue = Epilogue::kStore;
+      q.dst = dx; q.d_sm = I; q.d_sn = 1;
+      if ((err = run_gemm(q, c.blocks, stream)) != kIrnnSuccess) return err;
+    }
+  }
   ColumnSumParams<S> cs{da_all, T * B, H, db};
   IRNN_LAUNCH(irnn_column_sum_kernel<S>,
               static_cast<unsigned>(ceil_div(H, 128)), 128, 0, stream, cs);
@@ -735,9 +718,7 @@ template <typename S>
 irnn_error relayout(const RelayoutParams<S>& p, irnn_stream stream) {
   const int64_t total = p.T * p.B * p.C;
   if (total == 0) return kIrnnSuccess;
-  const int64_t blocks = ceil_div(total, 256);
-  IRNN_LAUNCH(irnn_relayout_kernel<S>,
-              static_cast<unsigned>(blocks < 4096 ? blocks : 4096), 256, 0,
+  IRNN_LAUNCH(irnn_relayout_kernel<S>, elementwise_blocks(total), 256, 0,
               stream, p);
   return kIrnnSuccess;
 }

@@ -21,11 +21,12 @@ struct LtMatrix {
 };
 
 // cublasLtMatmul's problem: D (m x n) = op(A) (m x k) * op(B) (k x n) + C,
-// with op the transpose where trans_* (cuBLAS's CUBLAS_OP_T).
+// with op the transpose where trans_* (cuBLAS's CUBLAS_OP_T). C is D itself
+// or absent (beta = 0), so D's layout serves both.
 struct LtProblem {
   uint64_t m, n, k;
   bool trans_a, trans_b;
-  LtMatrix a, b, c, d;
+  LtMatrix a, b, d;
 };
 
 inline LtProblem lt_problem(const HookGemm& g) {
@@ -45,10 +46,7 @@ inline LtProblem lt_problem(const HookGemm& g) {
   // a[k*lda + m] (a_t): the column-major M x K matrix, transposed.
   p.trans_b = g.a_t;
   p.b = g.a_t ? LtMatrix{M, K, g.lda} : LtMatrix{K, M, g.lda};
-  // D^T (N x M): d[m*ldd + n] is column-major (n, m) with ld = ldd; C the
-  // same (it is D itself, or absent with beta = 0), and irnn_ops_cuda.cpp
-  // passes D's layout for both.
-  p.c = LtMatrix{N, M, g.c ? g.ldc : g.ldd};
+  // D^T (N x M): d[m*ldd + n] is column-major (n, m) with ld = ldd.
   p.d = LtMatrix{N, M, g.ldd};
   return p;
 }

@@ -178,12 +178,12 @@ bool use_cublaslt() {
 // pointer alignments; the heuristic is host-side only.
 struct LtKey {
   int device;
-  int64_t M, N, K, lda, ldw, ldc, ldd;
+  int64_t M, N, K, lda, ldw, ldd;  // C is D itself or absent (has_c)
   bool a_t, w_t, has_c;
-  int align_a, align_w, align_c, align_d;
+  int align_a, align_w, align_d;
   auto tie() const {
-    return std::tie(device, M, N, K, lda, ldw, ldc, ldd, a_t, w_t, has_c,
-                    align_a, align_w, align_c, align_d);
+    return std::tie(device, M, N, K, lda, ldw, ldd, a_t, w_t, has_c, align_a,
+                    align_w, align_d);
   }
   bool operator<(const LtKey& o) const { return tie() < o.tie(); }
 };
@@ -221,9 +221,8 @@ class LtPlans {
  public:
   // The plan for g on the current device, or null with ctx set.
   std::shared_ptr<LtPlan> get(const HookGemm& g, int device, LtCtx& ctx) {
-    LtKey k{device, g.M, g.N, g.K, g.lda, g.ldw, g.c ? g.ldc : 0, g.ldd,
-            g.a_t, g.w_t, g.c != nullptr, pointer_align(g.a),
-            pointer_align(g.w), pointer_align(g.c ? g.c : g.d),
+    LtKey k{device, g.M, g.N, g.K, g.lda, g.ldw, g.ldd, g.a_t, g.w_t,
+            g.c != nullptr, pointer_align(g.a), pointer_align(g.w),
             pointer_align(g.d)};
     std::lock_guard<std::mutex> lock(mu_);
     auto it = plans_.find(k);
@@ -293,7 +292,7 @@ class LtPlans {
     const uint64_t no_workspace = 0;
     const uint32_t aligns[4] = {
         static_cast<uint32_t>(k.align_w), static_cast<uint32_t>(k.align_a),
-        static_cast<uint32_t>(k.align_c), static_cast<uint32_t>(k.align_d)};
+        static_cast<uint32_t>(k.align_d), static_cast<uint32_t>(k.align_d)};
     const cublasLtMatmulPreferenceAttributes_t which[4] = {
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,

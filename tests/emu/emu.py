@@ -140,6 +140,27 @@ class Emu:
             raise RuntimeError(f"emulation failed ({rc}): "
                                f"{self.lib.emu_last_error().decode()}")
 
+    def _launch(self, plain, hooked, table, args, block_order_seed, hook):
+        """Runs lib.<plain>, or with a hook dict lib.<hooked> (its "fail_at"
+        and "model" passed, its "calls" and "rc" set; rc 77, the planted
+        failure, is returned, not raised). Returns the config as a dict."""
+        cfg = LaunchConfig()
+        head = (ctypes.byref(_props(table)), ctypes.byref(args),
+                ctypes.c_uint(block_order_seed), ctypes.byref(cfg))
+        if hook is None:
+            rc = getattr(self.lib, plain)(*head)
+        else:
+            calls = ctypes.c_int64(0)
+            rc = getattr(self.lib, hooked)(
+                *head, _I64(hook.get("fail_at", -1)),
+                ctypes.c_int(hook.get("model") == "cublaslt"),
+                ctypes.byref(calls))
+            hook["calls"] = calls.value
+            hook["rc"] = rc
+        if not (hook is not None and rc == 77):
+            self._check(rc)
+        return cfg.as_dict()
+
     def forward(self, table, x, h0, w_ih, w_hh, b_ih, b_hh, relu, reverse,
                 store_sequence, block_order_seed=0, lengths=None,
                 packed=False, step_gemm=None):
@@ -171,26 +192,9 @@ class Emu:
             w_ih=_ptr(w_ih), w_hh=_ptr(w_hh), b_ih=_ptr(b_ih), b_hh=_ptr(b_hh),
             out=_ptr(out), out_st=out_st, out_sb=H, h_n=_ptr(h_n),
             lengths=_ptr(lengths), offsets=_ptr(offsets))
-        cfg = LaunchConfig()
-        if step_gemm is None:
-            rc = self.lib.emu_forward(ctypes.byref(_props(table)),
-                                      ctypes.byref(args),
-                                      ctypes.c_uint(block_order_seed),
-                                      ctypes.byref(cfg))
-        else:
-            calls = ctypes.c_int64(0)
-            rc = self.lib.emu_forward_step_gemm(
-                ctypes.byref(_props(table)), ctypes.byref(args),
-                ctypes.c_uint(block_order_seed), ctypes.byref(cfg),
-                _I64(step_gemm.get("fail_at", -1)),
-                ctypes.c_int(step_gemm.get("model") == "cublaslt"),
-                ctypes.byref(calls))
-            step_gemm["calls"] = calls.value
-            step_gemm["rc"] = rc
-            if rc == 77:
-                return out, h_n, cfg.as_dict()
-        self._check(rc)
-        return out, h_n, cfg.as_dict()
+        cfg = self._launch("emu_forward", "emu_forward_step_gemm", table,
+                           args, block_order_seed, step_gemm)
+        return out, h_n, cfg
 
     def backward(self, table, g_out, g_hn, x, h0, w_ih, w_hh, out, relu,
                  reverse, block_order_seed=0, lengths=None, packed=False,
@@ -224,23 +228,6 @@ class Emu:
             o_st=o_st, o_sb=o_sb, dx=_ptr(dx), dh0=_ptr(dh0),
             dw_ih=_ptr(dw_ih), dw_hh=_ptr(dw_hh), db=_ptr(db),
             lengths=_ptr(lengths), offsets=_ptr(offsets))
-        cfg = LaunchConfig()
-        if bwd_gemm is None:
-            rc = self.lib.emu_backward(ctypes.byref(_props(table)),
-                                       ctypes.byref(args),
-                                       ctypes.c_uint(block_order_seed),
-                                       ctypes.byref(cfg))
-        else:
-            calls = ctypes.c_int64(0)
-            rc = self.lib.emu_backward_gemm(
-                ctypes.byref(_props(table)), ctypes.byref(args),
-                ctypes.c_uint(block_order_seed), ctypes.byref(cfg),
-                _I64(bwd_gemm.get("fail_at", -1)),
-                ctypes.c_int(bwd_gemm.get("model") == "cublaslt"),
-                ctypes.byref(calls))
-            bwd_gemm["calls"] = calls.value
-            bwd_gemm["rc"] = rc
-            if rc == 77:
-                return dx, dh0, dw_ih, dw_hh, db, cfg.as_dict()
-        self._check(rc)
-        return dx, dh0, dw_ih, dw_hh, db, cfg.as_dict()
+        cfg = self._launch("emu_backward", "emu_backward_gemm", table, args,
+                           block_order_seed, bwd_gemm)
+        return dx, dh0, dw_ih, dw_hh, db, cfg

@@ -114,9 +114,8 @@ struct PlainGemm {
     };
     if (op_rows(p.a, p.trans_a) != p.m || op_cols(p.a, p.trans_a) != p.k ||
         op_rows(p.b, p.trans_b) != p.k || op_cols(p.b, p.trans_b) != p.n ||
-        p.c.rows != p.m || p.c.cols != p.n || p.d.rows != p.m ||
-        p.d.cols != p.n || !stored(p.a) || !stored(p.b) || !stored(p.c) ||
-        !stored(p.d) || (g.c != nullptr && (g.c != g.d || p.c.ld != p.d.ld)))
+        p.d.rows != p.m || p.d.cols != p.n || !stored(p.a) || !stored(p.b) ||
+        !stored(p.d) || (g.c != nullptr && (g.c != g.d || g.ldc != g.ldd)))
       return 78;  // irnn_ops_cuda.cpp's call: C is D itself, one layout
     const float* A = g.w;  // cuBLASLt's A and B (lt_problem)
     const float* B = g.a;
@@ -126,7 +125,7 @@ struct PlainGemm {
         for (uint64_t l = 0; l < p.k; ++l)
           acc += (p.trans_a ? A[l + i * p.a.ld] : A[i + l * p.a.ld]) *
                  (p.trans_b ? B[j + l * p.b.ld] : B[l + j * p.b.ld]);
-        const float c = g.c ? g.c[i + j * p.c.ld] : 0.0f;  // beta 1 or 0
+        const float c = g.c ? g.c[i + j * p.d.ld] : 0.0f;  // beta 1 or 0
         g.d[i + j * p.d.ld] = acc + c;
       }
     }
@@ -144,19 +143,31 @@ struct PlainGemm {
   }
 };
 
-// emu_forward with a.step_gemm a PlainGemm; *calls counts its calls.
-int emu_forward_step_gemm(const DeviceProps* p, const FwdArgs* a,
-                          unsigned block_order_seed, LaunchConfig* cfg_out,
-                          int64_t fail_at, int lt_model, int64_t* calls) {
+extern "C++" {  // a template, inside the C block
+// run(args with `member` set to a PlainGemm's hook); *calls counts its calls.
+template <typename Args, typename Run>
+int with_hook(const Args* a, const irnn_cuda::GemmHook* Args::*member,
+              int64_t fail_at, int lt_model, int64_t* calls, Run run) {
   PlainGemm plain;
   plain.fail_at = fail_at;
   plain.lt_model = lt_model != 0;
   const irnn_cuda::GemmHook hook = plain.hook();
-  FwdArgs b = *a;
-  b.step_gemm = &hook;
-  const int rc = emu_forward(p, &b, block_order_seed, cfg_out);
+  Args b = *a;
+  b.*member = &hook;
+  const int rc = run(&b);
   *calls = plain.calls;
   return rc;
+}
+}  // extern "C++"
+
+// emu_forward with a.step_gemm a PlainGemm.
+int emu_forward_step_gemm(const DeviceProps* p, const FwdArgs* a,
+                          unsigned block_order_seed, LaunchConfig* cfg_out,
+                          int64_t fail_at, int lt_model, int64_t* calls) {
+  return with_hook(a, &FwdArgs::step_gemm, fail_at, lt_model, calls,
+                   [&](const FwdArgs* b) {
+                     return emu_forward(p, b, block_order_seed, cfg_out);
+                   });
 }
 
 int emu_backward(const DeviceProps* p, const BwdArgs* a,
@@ -180,19 +191,14 @@ int emu_backward(const DeviceProps* p, const BwdArgs* a,
   });
 }
 
-// emu_backward with a.bwd_gemm a PlainGemm; *calls counts its calls.
+// emu_backward with a.bwd_gemm a PlainGemm.
 int emu_backward_gemm(const DeviceProps* p, const BwdArgs* a,
                       unsigned block_order_seed, LaunchConfig* cfg_out,
                       int64_t fail_at, int lt_model, int64_t* calls) {
-  PlainGemm plain;
-  plain.fail_at = fail_at;
-  plain.lt_model = lt_model != 0;
-  const irnn_cuda::GemmHook hook = plain.hook();
-  BwdArgs b = *a;
-  b.bwd_gemm = &hook;
-  const int rc = emu_backward(p, &b, block_order_seed, cfg_out);
-  *calls = plain.calls;
-  return rc;
+  return with_hook(a, &BwdArgs::bwd_gemm, fail_at, lt_model, calls,
+                   [&](const BwdArgs* b) {
+                     return emu_backward(p, b, block_order_seed, cfg_out);
+                   });
 }
 
 }  // extern "C"
