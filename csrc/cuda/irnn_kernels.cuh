@@ -762,10 +762,12 @@ struct alignas(8) Float2 {
   float x, y;
 };
 
-// The element of type T at `bytes` past `base` (shared memory addressed by
-// byte offsets, which a step moves with one add or xor).
+// The element of type T at `bytes` past `base` (dynamic shared memory
+// addressed by byte offsets, which a step moves with one add or xor; the
+// emulation checks that it lies in the block's).
 template <typename T>
 IRNN_DEVICE T& at_bytes(unsigned char* base, int bytes) {
+  irnn_check_smem(base + bytes, static_cast<int>(sizeof(T)));
   return *reinterpret_cast<T*>(base + bytes);
 }
 
@@ -987,8 +989,11 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
   // The dx sums thread (r, i) adds and, for lane L < 4, where it writes its
   // warp's sum for i = 2 (L & 1) + (L >> 1) (row 0; row r is r * kDxRow
   // further); flipped per iteration between the two slots (iteration n
-  // writes slot n & 1).
-  int dx_sums = kDxPart + kDxSlot + 4 * ((lane / XI) * XI + (lane % XI)) * NW;
+  // writes slot n & 1). Every thread reads sums each step; a lane whose
+  // row r = lane / XI is past R (R < 8) stores nothing and reads row 0's,
+  // inside the block's shared memory (row r's would lie past its end).
+  const int dx_lane = lane < R * XI ? lane : lane % XI;
+  int dx_sums = kDxPart + kDxSlot + 4 * ((dx_lane / XI) * XI + (dx_lane % XI)) * NW;
   int dx_sum_write =
       kDxPart + 4 * ((2 * (lane & 1) + ((lane >> 1) & 1)) * NW + tid / 32);
   float d_prev[R];  // da of the previous iteration's step

@@ -533,6 +533,18 @@ inline T* irnn_dyn_smem() {
   return reinterpret_cast<T*>(emu::t_smem);
 }
 
+// Bytes [p, p + n) lie in the block's dynamic shared memory (a GPU faults on
+// an access outside it; here the blocks' memories are adjacent, so such an
+// access would read a neighbour's instead).
+inline void irnn_check_smem(const void* p, int n) {
+  const auto* b = static_cast<const unsigned char*>(p);
+  if (b < emu::t_smem || b + n > emu::t_smem + emu::t_smem_bytes)
+    emu::fail("thread " + std::to_string(threadIdx.x) + ": a shared memory "
+              "access at byte " + std::to_string(b - emu::t_smem) + " (" +
+              std::to_string(n) + " bytes) of a block's " +
+              std::to_string(emu::t_smem_bytes));
+}
+
 // Asynchronous copies (cp.async): Bytes (4, 8 or 16) from global memory to
 // this block's shared memory. At issue the source is read into a shadow
 // buffer and the destination is filled with 0xFF (NaN); the bytes land only
