@@ -28,13 +28,14 @@ import emu  # noqa: E402  (on sys.path through test_emulation)
 
 CLUSTER_FWD, CLUSTER_BWD = 4, 5
 # IRNN_CLUSTER_FWD_VARIANTS and IRNN_CLUSTER_BWD_VARIANTS: float32, HP 256
-# (4 blocks) and 512 (8 blocks); more than one row per cluster: 8, and 4 in
-# the backward at HP 512.
+# (4 blocks) and 512 (8 blocks); rows per cluster 1, 2, 4 and 8 at HP 256;
+# 1 and 8 (forward) or 1 and 4 (backward) at HP 512.
 CLUSTER_HP = (256, 512)
-CLUSTER_ROWS = {(False, 256): 8, (False, 512): 8, (True, 256): 8,
-                (True, 512): 4}
+CLUSTER_ROWS = {(False, 256): (1, 2, 4, 8), (False, 512): (1, 8),
+                (True, 256): (1, 2, 4, 8), (True, 512): (1, 4)}
 # An H100 with 16 SMs: 4 clusters of 4 blocks (2 of 8) fill it, so a small
-# batch already takes 8 rows per cluster and leaves a ragged last cluster.
+# batch already takes several rows per cluster and leaves a ragged last
+# cluster.
 SIXTEEN_SMS = dict(emu.H100, sm_count=16)
 
 
@@ -52,7 +53,9 @@ def cluster_expected(table, dtype, B, I, H, project=True, backward=False,
         return None
     hp = min(h for h in CLUSTER_HP if h >= H)
     per_wave = table["sm_count"] // (hp // 64)
-    return hp, 1 if B <= per_wave else CLUSTER_ROWS[(backward, hp)]
+    rows = CLUSTER_ROWS[(backward, hp)]
+    # The fewest rows whose clusters fit one wave, else the most (waves).
+    return hp, next((r for r in rows if -(-B // r) <= per_wave), rows[-1])
 
 
 @pytest.mark.parametrize("table", ["h100", "a100", "sixteen"])
@@ -66,7 +69,7 @@ def test_cluster_routing(harness, table):
     seen = set()
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         for H in (100, 128, 129, 200, 256, 257, 400, 512, 513):
-            for B in (1, 16, 33, 34, 200, 1024):
+            for B in (1, 16, 33, 34, 66, 67, 100, 132, 133, 200, 1024):
                 for I, project in ((1, True), (4, True), (5, True),
                                    (0, False)):
                     for backward in (False, True):
@@ -94,18 +97,19 @@ def test_cluster_routing(harness, table):
                             assert c["workspace"] == 0, c
                         assert c["smem"] <= t["smem_per_block_optin"], c
     if table == "h100":
-        assert seen == {(False, 256, 1), (False, 256, 8), (False, 512, 1),
-                        (False, 512, 8), (True, 256, 1), (True, 256, 8),
-                        (True, 512, 1), (True, 512, 4)}
+        assert seen == {(bwd, 256, r) for bwd in (False, True)
+                        for r in (1, 2, 4, 8)} | {
+            (False, 512, 1), (False, 512, 8), (True, 512, 1), (True, 512, 4)}
     if table == "a100":
         assert not seen
 
 
 def test_cluster_routing_h200_benchmark_sizes(harness):
     """The GPU check's sizes: H = 256 and 512 at B = 16, 128, 1024 on an
-    H200 take the cluster forward and backward."""
+    H200 take the cluster forward and backward (H = 256, B = 128: 32
+    clusters of 4 rows, 128 of the 132 SMs)."""
     h200 = dict(emu.H100)
-    for H, B, rows, bwd_rows in ((256, 16, 1, 1), (256, 128, 8, 8),
+    for H, B, rows, bwd_rows in ((256, 16, 1, 1), (256, 128, 4, 4),
                                  (256, 1024, 8, 8), (512, 16, 1, 1),
                                  (512, 128, 8, 4), (512, 1024, 8, 4)):
         c = harness.config(h200, False, torch.float32, 784, B, 1, H, True,
@@ -132,15 +136,18 @@ def run_forward(harness, table, T, B, I, H, *, relu=True, reverse=False,
     return out, h_n, r_out, r_hn, cfg
 
 
-# H in {129, 256, 257, 512}, both directions, relu and tanh, one row per
-# cluster and 8 with a ragged last cluster (SIXTEEN_SMS), I from 1 to 4,
-# with and without biases and the stored sequence.
+# H in {129, 200, 256, 257, 512}, both directions, relu and tanh, 1 row per
+# cluster, and 2, 4 and 8 at HP 256 and 8 at HP 512 with ragged last
+# clusters (SIXTEEN_SMS), I from 1 to 4, with and without biases and the
+# stored sequence.
 CASES = [
     dict(H=129, B=3, T=5, I=1, relu=True, reverse=False, table="h100"),
     dict(H=129, B=11, T=4, I=2, relu=False, reverse=True, table="sixteen"),
     dict(H=256, B=2, T=4, I=4, relu=False, reverse=False, table="h100",
          bias=False),
     dict(H=256, B=13, T=3, I=1, relu=True, reverse=True, table="sixteen"),
+    dict(H=200, B=7, T=4, I=3, relu=True, reverse=False, table="sixteen"),
+    dict(H=256, B=21, T=3, I=2, relu=False, reverse=False, table="sixteen"),
     dict(H=257, B=2, T=4, I=3, relu=True, reverse=True, table="h100",
          store_sequence=False),
     dict(H=257, B=5, T=3, I=1, relu=False, reverse=False, table="sixteen"),
@@ -158,8 +165,6 @@ def test_cluster_forward_matches_reference(harness, case):
     want = cluster_expected(table, torch.float32, case["B"], case["I"],
                             case["H"])
     assert cfg["path"] == CLUSTER_FWD and cfg["rows_per_block"] == want[1], cfg
-    if case["B"] % want[1]:
-        assert want[1] == 8  # a ragged last cluster
     tol = TOL[torch.float32]
     assert max_rel_err(h_n, r_hn) <= tol, ("h_n", max_rel_err(h_n, r_hn), cfg)
     if case.get("store_sequence", True):
@@ -187,6 +192,10 @@ BWD_CASES = [
          grads="both", table="h100"),
     dict(H=200, B=11, T=10, I=2, nonlinearity="tanh", reverse=True,
          grads="seq", table="sixteen"),
+    dict(H=256, B=7, T=9, I=1, nonlinearity="relu", reverse=False,
+         grads="both", table="sixteen"),
+    dict(H=140, B=21, T=3, I=None, nonlinearity="tanh", reverse=False,
+         grads="last", table="sixteen"),
     dict(H=256, B=2, T=2, I=7, nonlinearity="relu", reverse=True,
          grads="last", table="h100"),
     dict(H=257, B=9, T=3, I=None, nonlinearity="tanh", reverse=False,
@@ -237,6 +246,7 @@ def test_cluster_backward_orders_bitwise_equal(harness):
 @pytest.mark.parametrize("H,B,reverse,packed,relu,table", [
     (129, 3, False, False, True, "h100"),
     (200, 11, True, False, False, "sixteen"),
+    (256, 6, False, False, True, "sixteen"),
     (257, 9, False, True, True, "sixteen"),
     (300, 2, True, True, False, "h100"),
 ])

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None,
 # and the harness fixture are test_emulation.py's.
 from test_emulation import (LARGE_H, PERSISTENT, REGISTER_BWD,  # noqa: E402,F401
                             REGISTER_FWD, SMALL_SMEM, harness)
-# Four SMs: B <= 4 runs one row per register-resident block, B <= 32 eight.
+# Four SMs: B <= 4 runs one row per register-resident block; float32 runs
+# 2 rows per block up to B = 8 and 4 up to 16; B <= 32 runs 8.
 FOUR_SMS = dict(sm_count=4, max_threads_per_block=1024,
                 smem_per_block=48 * 1024, smem_per_block_optin=232448)
 
@@ -151,6 +152,8 @@ def run_case(harness, table, dtype, T, B, I, H, *, reverse=False,
 PATHS = [
     (FOUR_SMS, torch.float32, 9, 4, 1, 100, True, REGISTER_FWD, REGISTER_BWD),
     (FOUR_SMS, torch.float32, 9, 21, 1, 100, True, REGISTER_FWD, REGISTER_BWD),
+    (FOUR_SMS, torch.float32, 9, 7, 2, 100, True, REGISTER_FWD, REGISTER_BWD),
+    (FOUR_SMS, torch.float32, 8, 13, 1, 60, False, PERSISTENT, REGISTER_BWD),
     (FOUR_SMS, torch.float32, 7, 3, 5, 40, False, PERSISTENT, REGISTER_BWD),
     (FOUR_SMS, torch.float32, 7, 19, 3, 120, True, REGISTER_FWD, PERSISTENT),
     (FOUR_SMS, torch.float64, 8, 11, 2, 20, True, PERSISTENT, PERSISTENT),
@@ -192,7 +195,7 @@ def test_lengths_padding_is_never_read(harness, case, packed, reverse):
     dict(sort=False, reverse=True), dict(relu=False, reverse=True),
     dict(store_sequence=False, reverse=True, packed=True)],
     ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
-@pytest.mark.parametrize("B", [3, 21], ids=["R1", "R8"])
+@pytest.mark.parametrize("B", [3, 7, 21], ids=["R1", "R2", "R8"])
 def test_lengths_options(harness, case, B):
     """tanh, one gradient or the other, the last state only, unsorted
     lengths on the padded layout (the rows are independent there)."""

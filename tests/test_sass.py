@@ -444,7 +444,8 @@ REG_FWD = re.compile(r"irnn_cuda::irnn_fwd_reg_kernel<(\w+), (\d+), (\d+), "
 # Every variant the launch configuration can select (IRNN_REG_FWD_VARIANTS
 # in csrc/cuda/irnn_cuda_api.h), each with relu and tanh.
 REG_FWD_VARIANTS = [(t, hp, r) for t in ("float", "__half", "__nv_bfloat16")
-                    for hp in (64, 104, 128) for r in (1, 8)]
+                    for hp in (64, 104, 128)
+                    for r in ((1, 2, 4, 8) if t == "float" else (1, 8))]
 # The table's names of the 16-bit types (the platform layer's aliases).
 REG_FWD_TYPE_NAMES = {"float": "float", "irnn_half": "__half",
                       "irnn_bf16": "__nv_bfloat16"}
@@ -461,7 +462,8 @@ REG_BWD = re.compile(r"irnn_cuda::irnn_bwd_reg_kernel<(\w+), (\d+), (\d+), "
 # Every variant of IRNN_REG_BWD_VARIANTS, each with relu and tanh, with and
 # without the fused projection.
 REG_BWD_VARIANTS = [("float", 64, 1), ("float", 104, 1), ("float", 104, 8),
-                    ("float", 128, 1)] + [
+                    ("float", 128, 1), ("float", 64, 2), ("float", 64, 4),
+                    ("float", 104, 2), ("float", 104, 4)] + [
     (t, hp, r) for t in ("__half", "__nv_bfloat16")
     for hp, r in ((64, 1), (104, 1), (104, 8))]
 
@@ -490,8 +492,8 @@ def table_variants(macro):
 # IRNN_CLUSTER_FWD_VARIANTS with relu and tanh.
 CLUSTER_FWD = re.compile(r"irnn_cuda::irnn_fwd_cluster_kernel<(\w+), (\d+), "
                          r"(\d+), (true|false)>$")
-CLUSTER_FWD_VARIANTS = [("float", 256, 1), ("float", 256, 8),
-                        ("float", 512, 1), ("float", 512, 8)]
+CLUSTER_FWD_VARIANTS = [("float", 256, 1), ("float", 256, 2), ("float", 256, 4),
+                        ("float", 256, 8), ("float", 512, 1), ("float", 512, 8)]
 
 
 def cluster_fwd_budget(name):
@@ -503,8 +505,8 @@ def cluster_fwd_budget(name):
 # of IRNN_CLUSTER_BWD_VARIANTS with relu and tanh.
 CLUSTER_BWD = re.compile(r"irnn_cuda::irnn_bwd_cluster_kernel<(\w+), (\d+), "
                          r"(\d+), (true|false)>$")
-CLUSTER_BWD_VARIANTS = [("float", 256, 1), ("float", 256, 8),
-                        ("float", 512, 1), ("float", 512, 4)]
+CLUSTER_BWD_VARIANTS = [("float", 256, 1), ("float", 256, 2), ("float", 256, 4),
+                        ("float", 256, 8), ("float", 512, 1), ("float", 512, 4)]
 
 
 def cluster_bwd_budget(name):

@@ -9,6 +9,10 @@ namespace irnn_cuda {
 
 template irnn_error launch_bwd_cluster<float, 256, 1>(
     const ClusterBwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_bwd_cluster<float, 256, 2>(
+    const ClusterBwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_bwd_cluster<float, 256, 4>(
+    const ClusterBwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
 template irnn_error launch_bwd_cluster<float, 256, 8>(
     const ClusterBwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
 

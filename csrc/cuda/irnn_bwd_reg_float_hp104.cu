@@ -8,6 +8,10 @@ namespace irnn_cuda {
 
 template irnn_error launch_bwd_reg<float, 104, 1>(
     const RegBwdParams<float>&, bool, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_bwd_reg<float, 104, 2>(
+    const RegBwdParams<float>&, bool, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_bwd_reg<float, 104, 4>(
+    const RegBwdParams<float>&, bool, bool, const LaunchConfig&, irnn_stream);
 template irnn_error launch_bwd_reg<float, 104, 8>(
     const RegBwdParams<float>&, bool, bool, const LaunchConfig&, irnn_stream);
 

@@ -8,5 +8,9 @@ namespace irnn_cuda {
 
 template irnn_error launch_bwd_reg<float, 64, 1>(
     const RegBwdParams<float>&, bool, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_bwd_reg<float, 64, 2>(
+    const RegBwdParams<float>&, bool, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_bwd_reg<float, 64, 4>(
+    const RegBwdParams<float>&, bool, bool, const LaunchConfig&, irnn_stream);
 
 }  // namespace irnn_cuda

@@ -82,17 +82,25 @@ enum class Path : int {
 // Every instantiation, as X(dtype enumerator, stored type, HP, R); one .cu
 // per (type, HP) in csrc/cuda/ instantiates it (irnn_fwd_reg_<type>_hp<HP>.cu).
 // The 16-bit types accumulate in float, as everywhere.
-// make_launch_config selects from this table only; every other size runs
-// today's kernels.
+// make_launch_config selects from this table only (pick_reg_variant); every
+// other size runs today's kernels. float32 has 1, 2, 4 and 8 rows per block,
+// so a batch between one and eight waves of single rows runs at the fewest
+// rows that fill one wave; the 16-bit types have 1 and 8.
 // HP starts at 64: at HP = 32 the fixed cost of a step (activation, stores,
 // barrier) leaves FMAs under 60% of the step (the SASS guard's floor), and
 // H <= 32 runs exactly at HP = 64 (zero padding).
 #define IRNN_REG_FWD_VARIANTS(X) \
   X(kFloat, float, 64, 1)        \
+  X(kFloat, float, 64, 2)        \
+  X(kFloat, float, 64, 4)        \
   X(kFloat, float, 64, 8)        \
   X(kFloat, float, 104, 1)       \
+  X(kFloat, float, 104, 2)       \
+  X(kFloat, float, 104, 4)       \
   X(kFloat, float, 104, 8)       \
   X(kFloat, float, 128, 1)       \
+  X(kFloat, float, 128, 2)       \
+  X(kFloat, float, 128, 4)       \
   X(kFloat, float, 128, 8)       \
   X(kHalf, irnn_half, 64, 1)     \
   X(kHalf, irnn_half, 64, 8)     \
@@ -125,37 +133,74 @@ inline int64_t reg_fwd_smem_bytes(int64_t T, int hp, int rows) {
   return 4 * (2 * rows * hp + reg_fwd_chunk(T, rows) * rows * kRegFwdMaxInput);
 }
 
-// Batch rows per block of a register-resident kernel: one while B <= the
-// SM count, else 8 while that fills at most one wave (B <= 8 * SMs); 0
-// beyond (or without SMs).
-inline int reg_rows_per_block(int64_t B, int sm_count) {
-  if (B < 1 || sm_count < 1) return 0;
-  const int64_t rows_needed = (B + sm_count - 1) / sm_count;
-  return rows_needed <= 1 ? 1 : rows_needed <= 8 ? 8 : 0;
+// Whether blocks of `rows` batch rows cover B in one wave (one block per
+// SM; the register-resident kernels hold up to 255 registers per thread).
+inline bool reg_one_wave(int64_t B, int rows, int sm_count) {
+  return B >= 1 && sm_count >= 1 && (B + rows - 1) / rows <= sm_count;
 }
 
-// The register-resident variant for a forward call, or false: dtype and
-// H <= HP from the table, the input projected and at most kRegFwdMaxInput
-// wide, threads and shared memory within the device's limits, rows per
-// block from reg_rows_per_block. HP is the smallest listed size >= H.
+// The variant a register-resident launch runs, from its table: among the
+// listed (HP, R) of the dtype with HP >= H, R rows per block covering B in
+// one wave and `fits(HP, R)` (threads and shared memory within the
+// device's limits), the one with the least work per thread and step,
+// R * HP (ties: fewer rows). So one row per block while B <= SMs, else the
+// fewest rows that still fill one wave (2, 4 or 8 where listed), at the
+// smallest HP >= H listed with them. threads and shared memory grow with
+// HP, so at the chosen R the chosen HP is the smallest listed >= H: the
+// launchers (irnn_launch.cuh) find it from (dtype, H, R) alone.
+template <typename Table, typename Fits>
+inline bool pick_reg_variant(Table table, Fits fits, DType dtype, int64_t B,
+                             int64_t H, int sm_count, int* hp_out,
+                             int* rows_out) {
+  int best_hp = 0, best_rows = 0;
+  table([&](DType dt, int hp, int r) {
+    if (dt != dtype || hp < H || !reg_one_wave(B, r, sm_count) || !fits(hp, r))
+      return;
+    const int64_t cost = int64_t(r) * hp, best = int64_t(best_rows) * best_hp;
+    if (best_hp == 0 || cost < best || (cost == best && r < best_rows)) {
+      best_hp = hp;
+      best_rows = r;
+    }
+  });
+  if (best_hp == 0) return false;
+  *hp_out = best_hp;
+  *rows_out = best_rows;
+  return true;
+}
+
+// Every (dtype, HP, R) of the forward's table, to f.
+template <typename F>
+inline void reg_fwd_table(F&& f) {
+#define IRNN_REG_FWD_ENTRY(dt, type, hp, r) f(DType::dt, hp, r);
+  IRNN_REG_FWD_VARIANTS(IRNN_REG_FWD_ENTRY)
+#undef IRNN_REG_FWD_ENTRY
+}
+
+// The smallest HP >= H a table lists for (dtype, R), or 0.
+template <typename Table>
+inline int reg_table_hp(Table table, DType dtype, int64_t H, int rows) {
+  int best = 0;
+  table([&](DType dt, int hp, int r) {
+    if (dt == dtype && r == rows && hp >= H && (best == 0 || hp < best))
+      best = hp;
+  });
+  return best;
+}
+
+// The register-resident variant for a forward call, or false: the input
+// projected and at most kRegFwdMaxInput wide, then pick_reg_variant.
 inline bool select_reg_fwd(int sm_count, int max_threads, int64_t smem_max,
                            DType dtype, int64_t T, int64_t B, int64_t I,
                            int64_t H, bool project, int* hp_out,
                            int* rows_out) {
-  const int rows = reg_rows_per_block(B, sm_count);
-  if (!project || I > kRegFwdMaxInput || H < 1 || rows == 0) return false;
-  int best = 0;
-#define IRNN_REG_FWD_PICK(dt, type, hp, r)                          \
-  if (dtype == DType::dt && r == rows && hp >= H &&                 \
-      reg_fwd_threads(hp) <= max_threads &&                           \
-      reg_fwd_smem_bytes(T, hp, rows) <= smem_max && (best == 0 || hp < best)) \
-    best = hp;
-  IRNN_REG_FWD_VARIANTS(IRNN_REG_FWD_PICK)
-#undef IRNN_REG_FWD_PICK
-  if (best == 0) return false;
-  *hp_out = best;
-  *rows_out = rows;
-  return true;
+  if (!project || I > kRegFwdMaxInput || H < 1) return false;
+  return pick_reg_variant(
+      [](auto&& f) { reg_fwd_table(f); },
+      [&](int hp, int r) {
+        return reg_fwd_threads(hp) <= max_threads &&
+               reg_fwd_smem_bytes(T, hp, r) <= smem_max;
+      },
+      dtype, B, H, sm_count, hp_out, rows_out);
 }
 
 // The register-resident backward (irnn_bwd_reg_kernel): thread pair
@@ -164,16 +209,25 @@ inline bool select_reg_fwd(int sm_count, int max_threads, int64_t smem_max,
 // the pair computes unit k of da for the block's R batch rows. Every
 // instantiation, as X(dtype enumerator, stored type, HP, R); one .cu per
 // (type, HP) in csrc/cuda/ instantiates it (irnn_bwd_reg_<type>_hp<HP>.cu).
-// make_launch_config selects from this table only; every other backward
-// runs today's kernels. 8 rows per block only at HP = 104: at HP = 64 and
-// 128 the 8 rows' accumulators and loads exceed 255 registers (ptxas
-// spills). The 16-bit types only with the input projected (kRegBwd16Project)
-// and not at HP = 128: there the widening of their ring slots (irnn_kernels.cuh)
-// takes the step loop over its instruction budget, and without the
-// projection 8 rows spill (docs/cuda.md).
+// make_launch_config selects from this table only (pick_reg_variant);
+// every other backward runs today's kernels. Rows per block:
+// - 8 only at HP = 104: at HP = 64 and 128 the 8 rows' accumulators and
+//   loads exceed 255 registers (ptxas spills);
+// - 2 and 4 (float32) at HP = 64 and 104: at HP = 128 ptxas spills them on
+//   sm_75 and sm_80, so H = 105..128 above one wave of single rows runs
+//   today's kernel;
+// - the 16-bit types: 1 and 8 (a batch of 2 to 4 waves of single rows runs
+//   at 8 rows per block), with the input projected only
+//   (kRegBwd16Project), and not at HP = 128: there the widening of their
+//   ring slots (irnn_kernels.cuh) takes the step loop over its instruction
+//   budget, and without the projection 8 rows spill (docs/cuda.md).
 #define IRNN_REG_BWD_VARIANTS(X) \
   X(kFloat, float, 64, 1)        \
+  X(kFloat, float, 64, 2)        \
+  X(kFloat, float, 64, 4)        \
   X(kFloat, float, 104, 1)       \
+  X(kFloat, float, 104, 2)       \
+  X(kFloat, float, 104, 4)       \
   X(kFloat, float, 104, 8)       \
   X(kFloat, float, 128, 1)       \
   X(kHalf, irnn_half, 64, 1)     \
@@ -229,33 +283,32 @@ inline int64_t reg_bwd_smem_bytes(int hp, int rows) {
                      2 * kRegFwdMaxInput * kRegBwdMaxWarps);
 }
 
-// The register-resident variant for a backward call, or false: dtype and
-// H <= HP from the table, the input projected and at most kRegFwdMaxInput
-// wide or not projected, T >= 1, threads and shared memory within the
-// device's limits, rows per block from reg_rows_per_block. HP is the
-// smallest size listed with those rows >= H.
+// Every (dtype, HP, R) of the backward's table, to f.
+template <typename F>
+inline void reg_bwd_table(F&& f) {
+#define IRNN_REG_BWD_ENTRY(dt, type, hp, r) f(DType::dt, hp, r);
+  IRNN_REG_BWD_VARIANTS(IRNN_REG_BWD_ENTRY)
+#undef IRNN_REG_BWD_ENTRY
+}
+
+// The register-resident variant for a backward call, or false: the input
+// projected and at most kRegFwdMaxInput wide, or not projected (16-bit:
+// projected only), T >= 1, then pick_reg_variant.
 inline bool select_reg_bwd(int sm_count, int max_threads, int64_t smem_max,
                            DType dtype, int64_t T, int64_t B, int64_t I,
                            int64_t H, bool project, int* hp_out,
                            int* rows_out) {
-  const int rows = reg_rows_per_block(B, sm_count);
-  if ((project && I > kRegFwdMaxInput) || T < 1 || H < 1 || rows == 0)
-    return false;
+  if ((project && I > kRegFwdMaxInput) || T < 1 || H < 1) return false;
   if ((dtype == DType::kHalf || dtype == DType::kBFloat16) &&
       kRegBwd16Project && !project)
     return false;
-  int best = 0;
-#define IRNN_REG_BWD_PICK(dt, type, hp, r)                                   \
-  if (dtype == DType::dt && r == rows && hp >= H &&                          \
-      reg_bwd_threads(hp) <= max_threads &&                                  \
-      reg_bwd_smem_bytes(hp, rows) <= smem_max && (best == 0 || hp < best))  \
-    best = hp;
-  IRNN_REG_BWD_VARIANTS(IRNN_REG_BWD_PICK)
-#undef IRNN_REG_BWD_PICK
-  if (best == 0) return false;
-  *hp_out = best;
-  *rows_out = rows;
-  return true;
+  return pick_reg_variant(
+      [](auto&& f) { reg_bwd_table(f); },
+      [&](int hp, int r) {
+        return reg_bwd_threads(hp) <= max_threads &&
+               reg_bwd_smem_bytes(hp, r) <= smem_max;
+      },
+      dtype, B, H, sm_count, hp_out, rows_out);
 }
 
 // The cluster forward (irnn_fwd_cluster_kernel, thread-block clusters of
@@ -269,6 +322,8 @@ inline bool select_reg_bwd(int sm_count, int max_threads, int64_t smem_max,
 // this table only, where the device launches clusters.
 #define IRNN_CLUSTER_FWD_VARIANTS(X) \
   X(kFloat, float, 256, 1)           \
+  X(kFloat, float, 256, 2)           \
+  X(kFloat, float, 256, 4)           \
   X(kFloat, float, 256, 8)           \
   X(kFloat, float, 512, 1)           \
   X(kFloat, float, 512, 8)
@@ -289,15 +344,48 @@ inline int64_t cluster_fwd_smem_bytes(int64_t T, int hp, int rows) {
   return 4 * (2 * rows * kClusterSlices * cluster_slice_stride(hp) +
               reg_fwd_chunk(T, rows) * rows * kRegFwdMaxInput);
 }
-// Whether the variant with `rows` batch rows per cluster suits B: one row
-// while every row gets its own cluster in one wave (B <= the SM count /
-// blocks per cluster), else the table's variant with more rows (8, or 4
-// where 8 spill).
-inline bool cluster_rows_suit(int rows, int64_t B, int sm_count,
-                              int blocks_per_cluster) {
+// Rows per cluster for B, from the rows a table lists for one HP (bit r of
+// `listed` set for r rows): one row while every row gets its own cluster
+// in one wave (B <= the SM count / blocks per cluster), else the fewest
+// listed rows whose clusters still fit one wave, else the most listed
+// (several waves); 0 without any.
+inline int cluster_rows_for(unsigned listed, int64_t B, int sm_count,
+                            int blocks_per_cluster) {
   const int per_wave = sm_count / blocks_per_cluster;
-  if (B < 1 || per_wave < 1) return false;
-  return rows == 1 ? B <= per_wave : B > per_wave;
+  if (B < 1 || per_wave < 1) return 0;
+  int most = 0;
+  for (int r = 1; r <= 8; r *= 2) {
+    if (!(listed >> r & 1u)) continue;
+    if ((B + r - 1) / r <= per_wave) return r;
+    most = r;
+  }
+  return most;
+}
+
+// The cluster variant from a table (`table` calls its argument with every
+// listed (dtype, HP, R)): the smallest listed HP >= H whose cluster the
+// device allows, with rows from cluster_rows_for over the rows listed for
+// it whose shared memory fits (`fits(HP, R)`).
+template <typename Table, typename Fits>
+inline bool pick_cluster_variant(Table table, Fits fits, DType dtype,
+                                 int64_t B, int64_t H, int sm_count,
+                                 int* hp_out, int* rows_out) {
+  int hp = 0;
+  table([&](DType dt, int h, int) {
+    if (dt == dtype && h >= H && cluster_blocks(h) <= kClusterMaxBlocks &&
+        (hp == 0 || h < hp))
+      hp = h;
+  });
+  if (hp == 0) return false;
+  unsigned listed = 0;
+  table([&](DType dt, int h, int r) {
+    if (dt == dtype && h == hp && fits(h, r)) listed |= 1u << r;
+  });
+  const int rows = cluster_rows_for(listed, B, sm_count, cluster_blocks(hp));
+  if (rows == 0) return false;
+  *hp_out = hp;
+  *rows_out = rows;
+  return true;
 }
 
 // The cluster variant for a forward call, or false: a device that launches
@@ -312,21 +400,14 @@ inline bool select_cluster_fwd(int sm_count, int max_threads, int64_t smem_max,
   if (!cluster_launch || !project || I > kRegFwdMaxInput || H <= 128 ||
       kClusterThreads > max_threads)
     return false;
-  int best = 0, best_rows = 0;
-#define IRNN_CLUSTER_FWD_PICK(dt, type, hp, r)                               \
-  if (dtype == DType::dt && hp >= H && (best == 0 || hp < best) &&          \
-      cluster_blocks(hp) <= kClusterMaxBlocks &&                             \
-      cluster_rows_suit(r, B, sm_count, cluster_blocks(hp)) &&               \
-      cluster_fwd_smem_bytes(T, hp, r) <= smem_max) {                        \
-    best = hp;                                                               \
-    best_rows = r;                                                           \
-  }
-  IRNN_CLUSTER_FWD_VARIANTS(IRNN_CLUSTER_FWD_PICK)
-#undef IRNN_CLUSTER_FWD_PICK
-  if (best == 0) return false;
-  *hp_out = best;
-  *rows_out = best_rows;
-  return true;
+  return pick_cluster_variant(
+      [](auto&& f) {
+#define IRNN_CLUSTER_FWD_ENTRY(dt, type, hp, r) f(DType::dt, hp, r);
+        IRNN_CLUSTER_FWD_VARIANTS(IRNN_CLUSTER_FWD_ENTRY)
+#undef IRNN_CLUSTER_FWD_ENTRY
+      },
+      [&](int hp, int r) { return cluster_fwd_smem_bytes(T, hp, r) <= smem_max; },
+      dtype, B, H, sm_count, hp_out, rows_out);
 }
 
 // The cluster backward (irnn_bwd_cluster_kernel): the recurrence of the
@@ -337,6 +418,8 @@ inline bool select_cluster_fwd(int sm_count, int max_threads, int64_t smem_max,
 // spill (W_hh's 128 columns per thread take half the registers).
 #define IRNN_CLUSTER_BWD_VARIANTS(X) \
   X(kFloat, float, 256, 1)           \
+  X(kFloat, float, 256, 2)           \
+  X(kFloat, float, 256, 4)           \
   X(kFloat, float, 256, 8)           \
   X(kFloat, float, 512, 1)           \
   X(kFloat, float, 512, 4)
@@ -362,21 +445,14 @@ inline bool select_cluster_bwd(int sm_count, int max_threads, int64_t smem_max,
                                int* rows_out) {
   if (!cluster_launch || H <= 128 || T < 1 || kClusterThreads > max_threads)
     return false;
-  int best = 0, best_rows = 0;
-#define IRNN_CLUSTER_BWD_PICK(dt, type, hp, r)                               \
-  if (dtype == DType::dt && hp >= H && (best == 0 || hp < best) &&          \
-      cluster_blocks(hp) <= kClusterMaxBlocks &&                             \
-      cluster_rows_suit(r, B, sm_count, cluster_blocks(hp)) &&               \
-      cluster_bwd_smem_bytes(hp, r) <= smem_max) {                           \
-    best = hp;                                                               \
-    best_rows = r;                                                           \
-  }
-  IRNN_CLUSTER_BWD_VARIANTS(IRNN_CLUSTER_BWD_PICK)
-#undef IRNN_CLUSTER_BWD_PICK
-  if (best == 0) return false;
-  *hp_out = best;
-  *rows_out = best_rows;
-  return true;
+  return pick_cluster_variant(
+      [](auto&& f) {
+#define IRNN_CLUSTER_BWD_ENTRY(dt, type, hp, r) f(DType::dt, hp, r);
+        IRNN_CLUSTER_BWD_VARIANTS(IRNN_CLUSTER_BWD_ENTRY)
+#undef IRNN_CLUSTER_BWD_ENTRY
+      },
+      [&](int hp, int r) { return cluster_bwd_smem_bytes(hp, r) <= smem_max; },
+      dtype, B, H, sm_count, hp_out, rows_out);
 }
 
 struct LaunchConfig {

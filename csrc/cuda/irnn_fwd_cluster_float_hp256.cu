@@ -9,6 +9,10 @@ namespace irnn_cuda {
 
 template irnn_error launch_fwd_cluster<float, 256, 1>(
     const RegFwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_fwd_cluster<float, 256, 2>(
+    const RegFwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_fwd_cluster<float, 256, 4>(
+    const RegFwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
 template irnn_error launch_fwd_cluster<float, 256, 8>(
     const RegFwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
 

@@ -8,6 +8,10 @@ namespace irnn_cuda {
 
 template irnn_error launch_fwd_reg<float, 104, 1>(
     const RegFwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_fwd_reg<float, 104, 2>(
+    const RegFwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_fwd_reg<float, 104, 4>(
+    const RegFwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
 template irnn_error launch_fwd_reg<float, 104, 8>(
     const RegFwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
 

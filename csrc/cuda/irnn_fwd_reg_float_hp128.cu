@@ -8,6 +8,10 @@ namespace irnn_cuda {
 
 template irnn_error launch_fwd_reg<float, 128, 1>(
     const RegFwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_fwd_reg<float, 128, 2>(
+    const RegFwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_fwd_reg<float, 128, 4>(
+    const RegFwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
 template irnn_error launch_fwd_reg<float, 128, 8>(
     const RegFwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
 

@@ -8,6 +8,10 @@ namespace irnn_cuda {
 
 template irnn_error launch_fwd_reg<float, 64, 1>(
     const RegFwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_fwd_reg<float, 64, 2>(
+    const RegFwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_fwd_reg<float, 64, 4>(
+    const RegFwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
 template irnn_error launch_fwd_reg<float, 64, 8>(
     const RegFwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
 

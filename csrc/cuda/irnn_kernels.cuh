@@ -345,8 +345,8 @@ irnn_fwd_reg_kernel(RegFwdParams<S> p) {
     __syncthreads();
     // Steps row r still stores from this chunk's first: to the h buffer,
     // and (0 without a sequence) to out. At one row, two compares per step
-    // (the out pointer's null test would take two more); at 8 rows the
-    // second array would spill HP = 128, so out's test is the pointer's.
+    // (the out pointer's null test would take two more); at more rows
+    // out's test is the pointer's (a second array spills HP = 128 at 8).
     constexpr bool kOwnOutCount = R == 1;
     int left[R], left_out[R];
 #pragma unroll
@@ -794,7 +794,8 @@ IRNN_DEVICE T& at_bytes(unsigned char* base, int bytes) {
 // the block starts at its longest row's last step: the steps after it give
 // da = 0 for all of its rows. Its iterations keep their numbers, n0 = T -
 // (that row's length) to T-1, so the step loop compares against p.T as
-// without lengths (a register more in the loop spills the 8-row variants).
+// without lengths (a register more in the loop spills the 8-row variants);
+// at 4 and 8 rows n0 is 0 (below).
 template <typename S, int HP, int R, bool RELU, bool PROJECT>
 IRNN_GLOBAL void IRNN_LAUNCH_BOUNDS((2 * HP + 31) / 32 * 32)
 irnn_bwd_reg_kernel(RegBwdParams<S> p) {
@@ -837,10 +838,11 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
     const int l = row0 + r < p.B ? row_length(p.lengths, row0 + r, T) : 0;
     steps = l > steps ? l : steps;
   }
-  // The first iteration. At 8 rows the kernel holds 254-255 registers, and
-  // a start known only at run time spills some variants: those run every
-  // step (the zeros give da = 0 after each row's end).
-  const int n0 = R == 1 ? T - steps : 0;
+  // The first iteration. At 4 and 8 rows a start known only at run time
+  // spills some variants (8 rows hold 254-255 registers; 4 rows at HP 104
+  // spill on sm_80): those run every step (the zeros give da = 0 after
+  // each row's end).
+  const int n0 = R <= 2 ? T - steps : 0;
   const bool unit = k < H;
   bool valid[R];  // row r of the block is in the batch
 #pragma unroll

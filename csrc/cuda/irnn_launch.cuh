@@ -98,11 +98,9 @@ template <typename S>
 irnn_error run_forward_reg(const FwdArgs& a, const LaunchConfig& c,
                            irnn_stream stream) {
   const RegFwdParams<S> p = reg_fwd_params<S>(a, c);
-  int hp = 0;
-#define IRNN_REG_FWD_HP(dt, type, HP, R) \
-  if (std::is_same_v<S, type> && HP >= a.H && (hp == 0 || HP < hp)) hp = HP;
-  IRNN_REG_FWD_VARIANTS(IRNN_REG_FWD_HP)
-#undef IRNN_REG_FWD_HP
+  // The HP pick_reg_variant chose for these rows (select_reg_fwd).
+  const int hp = reg_table_hp([](auto&& f) { reg_fwd_table(f); }, a.dtype,
+                              a.H, c.rows_per_block);
 #define IRNN_REG_FWD_RUN(dt, type, HP, R)                                   \
   if constexpr (std::is_same_v<S, type>) {                                  \
     if (hp == HP && c.rows_per_block == R)                                  \
@@ -259,13 +257,9 @@ irnn_error run_backward_reg(const BwdArgs& a, const LaunchConfig& c,
   p.T = static_cast<int>(a.T); p.B = static_cast<int>(a.B);
   p.I = static_cast<int>(a.I); p.H = static_cast<int>(a.H);
   p.reverse = a.reverse;
-  int hp = 0;
-#define IRNN_REG_BWD_HP(dt, type, HP, R)                                \
-  if (std::is_same_v<S, type> && R == c.rows_per_block && HP >= a.H &&   \
-      (hp == 0 || HP < hp))                                              \
-    hp = HP;
-  IRNN_REG_BWD_VARIANTS(IRNN_REG_BWD_HP)
-#undef IRNN_REG_BWD_HP
+  // The HP pick_reg_variant chose for these rows (select_reg_bwd).
+  const int hp = reg_table_hp([](auto&& f) { reg_bwd_table(f); }, a.dtype,
+                              a.H, c.rows_per_block);
 #define IRNN_REG_BWD_RUN(dt, type, HP, R)                                   \
   if constexpr (std::is_same_v<S, type>) {                                  \
     if (hp == HP && c.rows_per_block == R)                                  \

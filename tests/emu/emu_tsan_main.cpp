@@ -148,8 +148,8 @@ int run_kernels() {
   // B <= 4 (the SM count) runs the register-resident backward with one row
   // per block (HP 128, 256 threads): projected, and not (tanh, reversed, T
   // beyond the prefetch ring); B = 20 with 8 rows per block (HP 104, 224
-  // threads, a partial last block); bfloat16 at one row per block (HP 104,
-  // T beyond the ring) and float16 at 8 (HP 104, odd strides).
+  // threads, a partial last block), B = 13 with 4 (HP 104, not projected); bfloat16 at one row per block (HP 104, T beyond the ring)
+  // and float16 at 8 (HP 104, odd strides).
   using irnn_cuda::Path;
   const Case cases[] = {
       {DType::kFloat, 3, 11, 1, 120, true, true, false, Path::kPersistent},
@@ -157,12 +157,16 @@ int run_kernels() {
       {DType::kFloat, 3, 4, 1, 110, true, true, false, Path::kRegisterBwd},
       {DType::kFloat, 10, 3, 1, 112, false, false, true, Path::kRegisterBwd},
       {DType::kFloat, 3, 20, 2, 100, true, true, false, Path::kRegisterBwd},
+      {DType::kFloat, 9, 13, 1, 100, false, true, false, Path::kRegisterBwd},
       {DType::kBFloat16, 9, 3, 1, 100, true, true, false, Path::kRegisterBwd},
       {DType::kHalf, 3, 29, 3, 101, true, true, true, Path::kRegisterBwd},
       {DType::kDouble, 2, 9, 1, 80, false, true, false, Path::kPersistent},
       // With lengths: the register-resident kernels (8 rows per block,
-      // reversed: the relayout copies) and today's persistent ones.
+      // reversed: the relayout copies; 2 rows per block, whose blocks start
+      // at their longest row) and today's persistent ones.
       {DType::kFloat, 6, 20, 2, 100, true, true, true, Path::kRegisterBwd,
+       true},
+      {DType::kFloat, 9, 7, 1, 100, true, true, false, Path::kRegisterBwd,
        true},
       {DType::kFloat, 5, 11, 1, 120, true, false, false, Path::kPersistent,
        true},
