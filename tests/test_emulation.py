@@ -60,15 +60,12 @@ def make_inputs(dtype, T, B, I, H, project, bias, gen):
 
 
 # The register-resident forward's table (IRNN_REG_FWD_VARIANTS): float32,
-# float16 and bfloat16 at HP in {64, 104, 128}; float32 with 1, 2, 4 or 8
-# rows per block, the 16-bit types with 1 or 8; the input projected and at
-# most 4 wide.
+# float16 and bfloat16 at HP in {64, 104, 128} with 1, 2, 4 or 8 rows per
+# block; the input projected and at most 4 wide.
 REG_FWD_HP = (64, 104, 128)
 REG_FWD_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-REG_FWD_TABLE = {
-    dtype: {(hp, r) for hp in REG_FWD_HP
-            for r in ((1, 2, 4, 8) if dtype == torch.float32 else (1, 8))}
-    for dtype in REG_FWD_DTYPES}
+REG_FWD_TABLE = {dtype: {(hp, r) for hp in REG_FWD_HP for r in (1, 2, 4, 8)}
+                 for dtype in REG_FWD_DTYPES}
 
 
 def pick_reg_variant(table, variants, B, H):
@@ -90,16 +87,16 @@ def register_fwd_expected(table, dtype, B, I, H, project):
     return pick_reg_variant(table, REG_FWD_TABLE[dtype], B, H)
 
 
-# The register-resident backward's table (IRNN_REG_BWD_VARIANTS): float32
-# at HP 64, 104 and 128 with one row per block, 2 and 4 rows at HP 64 and
-# 104, 8 rows at HP 104; float16 and bfloat16 with the input projected, at
-# HP 64 and 104 with one row, HP 104 with 8. The input projected and at
-# most 4 wide, or not projected (float32); T >= 1.
-REG_BWD_TABLE = {
-    torch.float32: {(64, 1), (104, 1), (128, 1), (64, 2), (104, 2), (64, 4),
-                    (104, 4), (104, 8)},
-    torch.float16: {(64, 1), (104, 1), (104, 8)},
-    torch.bfloat16: {(64, 1), (104, 1), (104, 8)}}
+# The register-resident backward's table (IRNN_REG_BWD_VARIANTS): HP 64
+# and 104 with 1, 2 and 4 rows per block, HP 104 with 8; float32 also at
+# HP 128 with one row; float16 and bfloat16 with the input projected only.
+# The input projected and at most 4 wide, or not projected (float32);
+# T >= 1.
+_REG_BWD_COMMON = {(64, 1), (64, 2), (64, 4), (104, 1), (104, 2), (104, 4),
+                   (104, 8)}
+REG_BWD_TABLE = {torch.float32: _REG_BWD_COMMON | {(128, 1)},
+                 torch.float16: _REG_BWD_COMMON,
+                 torch.bfloat16: _REG_BWD_COMMON}
 
 
 def register_bwd_expected(table, dtype, T, B, I, H, project):
@@ -343,9 +340,9 @@ def test_register_forward_routing(harness):
     # Today's kernels: more than one wave of 8-row blocks, H > 128, other
     # dtypes, an input wider than 4 or not projected (the backward's routing:
     # test_register_backward_routing).
-    # The 16-bit types have 1 and 8 rows per block.
+    # The 16-bit types: the same rows per block.
     for dtype in (torch.bfloat16, torch.float16):
-        for B, rows in ((16, 1), (133, 8), (1024, 8)):
+        for B, rows in ((16, 1), (133, 2), (300, 4), (1024, 8)):
             c = cfg(B, dtype=dtype)
             assert (c["path"], c["rows_per_block"]) == (REGISTER_FWD, rows), c
     for c in (cfg(1057), cfg(16, H=129), cfg(16, dtype=torch.float64),
@@ -385,13 +382,14 @@ def _register_cases():
             I=1 + i % 4, nonlinearity="relu" if relu else "tanh",
             reverse=i % 3 == 1, bias=i % 5 != 2, store_sequence=i % 4 != 3,
             T=(5, 2, 7)[i % 3]))
-    # The 16-bit types: every HP, one and 8 rows per block; the forward
+    # The 16-bit types: every HP, 1, 2, 4 and 8 rows per block; the forward
     # only (today's backward misses the bfloat16 tolerance on the output of
     # either forward at H >= 120 in some of these cases).
-    for i, (H, rows) in enumerate(itertools.product((33, 100, 120), (1, 8))):
+    for i, (H, rows) in enumerate(itertools.product((33, 100, 120),
+                                                    (1, 2, 4, 8))):
         cases.append(dict(
             dtype=(torch.float16, torch.bfloat16)[i % 2], H=H,
-            B=3 if rows == 1 else 21, I=1 + i % 4,
+            B={1: 3, 2: 7, 4: 13, 8: 21}[rows], I=1 + i % 4,
             nonlinearity=("relu", "tanh")[(i // 2) % 2], reverse=i % 3 == 2,
             bias=i % 4 != 1, store_sequence=i % 5 != 4, T=(4, 3)[i % 2],
             backward=False))
@@ -489,7 +487,7 @@ def test_register_backward_routing(harness):
     # The 16-bit types at H = 100, projected: as float32, with the same
     # workspace (float partial sums); not projected, or H > 104, today's.
     for dtype in (torch.float16, torch.bfloat16):
-        for B, rows in ((16, 1), (256, 8), (1024, 8)):
+        for B, rows in ((16, 1), (256, 2), (400, 4), (1024, 8)):
             c = cfg(B, dtype=dtype)
             assert (c["path"], c["rows_per_block"], c["threads"]) == (
                 REGISTER_BWD, rows, 224), c
@@ -559,14 +557,15 @@ def test_register_backward_vs_reference(harness, case):
 
 
 def _register_backward_16bit_cases():
-    """Every variant for float16 and bfloat16: one row per block at HP 64
-    and 104, 8 rows per block at HP 104, input projected; odd and even
+    """Every variant for float16 and bfloat16: 1, 2 and 4 rows per block at
+    HP 64 and 104, 8 rows per block at HP 104, input projected; odd and even
     strides, so the 16-bit elements sit in either half of the 4-byte words
     the ring copies."""
     cases = []
     for dtype in (torch.float16, torch.bfloat16):
         for i, (H, B) in enumerate(((33, 3), (64, 4), (100, 1), (104, 2),
-                                    (65, 4), (100, 29), (33, 13), (104, 8))):
+                                    (65, 4), (100, 29), (33, 13), (104, 8),
+                                    (40, 6), (100, 15))):
             cases.append(dict(
                 dtype=dtype, H=H, B=B, I=(1, 2, 3, 4)[i % 4],
                 nonlinearity="tanh" if i % 3 == 2 else "relu",
@@ -607,7 +606,9 @@ def test_register_backward_16bit_vs_reference(harness, case):
                                   v["w_ih"], v["w_hh"], out, relu,
                                   case["reverse"])
     assert bcfg["path"] == REGISTER_BWD, bcfg
-    assert bcfg["rows_per_block"] == (1 if B <= 4 else 8), bcfg
+    want = register_bwd_expected(FOUR_SMS, dtype, T, B, case["I"], H, True)
+    assert (bcfg["threads"], bcfg["rows_per_block"]) == (
+        (2 * want[0] + 31) // 32 * 32, want[1]), bcfg
     expected = backward_from_sequence(out, v["h0"], v["x"], v["w_ih"],
                                       v["w_hh"], g_out, g_hn, relu,
                                       case["reverse"])

@@ -444,8 +444,7 @@ REG_FWD = re.compile(r"irnn_cuda::irnn_fwd_reg_kernel<(\w+), (\d+), (\d+), "
 # Every variant the launch configuration can select (IRNN_REG_FWD_VARIANTS
 # in csrc/cuda/irnn_cuda_api.h), each with relu and tanh.
 REG_FWD_VARIANTS = [(t, hp, r) for t in ("float", "__half", "__nv_bfloat16")
-                    for hp in (64, 104, 128)
-                    for r in ((1, 2, 4, 8) if t == "float" else (1, 8))]
+                    for hp in (64, 104, 128) for r in (1, 2, 4, 8)]
 # The table's names of the 16-bit types (the platform layer's aliases).
 REG_FWD_TYPE_NAMES = {"float": "float", "irnn_half": "__half",
                       "irnn_bf16": "__nv_bfloat16"}
@@ -465,7 +464,8 @@ REG_BWD_VARIANTS = [("float", 64, 1), ("float", 104, 1), ("float", 104, 8),
                     ("float", 128, 1), ("float", 64, 2), ("float", 64, 4),
                     ("float", 104, 2), ("float", 104, 4)] + [
     (t, hp, r) for t in ("__half", "__nv_bfloat16")
-    for hp, r in ((64, 1), (104, 1), (104, 8))]
+    for hp, r in ((64, 1), (64, 2), (64, 4), (104, 1), (104, 2), (104, 4),
+                  (104, 8))]
 
 
 def reg_bwd_projections(dtype):

@@ -8,5 +8,9 @@ namespace irnn_cuda {
 
 template irnn_error launch_bwd_reg<irnn_bf16, 64, 1>(
     const RegBwdParams<irnn_bf16>&, bool, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_bwd_reg<irnn_bf16, 64, 2>(
+    const RegBwdParams<irnn_bf16>&, bool, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_bwd_reg<irnn_bf16, 64, 4>(
+    const RegBwdParams<irnn_bf16>&, bool, bool, const LaunchConfig&, irnn_stream);
 
 }  // namespace irnn_cuda

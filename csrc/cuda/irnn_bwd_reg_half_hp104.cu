@@ -8,6 +8,10 @@ namespace irnn_cuda {
 
 template irnn_error launch_bwd_reg<irnn_half, 104, 1>(
     const RegBwdParams<irnn_half>&, bool, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_bwd_reg<irnn_half, 104, 2>(
+    const RegBwdParams<irnn_half>&, bool, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_bwd_reg<irnn_half, 104, 4>(
+    const RegBwdParams<irnn_half>&, bool, bool, const LaunchConfig&, irnn_stream);
 template irnn_error launch_bwd_reg<irnn_half, 104, 8>(
     const RegBwdParams<irnn_half>&, bool, bool, const LaunchConfig&, irnn_stream);
 

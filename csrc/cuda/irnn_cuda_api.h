@@ -83,36 +83,48 @@ enum class Path : int {
 // per (type, HP) in csrc/cuda/ instantiates it (irnn_fwd_reg_<type>_hp<HP>.cu).
 // The 16-bit types accumulate in float, as everywhere.
 // make_launch_config selects from this table only (pick_reg_variant); every
-// other size runs today's kernels. float32 has 1, 2, 4 and 8 rows per block,
-// so a batch between one and eight waves of single rows runs at the fewest
-// rows that fill one wave; the 16-bit types have 1 and 8.
+// other size runs today's kernels. Every (type, HP) has 1, 2, 4 and 8 rows
+// per block, so a batch between one and eight waves of single rows runs at
+// the fewest rows that fill one wave.
 // HP starts at 64: at HP = 32 the fixed cost of a step (activation, stores,
 // barrier) leaves FMAs under 60% of the step (the SASS guard's floor), and
 // H <= 32 runs exactly at HP = 64 (zero padding).
 #define IRNN_REG_FWD_VARIANTS(X) \
-  X(kFloat, float, 64, 1)        \
-  X(kFloat, float, 64, 2)        \
-  X(kFloat, float, 64, 4)        \
-  X(kFloat, float, 64, 8)        \
-  X(kFloat, float, 104, 1)       \
-  X(kFloat, float, 104, 2)       \
-  X(kFloat, float, 104, 4)       \
-  X(kFloat, float, 104, 8)       \
-  X(kFloat, float, 128, 1)       \
-  X(kFloat, float, 128, 2)       \
-  X(kFloat, float, 128, 4)       \
-  X(kFloat, float, 128, 8)       \
-  X(kHalf, irnn_half, 64, 1)     \
-  X(kHalf, irnn_half, 64, 8)     \
-  X(kHalf, irnn_half, 104, 1)    \
-  X(kHalf, irnn_half, 104, 8)    \
-  X(kHalf, irnn_half, 128, 1)    \
-  X(kHalf, irnn_half, 128, 8)    \
+  X(kFloat, float, 64, 1)         \
+  X(kFloat, float, 64, 2)         \
+  X(kFloat, float, 64, 4)         \
+  X(kFloat, float, 64, 8)         \
+  X(kFloat, float, 104, 1)        \
+  X(kFloat, float, 104, 2)        \
+  X(kFloat, float, 104, 4)        \
+  X(kFloat, float, 104, 8)        \
+  X(kFloat, float, 128, 1)        \
+  X(kFloat, float, 128, 2)        \
+  X(kFloat, float, 128, 4)        \
+  X(kFloat, float, 128, 8)        \
+  X(kHalf, irnn_half, 64, 1)      \
+  X(kHalf, irnn_half, 64, 2)      \
+  X(kHalf, irnn_half, 64, 4)      \
+  X(kHalf, irnn_half, 64, 8)      \
+  X(kHalf, irnn_half, 104, 1)     \
+  X(kHalf, irnn_half, 104, 2)     \
+  X(kHalf, irnn_half, 104, 4)     \
+  X(kHalf, irnn_half, 104, 8)     \
+  X(kHalf, irnn_half, 128, 1)     \
+  X(kHalf, irnn_half, 128, 2)     \
+  X(kHalf, irnn_half, 128, 4)     \
+  X(kHalf, irnn_half, 128, 8)     \
   X(kBFloat16, irnn_bf16, 64, 1)  \
+  X(kBFloat16, irnn_bf16, 64, 2)  \
+  X(kBFloat16, irnn_bf16, 64, 4)  \
   X(kBFloat16, irnn_bf16, 64, 8)  \
   X(kBFloat16, irnn_bf16, 104, 1) \
+  X(kBFloat16, irnn_bf16, 104, 2) \
+  X(kBFloat16, irnn_bf16, 104, 4) \
   X(kBFloat16, irnn_bf16, 104, 8) \
   X(kBFloat16, irnn_bf16, 128, 1) \
+  X(kBFloat16, irnn_bf16, 128, 2) \
+  X(kBFloat16, irnn_bf16, 128, 4) \
   X(kBFloat16, irnn_bf16, 128, 8)
 // The widest input the register-resident forward projects itself (x staged
 // in shared memory, W_ih rows in registers); a wider input runs today's
@@ -213,28 +225,35 @@ inline bool select_reg_fwd(int sm_count, int max_threads, int64_t smem_max,
 // every other backward runs today's kernels. Rows per block:
 // - 8 only at HP = 104: at HP = 64 and 128 the 8 rows' accumulators and
 //   loads exceed 255 registers (ptxas spills);
-// - 2 and 4 (float32) at HP = 64 and 104: at HP = 128 ptxas spills them on
-//   sm_75 and sm_80, so H = 105..128 above one wave of single rows runs
-//   today's kernel;
-// - the 16-bit types: 1 and 8 (a batch of 2 to 4 waves of single rows runs
-//   at 8 rows per block), with the input projected only
-//   (kRegBwd16Project), and not at HP = 128: there the widening of their
-//   ring slots (irnn_kernels.cuh) takes the step loop over its instruction
-//   budget, and without the projection 8 rows spill (docs/cuda.md).
+// - 2 and 4 at HP = 64 and 104: at HP = 128 ptxas spills them on sm_75 and
+//   sm_80, so H = 105..128 above one wave of single rows runs today's
+//   kernel;
+// - the 16-bit types with the input projected only (kRegBwd16Project), and
+//   not at HP = 128: there the widening of their ring slots
+//   (irnn_kernels.cuh) takes the step loop over its instruction budget, and
+//   without the projection 8 rows spill (docs/cuda.md).
 #define IRNN_REG_BWD_VARIANTS(X) \
-  X(kFloat, float, 64, 1)        \
-  X(kFloat, float, 64, 2)        \
-  X(kFloat, float, 64, 4)        \
-  X(kFloat, float, 104, 1)       \
-  X(kFloat, float, 104, 2)       \
-  X(kFloat, float, 104, 4)       \
-  X(kFloat, float, 104, 8)       \
-  X(kFloat, float, 128, 1)       \
-  X(kHalf, irnn_half, 64, 1)     \
-  X(kHalf, irnn_half, 104, 1)    \
-  X(kHalf, irnn_half, 104, 8)    \
+  X(kFloat, float, 64, 1)         \
+  X(kFloat, float, 64, 2)         \
+  X(kFloat, float, 64, 4)         \
+  X(kFloat, float, 104, 1)        \
+  X(kFloat, float, 104, 2)        \
+  X(kFloat, float, 104, 4)        \
+  X(kFloat, float, 104, 8)        \
+  X(kFloat, float, 128, 1)        \
+  X(kHalf, irnn_half, 64, 1)      \
+  X(kHalf, irnn_half, 64, 2)      \
+  X(kHalf, irnn_half, 64, 4)      \
+  X(kHalf, irnn_half, 104, 1)     \
+  X(kHalf, irnn_half, 104, 2)     \
+  X(kHalf, irnn_half, 104, 4)     \
+  X(kHalf, irnn_half, 104, 8)     \
   X(kBFloat16, irnn_bf16, 64, 1)  \
+  X(kBFloat16, irnn_bf16, 64, 2)  \
+  X(kBFloat16, irnn_bf16, 64, 4)  \
   X(kBFloat16, irnn_bf16, 104, 1) \
+  X(kBFloat16, irnn_bf16, 104, 2) \
+  X(kBFloat16, irnn_bf16, 104, 4) \
   X(kBFloat16, irnn_bf16, 104, 8)
 // The 16-bit register-resident backwards are built for a projected input
 // only.

@@ -8,6 +8,10 @@ namespace irnn_cuda {
 
 template irnn_error launch_fwd_reg<irnn_bf16, 64, 1>(
     const RegFwdParams<irnn_bf16>&, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_fwd_reg<irnn_bf16, 64, 2>(
+    const RegFwdParams<irnn_bf16>&, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_fwd_reg<irnn_bf16, 64, 4>(
+    const RegFwdParams<irnn_bf16>&, bool, const LaunchConfig&, irnn_stream);
 template irnn_error launch_fwd_reg<irnn_bf16, 64, 8>(
     const RegFwdParams<irnn_bf16>&, bool, const LaunchConfig&, irnn_stream);
 

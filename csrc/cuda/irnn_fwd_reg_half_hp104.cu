@@ -8,6 +8,10 @@ namespace irnn_cuda {
 
 template irnn_error launch_fwd_reg<irnn_half, 104, 1>(
     const RegFwdParams<irnn_half>&, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_fwd_reg<irnn_half, 104, 2>(
+    const RegFwdParams<irnn_half>&, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_fwd_reg<irnn_half, 104, 4>(
+    const RegFwdParams<irnn_half>&, bool, const LaunchConfig&, irnn_stream);
 template irnn_error launch_fwd_reg<irnn_half, 104, 8>(
     const RegFwdParams<irnn_half>&, bool, const LaunchConfig&, irnn_stream);
 
