@@ -148,7 +148,8 @@ int run_kernels() {
   // B <= 4 (the SM count) runs the register-resident backward with one row
   // per block (HP 128, 256 threads): projected, and not (tanh, reversed, T
   // beyond the prefetch ring); B = 20 with 8 rows per block (HP 104, 224
-  // threads, a partial last block), B = 13 with 4 (HP 104, not projected); bfloat16 at one row per block (HP 104, T beyond the ring)
+  // threads, a partial last block), B = 13 with 4 (HP 104, not
+  // projected); bfloat16 at one row per block (HP 104, T beyond the ring)
   // and float16 at 8 (HP 104, odd strides).
   using irnn_cuda::Path;
   const Case cases[] = {
