@@ -1,8 +1,10 @@
 """Self-tests of the emulation's warp collectives and asynchronous copies
 (tests/emu/emu_selftest.cpp): correct shuffles give the right values, and a
 planted missing wait, mask mismatch, source lane outside the mask and lane
-that never arrives are each reported, within a bounded time. The correct
-kernels also run under ThreadSanitizer.
+that never arrives are each reported, within a bounded time; a read just
+past the end or just before the start of a block's shared memory faults on
+a guard page and is reported, as a GPU faults there. The correct kernels
+also run under ThreadSanitizer.
 """
 import os
 import re
@@ -108,7 +110,29 @@ def test_lane_that_never_arrives_is_reported_in_bounded_time(selftest):
     assert WARP_TIMEOUT_MS / 1000 <= seconds < 5, text
 
 
-@pytest.mark.parametrize("what", ["shuffles", "async"])
+def test_shared_memory_read_in_bounds(selftest):
+    rc, text, _ = run(selftest, "smem_in_bounds")
+    # Nothing wrote the memory: every read sees the 0xFF fill.
+    assert rc == 0 and "value 64 of 64 NaN" in text, text
+
+
+@pytest.mark.parametrize("what, where", [
+    ("smem_past_end", r"at byte 256 of block \d's \(past its end\); thread 31"),
+    ("smem_before_start", r"at byte -4 of block \d's \(before its start\); thread 0")])
+def test_shared_memory_read_out_of_bounds_faults(selftest, what, where):
+    """The process ends on the guard page (a signal, no result printed),
+    after the handler names the block, the byte and the thread."""
+    proc = subprocess.run([selftest, what], capture_output=True, text=True,
+                          timeout=120)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode < 0 or proc.returncode > 128, text
+    assert "value" not in text, text
+    assert re.search(r"emu: a shared memory access outside the block's dynamic "
+                     r"shared memory of 256 bytes, " + where +
+                     "; a GPU faults there", text), text
+
+
+@pytest.mark.parametrize("what", ["shuffles", "async", "smem_in_bounds"])
 def test_tsan_collectives_race_free(selftest_tsan, what):
     rc, text, _ = run(selftest_tsan, what)
     assert "WARNING: ThreadSanitizer" not in text, text[-6000:]

@@ -7,7 +7,10 @@
 // - __syncthreads() is a std::barrier across the block's threads.
 // - Dynamic shared memory is private to each block and filled with 0xFF
 //   bytes (NaN for floating point) before the block runs, so a read of
-//   memory nobody wrote poisons the result.
+//   memory nobody wrote poisons the result. Each block's lies between two
+//   inaccessible pages, against one of them: its end in one block, its start
+//   in the next (alternating with the launch), so an access past either end
+//   faults as on a GPU, and the fault is reported (see GuardedSmem).
 // - Blocks run one after another, in index order or in a permuted order
 //   (emu::g_block_order_seed); the same OS threads serve every block and a
 //   barrier separates blocks.
@@ -25,6 +28,9 @@
 #pragma once
 
 #include <pthread.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -95,7 +101,7 @@ inline thread_local LaunchState* t_launch = nullptr;
 // with its own threads; t_cluster_size is 0 in a launch without clusters.
 inline thread_local unsigned t_cluster_size = 0;
 inline thread_local unsigned t_cluster_rank = 0;
-inline thread_local unsigned char* t_cluster_smem = nullptr;  // rank 0's
+inline thread_local unsigned char* const* t_cluster_smem = nullptr;  // by rank
 inline thread_local std::barrier<>* t_cluster_barrier = nullptr;
 inline thread_local bool t_cluster_arrived = false;  // arrive without wait
 inline thread_local std::optional<std::barrier<>::arrival_token>*
@@ -243,11 +249,116 @@ inline int g_max_threads = 1024;
 inline unsigned g_block_order_seed = 0;
 inline int64_t g_launches = 0;
 
+
+// The dynamic shared memory of a launch's blocks, each between inaccessible
+// pages: [guard][block 0's pages][guard][block 1's pages][guard]... A block's
+// bytes sit at the end of its pages when (block + launch) is even, else at
+// the start, so that over a launch of two blocks or more, and over two
+// launches, a kernel that reads or writes past either end of its shared
+// memory touches a guard page. The fault is reported by a SIGSEGV handler
+// (the block and the distance from its memory), which then hands the signal
+// to the handler before it (Python's faulthandler, or the default), so the
+// process still dies. Bytes between the rounded-up size and the pages' edge
+// are outside the block too; irnn_check_smem catches those at byte
+// precision for the accessors that call it.
+class GuardedSmem {
+ public:
+  GuardedSmem(unsigned nblocks, size_t bytes, int64_t launch)
+      : nblocks_(nblocks), bytes_(bytes) {
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    span_ = (bytes + page - 1) / page * page;
+    stride_ = span_ + page;
+    total_ = page + stride_ * nblocks;
+    void* m = mmap(nullptr, total_, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+      throw std::runtime_error("emu: could not map " + std::to_string(total_) +
+                               " bytes of shared memory");
+    base_ = static_cast<unsigned char*>(m);
+    for (unsigned b = 0; b < nblocks; ++b) {
+      unsigned char* pages = base_ + page + stride_ * b;
+      if (span_ && mprotect(pages, span_, PROT_READ | PROT_WRITE) != 0) {
+        munmap(base_, total_);
+        throw std::runtime_error("emu: mprotect of shared memory failed");
+      }
+      const bool at_end = (b + static_cast<uint64_t>(launch)) % 2 == 0;
+      blocks_.push_back(pages + (at_end ? span_ - bytes : 0));
+      std::memset(blocks_.back(), 0xFF, bytes);
+    }
+    install_handler();
+    current().store(this);
+  }
+  ~GuardedSmem() {
+    current().store(nullptr);
+    munmap(base_, total_);
+  }
+  GuardedSmem(const GuardedSmem&) = delete;
+  GuardedSmem& operator=(const GuardedSmem&) = delete;
+
+  const std::vector<unsigned char*>& blocks() const { return blocks_; }
+
+ private:
+  static std::atomic<GuardedSmem*>& current() {
+    static std::atomic<GuardedSmem*> arena{nullptr};
+    return arena;
+  }
+  static struct sigaction& previous() {
+    static struct sigaction old {};
+    return old;
+  }
+
+  static void install_handler() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+      struct sigaction sa {};
+      sa.sa_sigaction = on_fault;
+      sa.sa_flags = SA_SIGINFO;
+      sigemptyset(&sa.sa_mask);
+      sigaction(SIGSEGV, &sa, &previous());
+    });
+  }
+
+  // Describes a fault in the arena's guard pages, then restores the handler
+  // before this one and returns: the access faults again, and that handler
+  // (or the default action) ends the process.
+  static void on_fault(int sig, siginfo_t* info, void*) {
+    const GuardedSmem* a = current().load();
+    const auto* addr = static_cast<const unsigned char*>(info->si_addr);
+    if (a && addr >= a->base_ && addr < a->base_ + a->total_) {
+      char msg[400];
+      int n = std::snprintf(msg, sizeof msg,
+                            "\nemu: a shared memory access outside the "
+                            "block's dynamic shared memory of %zu bytes, at",
+                            a->bytes_);
+      for (unsigned b = 0; b < a->nblocks_ && n < 300; ++b) {
+        const unsigned char* lo = a->blocks_[b];
+        const unsigned char* hi = lo + a->bytes_;
+        if ((addr >= hi && addr < hi + a->stride_) ||
+            (addr < lo && addr + a->stride_ >= lo))
+          n += std::snprintf(msg + n, sizeof msg - n,
+                             " byte %lld of block %u's (%s);",
+                             static_cast<long long>(addr - lo), b,
+                             addr < lo ? "before its start" : "past its end");
+      }
+      n += std::snprintf(msg + n, sizeof msg - n,
+                         " thread %u; a GPU faults there\n",
+                         threadIdx.x);
+      if (write(2, msg, static_cast<size_t>(n)) < 0) {
+      }
+    }
+    sigaction(sig, &previous(), nullptr);
+  }
+
+  unsigned nblocks_;
+  size_t bytes_, span_ = 0, stride_ = 0, total_ = 0;
+  unsigned char* base_ = nullptr;
+  std::vector<unsigned char*> blocks_;
+};
+
 struct Worker {
   const std::function<void()>* body;
   std::barrier<>* block_barrier;    // this thread's block's
   std::barrier<>* cluster_barrier;  // every thread of the launch's
-  unsigned char* smem;
+  const std::vector<unsigned char*>* smem;  // each block's
   size_t smem_bytes;
   const std::vector<unsigned>* order;  // of the clusters
   dim3 grid, block;
@@ -275,8 +386,8 @@ inline void* worker_main(void* arg) {
     const unsigned b = q * per_cluster + w.rank;
     blockIdx = dim3(b % w.grid.x, (b / w.grid.x) % w.grid.y,
                     b / (w.grid.x * w.grid.y));
-    t_smem = w.smem + static_cast<size_t>(b) * w.smem_bytes;
-    t_cluster_smem = w.smem + static_cast<size_t>(q) * per_cluster * w.smem_bytes;
+    t_smem = (*w.smem)[b];
+    t_cluster_smem = w.smem->data() + static_cast<size_t>(q) * per_cluster;
     t_copies.clear();
     t_groups_committed = 0;
     try {
@@ -332,7 +443,7 @@ inline void launch(dim3 grid, dim3 block, size_t smem,
     std::shuffle(order.begin(), order.end(), rng);
   }
   const size_t smem_bytes = (smem + 15) / 16 * 16;
-  std::vector<unsigned char> mem(smem_bytes * nblocks + 16, 0xFF);
+  GuardedSmem mem(nblocks, smem_bytes, g_launches);
   const unsigned nthreads = block.x * per_cluster;
   std::barrier<> cluster_barrier(nthreads);
   std::vector<std::unique_ptr<std::barrier<>>> block_barriers;
@@ -349,7 +460,7 @@ inline void launch(dim3 grid, dim3 block, size_t smem,
     const unsigned rank = t / block.x;
     workers[t] = Worker{&body,
                         cluster > 0 ? block_barriers[rank].get() : &cluster_barrier,
-                        &cluster_barrier, mem.data(), smem_bytes, &order,
+                        &cluster_barrier, &mem.blocks(), smem_bytes, &order,
                         grid, block, t % block.x, rank, cluster, &state};
     if (pthread_create(&threads[t], &attr, worker_main, &workers[t]) != 0) {
       std::fprintf(stderr, "emu: pthread_create failed at thread %u\n", t);
@@ -486,8 +597,7 @@ inline T* irnn_map_shared_rank(T* ptr, unsigned rank) {
     emu::fail("thread " + std::to_string(threadIdx.x) +
               ": irnn_map_shared_rank to rank " + std::to_string(rank) +
               " of a cluster of " + std::to_string(emu::t_cluster_size));
-  return reinterpret_cast<T*>(emu::t_cluster_smem + rank * emu::t_smem_bytes +
-                              (p - emu::t_smem));
+  return reinterpret_cast<T*>(emu::t_cluster_smem[rank] + (p - emu::t_smem));
 }
 
 inline void irnn_cluster_arrive() {
@@ -534,8 +644,8 @@ inline T* irnn_dyn_smem() {
 }
 
 // Bytes [p, p + n) lie in the block's dynamic shared memory (a GPU faults on
-// an access outside it; here the blocks' memories are adjacent, so such an
-// access would read a neighbour's instead).
+// an access outside it). The guard pages catch most such accesses too; this
+// check is exact to the byte and reports as a launch error.
 inline void irnn_check_smem(const void* p, int n) {
   const auto* b = static_cast<const unsigned char*>(p);
   if (b < emu::t_smem || b + n > emu::t_smem + emu::t_smem_bytes)

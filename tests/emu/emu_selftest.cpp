@@ -12,9 +12,14 @@
 //   emu_selftest mask_mismatch  lane 3 shuffles with a mask without lane 31
 //   emu_selftest source_outside a source lane outside the mask
 //   emu_selftest lane_missing   lane 5 returns before a shuffle
+//   emu_selftest smem_in_bounds every block reads its whole shared memory
+//   emu_selftest smem_past_end  each block reads a float just past the end
+//                               of its shared memory
+//   emu_selftest smem_before_start  ... just before its start
 //
 // Each prints what the kernel produced ("value ...") or the launch's error
-// ("error: ..."); the exit status is 0 when the launch succeeded.
+// ("error: ..."); the exit status is 0 when the launch succeeded. The two
+// out-of-bounds reads end the process on a guard page, as a GPU faults.
 #include "emu_platform.h"
 
 #include <chrono>
@@ -174,6 +179,32 @@ int run_planted() {
   return 0;
 }
 
+// Two blocks of 32 threads with 256 bytes of shared memory each: thread t
+// reads float `t + offset`, a raw pointer access as the kernels make.
+struct SmemReadParams {
+  float* out;
+  int offset;
+};
+
+IRNN_GLOBAL void smem_read_kernel(SmemReadParams p) {
+  const float* smem = irnn_cuda::irnn_dyn_smem<float>();
+  p.out[blockIdx.x * blockDim.x + threadIdx.x] =
+      smem[static_cast<int>(threadIdx.x) * 2 + p.offset];
+}
+
+int run_smem_read(int offset) {
+  std::vector<float> out(64);
+  const SmemReadParams p{out.data(), offset};
+  // Two launches, so that each block's memory is against the guard page on
+  // each side once.
+  for (int launch = 0; launch < 2; ++launch)
+    IRNN_LAUNCH(smem_read_kernel, 2, 32, 64 * sizeof(float), nullptr, p);
+  int nan = 0;
+  for (float v : out) nan += std::isnan(v);
+  std::printf("value %d of 64 NaN\n", nan);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -193,6 +224,9 @@ int main(int argc, char** argv) {
     else if (what == "mask_mismatch") rc = run_planted<mask_mismatch_kernel>();
     else if (what == "source_outside") rc = run_planted<source_outside_kernel>();
     else if (what == "lane_missing") rc = run_planted<lane_missing_kernel>();
+    else if (what == "smem_in_bounds") rc = run_smem_read(0);
+    else if (what == "smem_past_end") rc = run_smem_read(2);
+    else if (what == "smem_before_start") rc = run_smem_read(-1);
     else std::fprintf(stderr, "unknown test %s\n", what.c_str());
   } catch (const std::exception& e) {
     std::printf("error: %s\n", e.what());
