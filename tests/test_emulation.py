@@ -755,19 +755,23 @@ def test_nan_propagates(harness, nan_step):
 # an uninstrumented Python), running the kernels with <= 256 threads per
 # block and a kernel with a planted race that must be reported.
 TSAN_WARNING = "WARNING: ThreadSanitizer: data race"
+SANITIZER_MAIN = os.path.join(emu.HERE, "emu_sanitizer_main.cpp")
+
+
+def _build_sanitizer(tmp_path_factory, name, flag):
+    out = os.environ.get("IRNN_EMU_BUILD_DIR") or str(
+        tmp_path_factory.mktemp(name))
+    os.makedirs(out, exist_ok=True)
+    try:
+        return emu.build(out, extra_flags=("-O1", "-g", flag), output=name,
+                         main=SANITIZER_MAIN)
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"{name} build failed:\n{exc.stderr}")
 
 
 @pytest.fixture(scope="module")
 def tsan_exe(tmp_path_factory):
-    out = os.environ.get("IRNN_EMU_BUILD_DIR") or str(
-        tmp_path_factory.mktemp("tsan"))
-    os.makedirs(out, exist_ok=True)
-    try:
-        return emu.build(out, extra_flags=("-O1", "-g", "-fsanitize=thread"),
-                         output="emu_tsan",
-                         main=os.path.join(emu.HERE, "emu_tsan_main.cpp"))
-    except subprocess.CalledProcessError as exc:
-        pytest.fail(f"ThreadSanitizer build failed:\n{exc.stderr}")
+    return _build_sanitizer(tmp_path_factory, "emu_tsan", "-fsanitize=thread")
 
 
 def _run_tsan(exe, what):
@@ -786,3 +790,40 @@ def test_tsan_kernels_race_free(tsan_exe):
     proc, text = _run_tsan(tsan_exe, "kernels")
     assert TSAN_WARNING not in text, text[-6000:]
     assert proc.returncode == 0 and "kernels: all cases agree" in text, text[-3000:]
+
+
+# AddressSanitizer: the same executable and cases, built with
+# -fsanitize=address. Every array and workspace the kernels get is
+# allocated at the size the op allocates it (the 16-bit words of the
+# register-resident backward aside, see emu_sanitizer_main.cpp), so a read
+# or write of global memory past an end is reported, as compute-sanitizer
+# memcheck would on a GPU. Shared memory is guarded by the emulation's own
+# guard pages (tests/test_emu_selftest.py).
+ASAN_ERROR = "ERROR: AddressSanitizer"
+
+
+@pytest.fixture(scope="module")
+def asan_exe(tmp_path_factory):
+    return _build_sanitizer(tmp_path_factory, "emu_asan", "-fsanitize=address")
+
+
+def _run_asan(exe, what):
+    # Leaks are not what this checks (and LeakSanitizer needs ptrace).
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")
+    proc = subprocess.run([exe, what], capture_output=True, text=True,
+                          timeout=600, env=env)
+    return proc, proc.stdout + proc.stderr
+
+
+def test_asan_reports_planted_global_read(asan_exe):
+    proc, text = _run_asan(asan_exe, "global_read")
+    assert ASAN_ERROR + ": heap-buffer-overflow" in text, text[-3000:]
+    assert "READ of size 4" in text and "global_read_kernel" in text, text[-3000:]
+    assert proc.returncode != 0
+
+
+@pytest.mark.parametrize("what", ["kernels", "cluster"])
+def test_asan_kernels_in_bounds(asan_exe, what):
+    proc, text = _run_asan(asan_exe, what)
+    assert ASAN_ERROR not in text, text[-6000:]
+    assert proc.returncode == 0 and f"{what}: all cases agree" in text, text[-3000:]

@@ -601,6 +601,33 @@ at::Tensor rows_for_library(const at::Tensor& x, const GemmHook* hook,
   return x.contiguous();
 }
 
+// The register-resident backward copies a 16-bit x, grad_output and stored
+// sequence into shared memory as the aligned 4-byte words that hold their
+// elements (cp.async moves 4 bytes at least), so the word of the first
+// element may start 2 bytes before it and the word of the last may end 2
+// bytes after it. Inside the tensor's storage those bytes are read and
+// dropped; a tensor whose words would reach outside its storage (an odd
+// element count at its end, say) is copied, contiguous, into one with a
+// spare element, so the kernel never reads outside an allocation (which a
+// GPU tolerates within the page, but compute-sanitizer would report).
+at::Tensor whole_words(const at::Tensor& t, const LaunchConfig& cfg) {
+  if (!t.defined() || t.numel() == 0 || t.element_size() != 2 ||
+      cfg.path != Path::kRegisterBwd)
+    return t;
+  int64_t last = 0;  // the last element's offset from the first
+  for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+  const auto first = reinterpret_cast<uintptr_t>(t.const_data_ptr());
+  const auto lo = reinterpret_cast<uintptr_t>(t.storage().data());
+  const uintptr_t hi = lo + t.storage().nbytes();
+  if ((first & ~uintptr_t{3}) >= lo && ((first + 2 * last) & ~uintptr_t{3}) + 4 <= hi)
+    return t;
+  at::Tensor padded = at::empty({t.numel() + 1}, t.options())
+                          .narrow(0, 0, t.numel())
+                          .view(t.sizes());
+  padded.copy_(t);
+  return padded;
+}
+
 std::tuple<at::Tensor, at::Tensor> irnn_forward_cuda(
     const at::Tensor& input, const at::Tensor& h0,
     const c10::optional<at::Tensor>& weight_ih, const at::Tensor& weight_hh,
@@ -698,21 +725,22 @@ irnn_backward_cuda(const c10::optional<at::Tensor>& grad_output,
       device_props(input, "irnn_backward"), true, dt, s.T, s.B, s.I,
       s.H, s.project, true);
   CallGemm gemm(input.get_device());
-  const at::Tensor xr =
-      rows_for_library(x, gemm.hook(), cfg, dt, has(lengths));  // relayout
+  const at::Tensor xr = whole_words(
+      rows_for_library(x, gemm.hook(), cfg, dt, has(lengths)), cfg);  // relayout
+  const at::Tensor g_outw = whole_words(g_out, cfg), outw = whole_words(out, cfg);
   BwdArgs a{};
   a.bwd_gemm = gemm.hook();
   a.dtype = dt;
   a.T = s.T; a.B = s.B; a.I = s.I; a.H = s.H;
   a.project = s.project; a.relu = s.relu; a.reverse = reverse;
-  a.g_out = ptr(g_out);
-  if (g_out.defined()) std::tie(a.g_st, a.g_sb) = strides(g_out);
+  a.g_out = ptr(g_outw);
+  if (g_outw.defined()) std::tie(a.g_st, a.g_sb) = strides(g_outw);
   a.g_hn = ptr(g_hn);
   a.x = ptr(xr);
   std::tie(a.x_st, a.x_sb) = strides(xr);
   a.h0 = ptr(h0c); a.w_ih = ptr(w_ih); a.w_hh = ptr(w_hh);
-  a.out = ptr(out);
-  std::tie(a.o_st, a.o_sb) = strides(out);
+  a.out = ptr(outw);
+  std::tie(a.o_st, a.o_sb) = strides(outw);
   a.dx = dx.data_ptr(); a.dh0 = dh0.data_ptr();
   a.dw_ih = s.project ? dw_ih.data_ptr() : nullptr;
   a.dw_hh = dw_hh.data_ptr(); a.db = db.data_ptr();

@@ -1,7 +1,8 @@
 // The emulation harness: csrc/cuda/irnn_launch.cuh (and through it the
 // kernels) compiled with g++ against emu_platform.h, behind a plain C ABI
 // that tests/test_emulation.py loads with ctypes. The same file is the body
-// of the ThreadSanitizer executable (emu_tsan_main.cpp includes it).
+// of the ThreadSanitizer and AddressSanitizer executables
+// (emu_sanitizer_main.cpp includes it).
 #include "emu_platform.h"
 
 #include "../../csrc/cuda/irnn_launch.cuh"
@@ -21,6 +22,13 @@ void set_device(const DeviceProps& p) {
   emu::g_smem_default = p.smem_per_block;
   emu::g_smem_limit = std::max(p.smem_per_block, p.smem_per_block_optin);
   emu::g_max_threads = p.max_threads_per_block;
+}
+
+// A workspace's bytes, as the op allocates them (irnn_ops_cuda.cpp's
+// workspace(): exactly, at least 1), so that AddressSanitizer sees the
+// kernels' reads and writes against its true end.
+size_t workspace_size(int64_t bytes) {
+  return static_cast<size_t>(std::max<int64_t>(bytes, 1));
 }
 
 template <typename F>
@@ -70,7 +78,7 @@ int emu_forward(const DeviceProps* p, const FwdArgs* a,
     *cfg_out = c;
     // With lengths, relayout copies follow the kernels' workspace; NaN too.
     std::vector<unsigned char> ws(
-        static_cast<size_t>(irnn_cuda::fwd_workspace_bytes(*a, c)) + 16, 0xFF);
+        workspace_size(irnn_cuda::fwd_workspace_bytes(*a, c)), 0xFF);
     switch (a->dtype) {
       case DType::kFloat: return irnn_cuda::run_forward<float>(*a, c, ws.data(), nullptr);
       case DType::kDouble: return irnn_cuda::run_forward<double>(*a, c, ws.data(), nullptr);
@@ -180,7 +188,7 @@ int emu_backward(const DeviceProps* p, const BwdArgs* a,
     *cfg_out = c;
     // Workspace starts as NaN: kernels must write before they read it.
     std::vector<unsigned char> ws(
-        static_cast<size_t>(irnn_cuda::bwd_workspace_bytes(*a, c)) + 16, 0xFF);
+        workspace_size(irnn_cuda::bwd_workspace_bytes(*a, c)), 0xFF);
     switch (a->dtype) {
       case DType::kFloat: return irnn_cuda::run_backward<float>(*a, c, ws.data(), nullptr);
       case DType::kDouble: return irnn_cuda::run_backward<double>(*a, c, ws.data(), nullptr);

@@ -1,22 +1,30 @@
-// ThreadSanitizer driver for the emulation (built by tests/test_emulation.py
-// with -fsanitize=thread; a TSan shared library cannot be loaded into an
-// uninstrumented Python, so this is a standalone executable).
+// ThreadSanitizer and AddressSanitizer driver for the emulation (built by
+// tests/test_emulation.py with -fsanitize=thread and -fsanitize=address; a
+// sanitized shared library cannot be loaded into an uninstrumented Python,
+// so this is a standalone executable).
 //
-//   emu_tsan race     runs a kernel with a planted race (a shared memory
-//                     write and a read by another thread with no barrier
-//                     between them); TSan must report it.
-//   emu_tsan cluster_race  runs a cluster kernel with a planted race: each
-//                     block writes into its peer's shared memory and reads
-//                     its own with the cluster barrier left out; TSan must
-//                     report it.
-//   emu_tsan cluster  runs the cluster forward and backward (4 blocks of
-//                     256 threads) against the large-H path; TSan must stay
-//                     silent.
-//   emu_tsan kernels  runs the forward and backward kernels (register-
+//   emu_sanitizer race     runs a kernel with a planted race (a shared
+//                     memory write and a read by another thread with no
+//                     barrier between them); TSan must report it.
+//   emu_sanitizer cluster_race  runs a cluster kernel with a planted race:
+//                     each block writes into its peer's shared memory and
+//                     reads its own with the cluster barrier left out; TSan
+//                     must report it.
+//   emu_sanitizer global_read  runs a kernel whose last thread reads one
+//                     float past the end of its input; ASan must report it.
+//   emu_sanitizer cluster  runs the cluster forward and backward (4 blocks
+//                     of 256 threads) against the large-H path; the
+//                     sanitizer must stay silent.
+//   emu_sanitizer kernels  runs the forward and backward kernels (register-
 //                     resident, persistent and large-H paths, <= 256
 //                     threads per block; two cases with lengths) on a few
 //                     cases and checks that they agree with the large-H
-//                     path; TSan must stay silent.
+//                     path; the sanitizer must stay silent.
+//
+// Every array is allocated at its exact size, as the op allocates its
+// tensors and workspaces, except the 16-bit inputs the register-resident
+// backward copies as 4-byte words (x, grad_output and the stored sequence):
+// those get the spare element the op guarantees them (see kWordSpare).
 #include "emu_harness.cpp"
 
 #include <cstring>
@@ -28,6 +36,19 @@ IRNN_GLOBAL void planted_race_kernel(float* out) {
   s[threadIdx.x] = static_cast<float>(threadIdx.x);
   // A __syncthreads() belongs here.
   out[threadIdx.x] = s[(threadIdx.x + 1) % blockDim.x];
+}
+
+// Thread t of 64 reads in[t + 1] of a 64-float array.
+IRNN_GLOBAL void global_read_kernel(const float* in) {
+  volatile float v = in[threadIdx.x + 1];
+  (void)v;
+}
+
+int run_global_read() {
+  std::vector<float> in(64, 1.f);
+  const float* p = in.data();
+  IRNN_LAUNCH(global_read_kernel, 1, 64, 0, nullptr, p);
+  return 0;
 }
 
 int run_race() {
@@ -92,10 +113,20 @@ T stored(double v) {
     return irnn_cuda::from_acc<T>(static_cast<float>(v));
 }
 
+// The register-resident backward reads a 16-bit x, grad_output and stored
+// sequence as the aligned 4-byte words that hold their elements, so the
+// last element's word may reach 2 bytes past it; the op gives such a
+// tensor a spare element whenever its storage would end there
+// (irnn_ops_cuda.cpp, whole_words). These arrays get it too.
 template <typename T>
-std::vector<T> random_vec(size_t n, double scale, std::mt19937& rng) {
+constexpr size_t kWordSpare = sizeof(T) == 2 ? 1 : 0;
+
+// n values, and `spare` more (a word's spare).
+template <typename T>
+std::vector<T> random_vec(size_t n, double scale, std::mt19937& rng,
+                          size_t spare = 0) {
   std::normal_distribution<double> nd(0.0, scale);
-  std::vector<T> v(n);
+  std::vector<T> v(n + spare);
   for (auto& e : v) e = stored<T>(nd(rng));
   return v;
 }
@@ -106,14 +137,14 @@ template <typename T>
 std::vector<T> run_case(const Case& c, const DeviceProps& props) {
   std::mt19937 rng(7);
   const int64_t T_ = c.T, B = c.B, H = c.H, I = c.project ? c.I : c.H;
-  auto x = random_vec<T>(T_ * B * I, 1.0, rng);
+  auto x = random_vec<T>(T_ * B * I, 1.0, rng, kWordSpare<T>);
   auto h0 = random_vec<T>(B * H, 0.5, rng);
   auto w_ih = random_vec<T>(H * I, 0.5, rng);
   auto w_hh = random_vec<T>(H * H, 0.9 / std::sqrt(double(H)), rng);
   auto b_ih = random_vec<T>(H, 0.1, rng), b_hh = random_vec<T>(H, 0.1, rng);
-  auto g_out = random_vec<T>(T_ * B * H, 1.0, rng);
+  auto g_out = random_vec<T>(T_ * B * H, 1.0, rng, kWordSpare<T>);
   auto g_hn = random_vec<T>(B * H, 1.0, rng);
-  std::vector<T> out(T_ * B * H), h_n(B * H), dx(T_ * B * I), dh0(B * H),
+  std::vector<T> out(T_ * B * H + kWordSpare<T>), h_n(B * H), dx(T_ * B * I), dh0(B * H),
       dw_ih(H * I), dw_hh(H * H), db(H);
   FwdArgs f{c.dtype, T_, B, I, H, c.project, c.relu, c.reverse,
             x.data(), B * I, I, h0.data(), c.project ? w_ih.data() : nullptr,
@@ -133,6 +164,7 @@ std::vector<T> run_case(const Case& c, const DeviceProps& props) {
   if (c.varlen) b.lengths = lengths.data();
   if (emu_backward(&props, &b, 3, &cfg) != 0) throw std::runtime_error(g_error);
   std::vector<T> all;
+  out.resize(T_ * B * H);  // without the spare
   for (const auto* v : {&out, &h_n, &dx, &dh0, &dw_ih, &dw_hh, &db})
     all.insert(all.end(), v->begin(), v->end());
   return all;
@@ -260,8 +292,7 @@ int run_cluster() {
       cfgs[k] = irnn_cuda::make_launch_config(props, false, a.dtype, T, B, I,
                                               H, true, true);
       std::vector<unsigned char> ws(
-          static_cast<size_t>(irnn_cuda::fwd_workspace_bytes(a, cfgs[k])) + 16,
-          0xFF);
+          workspace_size(irnn_cuda::fwd_workspace_bytes(a, cfgs[k])), 0xFF);
       if (irnn_cuda::run_forward<float>(a, cfgs[k], ws.data(), nullptr) != 0) {
         std::printf("cluster: launch failed\n");
         return 1;
@@ -286,8 +317,7 @@ int run_cluster() {
       bcfgs[k] = irnn_cuda::make_launch_config(props, true, g.dtype, T, B, I,
                                                H, true, true);
       std::vector<unsigned char> bws(
-          static_cast<size_t>(irnn_cuda::bwd_workspace_bytes(g, bcfgs[k])) + 16,
-          0xFF);
+          workspace_size(irnn_cuda::bwd_workspace_bytes(g, bcfgs[k])), 0xFF);
       if (irnn_cuda::run_backward<float>(g, bcfgs[k], bws.data(), nullptr) != 0) {
         std::printf("cluster: backward launch failed\n");
         return 1;
@@ -323,6 +353,8 @@ int run_cluster() {
 
 int main(int argc, char** argv) {
   if (argc == 2 && std::strcmp(argv[1], "race") == 0) return run_race();
+  if (argc == 2 && std::strcmp(argv[1], "global_read") == 0)
+    return run_global_read();
   if (argc == 2 && std::strcmp(argv[1], "kernels") == 0) {
     try {
       return run_kernels();
@@ -341,6 +373,6 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  std::fprintf(stderr, "usage: %s race|kernels|cluster_race|cluster\n", argv[0]);
+  std::fprintf(stderr, "usage: %s race|global_read|kernels|cluster_race|cluster\n", argv[0]);
   return 2;
 }
