@@ -29,10 +29,10 @@ import emu  # noqa: E402  (on sys.path through test_emulation)
 CLUSTER_FWD, CLUSTER_BWD = 4, 5
 # IRNN_CLUSTER_FWD_VARIANTS and IRNN_CLUSTER_BWD_VARIANTS: float32, HP 256
 # (4 blocks) and 512 (8 blocks); rows per cluster 1, 2, 4 and 8 at HP 256;
-# 1 and 8 (forward) or 1 and 4 (backward) at HP 512.
+# 1, 2 and 8 (forward) or 1, 2 and 4 (backward) at HP 512.
 CLUSTER_HP = (256, 512)
-CLUSTER_ROWS = {(False, 256): (1, 2, 4, 8), (False, 512): (1, 8),
-                (True, 256): (1, 2, 4, 8), (True, 512): (1, 4)}
+CLUSTER_ROWS = {(False, 256): (1, 2, 4, 8), (False, 512): (1, 2, 8),
+                (True, 256): (1, 2, 4, 8), (True, 512): (1, 2, 4)}
 # An H100 with 16 SMs: 4 clusters of 4 blocks (2 of 8) fill it, so a small
 # batch already takes several rows per cluster and leaves a ragged last
 # cluster.
@@ -69,7 +69,8 @@ def test_cluster_routing(harness, table):
     seen = set()
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         for H in (100, 128, 129, 200, 256, 257, 400, 512, 513):
-            for B in (1, 16, 33, 34, 66, 67, 100, 132, 133, 200, 1024):
+            for B in (1, 16, 17, 32, 33, 34, 66, 67, 100, 132, 133, 200,
+                      1024):
                 for I, project in ((1, True), (4, True), (5, True),
                                    (0, False)):
                     for backward in (False, True):
@@ -97,9 +98,8 @@ def test_cluster_routing(harness, table):
                             assert c["workspace"] == 0, c
                         assert c["smem"] <= t["smem_per_block_optin"], c
     if table == "h100":
-        assert seen == {(bwd, 256, r) for bwd in (False, True)
-                        for r in (1, 2, 4, 8)} | {
-            (False, 512, 1), (False, 512, 8), (True, 512, 1), (True, 512, 4)}
+        assert seen == {(bwd, hp, r) for (bwd, hp), rows in CLUSTER_ROWS.items()
+                        for r in rows}
     if table == "a100":
         assert not seen
 
@@ -137,7 +137,7 @@ def run_forward(harness, table, T, B, I, H, *, relu=True, reverse=False,
 
 
 # H in {129, 200, 256, 257, 512}, both directions, relu and tanh, 1 row per
-# cluster, and 2, 4 and 8 at HP 256 and 8 at HP 512 with ragged last
+# cluster, and 2, 4 and 8 at HP 256 and 2 and 8 at HP 512 with ragged last
 # clusters (SIXTEEN_SMS), I from 1 to 4, with and without biases and the
 # stored sequence.
 CASES = [
@@ -153,6 +153,7 @@ CASES = [
     dict(H=257, B=5, T=3, I=1, relu=False, reverse=False, table="sixteen"),
     dict(H=512, B=2, T=3, I=1, relu=False, reverse=True, table="h100"),
     dict(H=512, B=9, T=2, I=4, relu=True, reverse=False, table="sixteen"),
+    dict(H=400, B=3, T=3, I=2, relu=False, reverse=False, table="sixteen"),
 ]
 
 
@@ -204,6 +205,8 @@ BWD_CASES = [
          grads="both", table="h100"),
     dict(H=512, B=7, T=2, I=None, nonlinearity="relu", reverse=True,
          grads="seq", table="sixteen"),
+    dict(H=450, B=3, T=9, I=2, nonlinearity="tanh", reverse=False,
+         grads="both", table="sixteen"),
 ]
 
 

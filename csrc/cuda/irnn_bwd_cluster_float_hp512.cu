@@ -9,6 +9,8 @@ namespace irnn_cuda {
 
 template irnn_error launch_bwd_cluster<float, 512, 1>(
     const ClusterBwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_bwd_cluster<float, 512, 2>(
+    const ClusterBwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
 template irnn_error launch_bwd_cluster<float, 512, 4>(
     const ClusterBwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
 
