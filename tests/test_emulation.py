@@ -774,11 +774,17 @@ def tsan_exe(tmp_path_factory):
     return _build_sanitizer(tmp_path_factory, "emu_tsan", "-fsanitize=thread")
 
 
-def _run_tsan(exe, what):
-    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=0 report_signal_unsafe=0")
+def _run_sanitized(exe, what, **options):
+    """Runs one case of a sanitizer executable with `options` in its
+    environment; returns (the process, its output)."""
     proc = subprocess.run([exe, what], capture_output=True, text=True,
-                          timeout=600, env=env)
+                          timeout=600, env=dict(os.environ, **options))
     return proc, proc.stdout + proc.stderr
+
+
+def _run_tsan(exe, what):
+    return _run_sanitized(
+        exe, what, TSAN_OPTIONS="halt_on_error=0 report_signal_unsafe=0")
 
 
 def test_tsan_reports_planted_race(tsan_exe):
@@ -809,10 +815,7 @@ def asan_exe(tmp_path_factory):
 
 def _run_asan(exe, what):
     # Leaks are not what this checks (and LeakSanitizer needs ptrace).
-    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")
-    proc = subprocess.run([exe, what], capture_output=True, text=True,
-                          timeout=600, env=env)
-    return proc, proc.stdout + proc.stderr
+    return _run_sanitized(exe, what, ASAN_OPTIONS="detect_leaks=0")
 
 
 def test_asan_reports_planted_global_read(asan_exe):
