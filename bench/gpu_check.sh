@@ -158,10 +158,10 @@ import time
 import torch
 
 # H = 100 at B = 256 and 400: the register-resident kernels at 2 and 4
-# rows per block on an H200; H = 512 at B = 32: the cluster kernels at 2
-# rows per cluster.
+# rows per block on an H200; H = 512 at B = 32 and 64: the cluster kernels
+# at 2 and 4 rows per cluster.
 CASES = [(100, 16), (100, 128), (100, 256), (100, 400), (100, 1024), (256, 16),
-         (256, 128), (512, 16), (512, 32)]
+         (256, 128), (512, 16), (512, 32), (512, 64)]
 
 
 def run_case(H, B, T, repeats, dev):

@@ -28,10 +28,10 @@ import emu  # noqa: E402  (on sys.path through test_emulation)
 
 CLUSTER_FWD, CLUSTER_BWD = 4, 5
 # IRNN_CLUSTER_FWD_VARIANTS and IRNN_CLUSTER_BWD_VARIANTS: float32, HP 256
-# (4 blocks) and 512 (8 blocks); rows per cluster 1, 2, 4 and 8 at HP 256;
-# 1, 2 and 8 (forward) or 1, 2 and 4 (backward) at HP 512.
+# (4 blocks) and 512 (8 blocks); rows per cluster 1, 2, 4 and 8 at HP 256
+# and in the forward at HP 512; 1, 2 and 4 in the backward at HP 512.
 CLUSTER_HP = (256, 512)
-CLUSTER_ROWS = {(False, 256): (1, 2, 4, 8), (False, 512): (1, 2, 8),
+CLUSTER_ROWS = {(False, 256): (1, 2, 4, 8), (False, 512): (1, 2, 4, 8),
                 (True, 256): (1, 2, 4, 8), (True, 512): (1, 2, 4)}
 # An H100 with 16 SMs: 4 clusters of 4 blocks (2 of 8) fill it, so a small
 # batch already takes several rows per cluster and leaves a ragged last
@@ -106,11 +106,13 @@ def test_cluster_routing(harness, table):
 
 def test_cluster_routing_h200_benchmark_sizes(harness):
     """The GPU check's sizes: H = 256 and 512 at B = 16, 128, 1024 on an
-    H200 take the cluster forward and backward (H = 256, B = 128: 32
-    clusters of 4 rows, 128 of the 132 SMs)."""
+    H200, and the sweep's H = 512 at B = 32 and 64, take the cluster
+    forward and backward (H = 256, B = 128: 32 clusters of 4 rows, 128 of
+    the 132 SMs; H = 512, B = 64: 16 clusters of 4 rows)."""
     h200 = dict(emu.H100)
     for H, B, rows, bwd_rows in ((256, 16, 1, 1), (256, 128, 4, 4),
                                  (256, 1024, 8, 8), (512, 16, 1, 1),
+                                 (512, 32, 2, 2), (512, 64, 4, 4),
                                  (512, 128, 8, 4), (512, 1024, 8, 4)):
         c = harness.config(h200, False, torch.float32, 784, B, 1, H, True,
                            True)
@@ -136,8 +138,8 @@ def run_forward(harness, table, T, B, I, H, *, relu=True, reverse=False,
     return out, h_n, r_out, r_hn, cfg
 
 
-# H in {129, 200, 256, 257, 512}, both directions, relu and tanh, 1 row per
-# cluster, and 2, 4 and 8 at HP 256 and 2 and 8 at HP 512 with ragged last
+# H in {129, 200, 256, 257, 400, 480, 512}, both directions, relu and tanh,
+# 1 row per cluster, and 2, 4 and 8 at HP 256 and HP 512 with ragged last
 # clusters (SIXTEEN_SMS), I from 1 to 4, with and without biases and the
 # stored sequence.
 CASES = [
@@ -154,6 +156,7 @@ CASES = [
     dict(H=512, B=2, T=3, I=1, relu=False, reverse=True, table="h100"),
     dict(H=512, B=9, T=2, I=4, relu=True, reverse=False, table="sixteen"),
     dict(H=400, B=3, T=3, I=2, relu=False, reverse=False, table="sixteen"),
+    dict(H=480, B=7, T=3, I=3, relu=True, reverse=True, table="sixteen"),
 ]
 
 

@@ -494,7 +494,7 @@ CLUSTER_FWD = re.compile(r"irnn_cuda::irnn_fwd_cluster_kernel<(\w+), (\d+), "
                          r"(\d+), (true|false)>$")
 CLUSTER_FWD_VARIANTS = [("float", 256, 1), ("float", 256, 2), ("float", 256, 4),
                         ("float", 256, 8), ("float", 512, 1), ("float", 512, 2),
-                        ("float", 512, 8)]
+                        ("float", 512, 4), ("float", 512, 8)]
 
 
 def cluster_fwd_budget(name):

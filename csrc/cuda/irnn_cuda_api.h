@@ -338,8 +338,7 @@ inline bool select_reg_bwd(int sm_count, int max_threads, int64_t smem_max,
 // shared memory each step. Every instantiation, as X(dtype enumerator,
 // stored type, HP, R); one .cu per (type, HP) in csrc/cuda/ instantiates it
 // (irnn_fwd_cluster_<type>_hp<HP>.cu). make_launch_config selects from
-// this table only, where the device launches clusters. At HP = 512, 4 rows
-// per cluster spill on sm_90 (12 bytes; 2 and 8 do not).
+// this table only, where the device launches clusters.
 #define IRNN_CLUSTER_FWD_VARIANTS(X) \
   X(kFloat, float, 256, 1)           \
   X(kFloat, float, 256, 2)           \
@@ -347,6 +346,7 @@ inline bool select_reg_bwd(int sm_count, int max_threads, int64_t smem_max,
   X(kFloat, float, 256, 8)           \
   X(kFloat, float, 512, 1)           \
   X(kFloat, float, 512, 2)           \
+  X(kFloat, float, 512, 4)           \
   X(kFloat, float, 512, 8)
 constexpr int kClusterUnits = 64;   // units a block of a cluster owns
 constexpr int kClusterSlices = 4;   // threads that share a unit's row

@@ -11,6 +11,8 @@ template irnn_error launch_fwd_cluster<float, 512, 1>(
     const RegFwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
 template irnn_error launch_fwd_cluster<float, 512, 2>(
     const RegFwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_fwd_cluster<float, 512, 4>(
+    const RegFwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
 template irnn_error launch_fwd_cluster<float, 512, 8>(
     const RegFwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
 

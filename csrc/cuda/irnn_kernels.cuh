@@ -524,17 +524,20 @@ IRNN_DEVICE void cluster_fwd_body(const RegFwdParams<S>& p) {
       irnn_cluster_wait();
     }
   }
+  // The first row, opaque: computed before the loop, these stores'
+  // addresses held 3 registers through it and spilled at HP 512, 4 rows.
+  const int row_e = irnn_opaque(row0);
 #pragma unroll
   for (int r = 0; r < R; ++r)
-    if (unit && s == 0 && row0 + r < p.B)
-      p.h_n[(int64_t)(row0 + r) * H + j] = h_last[r];
+    if (unit && s == 0 && row_e + r < p.B)
+      p.h_n[(int64_t)(row_e + r) * H + j] = h_last[r];
   // The outputs after each row's end (with lengths; forward direction).
   if (p.out && p.lengths) {
 #pragma unroll
     for (int r = 0; r < R; ++r)
       for (int t = len[r]; t < p.T && s == r % kClusterSlices && unit &&
-                           row0 + r < p.B; ++t)
-        p.out[t * p.out_st + (int64_t)(row0 + r) * p.out_sb + j] =
+                           row_e + r < p.B; ++t)
+        p.out[t * p.out_st + (int64_t)(row_e + r) * p.out_sb + j] =
             from_acc<S>(0.f);
   }
 }

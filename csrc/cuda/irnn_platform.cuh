@@ -33,6 +33,15 @@ IRNN_DEVICE T* irnn_dyn_smem() {
 // emulation (tests/emu/emu_platform.h), nothing on a GPU.
 IRNN_DEVICE void irnn_check_smem(const void*, int) {}
 
+// v, as a value the compiler cannot trace to its source. Code after a step
+// loop that computes with it (addresses of the last stores) stays after the
+// loop, instead of being computed before it and held in registers through
+// every step.
+IRNN_DEVICE int irnn_opaque(int v) {
+  asm volatile("" : "+r"(v));
+  return v;
+}
+
 IRNN_DEVICE float to_acc(float v) { return v; }
 IRNN_DEVICE double to_acc(double v) { return v; }
 IRNN_DEVICE float to_acc(__half v) { return __half2float(v); }

@@ -703,6 +703,9 @@ inline void irnn_cp_async_wait() {
                copies.end());
 }
 
+// See irnn_platform.cuh: a register hint for nvcc, v itself here.
+inline int irnn_opaque(int v) { return v; }
+
 inline float to_acc(float v) { return v; }
 inline double to_acc(double v) { return v; }
 inline float to_acc(irnn_half v) {
