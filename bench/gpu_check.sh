@@ -9,9 +9,10 @@
 # Stages in priority order, each under its own timeout (seconds, the sum is
 # the budget, STAGE_CAPS below, 300 s in all):
 #   1. build       the extension for sm_90 only (TORCH_CUDA_ARCH_LIST=9.0);
-#   2. cuda-tests  tests/test_cuda.py and the CUDA tests of
-#                  tests/test_variable_length.py (CUDA_TESTS) with
-#                  IRNN_REQUIRE_GPU=1 (fail, not skip);
+#   2. cuda-tests  tests/test_cuda.py, the CUDA tests of
+#                  tests/test_variable_length.py and the device property
+#                  query's (CUDA_TESTS) with IRNN_REQUIRE_GPU=1 (fail,
+#                  not skip);
 #   3. bench       bench/bench_rnn.py --device cuda --tf32 off --varlen:
 #                  FusedIRNN and nn.RNN (cuDNN) in one process, and the
 #                  variable-length batch (T=784, B=256, lengths uniform in
@@ -44,7 +45,8 @@ set -u
 # The tests of stage 2.
 CUDA_TESTS=(tests/test_cuda.py "tests/test_variable_length.py::test_cuda_packed_matches_nn_rnn"
             "tests/test_variable_length.py::test_cuda_ops_lengths_match_cpu"
-            "tests/test_variable_length.py::test_cuda_lengths_without_host_sync_and_in_a_graph")
+            "tests/test_variable_length.py::test_cuda_lengths_without_host_sync_and_in_a_graph"
+            "tests/test_cuda_host.py::test_device_props_report_failed_queries")
 # Each stage's timeout in seconds; their sum is the run's budget.
 STAGES=(build cuda-tests bench sweep ncu sanitizer mnist large-h)
 # From the H200 run of 2026-11-28 (docs/gpu/2026-11-28-h200/summary.txt):
@@ -272,6 +274,12 @@ def main():
                           for k in r["kernels"])
         print(f"{r['H']:>4} {r['B']:>5} {r['fwd_us_per_step']:>12.2f} "
               f"{r['bwd_us_per_step']:>12.2f}  {names}")
+    if dev.type == "cuda":
+        # What the routing read: the clusters of 4 and 8 blocks per wave
+        # (0: the query failed and SMs / blocks was taken).
+        import irnn_cuda
+        print("device props:", irnn_cuda._ops.cuda_device_props(
+            dev.index or 0))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

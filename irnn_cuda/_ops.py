@@ -1,5 +1,6 @@
 """Loads the compiled ops and registers their fake (meta) implementations and
 autograd formulas. The op schemas are documented in docs/ops.md."""
+import ctypes
 import glob
 import importlib.machinery
 import os
@@ -149,6 +150,47 @@ def cuda_gemm():
         raise ValueError("IRNN_CUDA_GEMM=cublaslt, but irnn_cuda was built "
                          "without cuBLASLt")
     return "cublaslt" if built and want != "tiled" else "tiled"
+
+
+class DeviceProps(ctypes.Structure):  # csrc/cuda/irnn_cuda_api.h
+    _fields_ = [("sm_count", ctypes.c_int),
+                ("max_threads_per_block", ctypes.c_int),
+                ("smem_per_block", ctypes.c_int64),
+                ("smem_per_block_optin", ctypes.c_int64),
+                ("cluster_launch", ctypes.c_int),
+                ("clusters_of_4", ctypes.c_int),
+                ("clusters_of_8", ctypes.c_int)]
+
+
+def cuda_device_props_symbols():
+    """(query, error_string): the CUDA build's irnn_cuda_device_props(int,
+    DeviceProps*, const char**) and irnn_cuda_error_string(int), through
+    ctypes."""
+    lib = ctypes.CDLL(_C.__file__)
+    query = lib._ZN9irnn_cuda22irnn_cuda_device_propsEiPNS_11DevicePropsEPPKc
+    query.restype = ctypes.c_int
+    query.argtypes = [ctypes.c_int, ctypes.POINTER(DeviceProps),
+                      ctypes.POINTER(ctypes.c_char_p)]
+    text = lib._ZN9irnn_cuda22irnn_cuda_error_stringEi
+    text.restype = ctypes.c_char_p
+    text.argtypes = [ctypes.c_int]
+    return query, text
+
+
+def cuda_device_props(device=0):
+    """What the CUDA ops' launch configuration reads for `device`, as a
+    dict: SMs, thread and shared memory limits, whether clusters launch,
+    and the clusters of 4 and of 8 blocks that run at once (0: not known).
+    For the GPU check's record; RuntimeError where a query fails."""
+    if not has_kernels("cuda"):
+        raise RuntimeError("irnn_cuda._C was built without CUDA kernels")
+    query, text = cuda_device_props_symbols()
+    props, failed = DeviceProps(), ctypes.c_char_p()
+    err = query(device, ctypes.byref(props), ctypes.byref(failed))
+    if err != 0:
+        raise RuntimeError(f"irnn_cuda: {failed.value.decode()} failed on "
+                           f"device {device}: {text(err).decode()}")
+    return {name: getattr(props, name) for name, _ in DeviceProps._fields_}
 
 
 def warn_fallback(device_type):

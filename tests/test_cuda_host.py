@@ -23,6 +23,7 @@ import pytest
 import torch
 
 import irnn_cuda
+from irnn_cuda import _ops
 
 HERE = Path(__file__).resolve().parent
 
@@ -73,37 +74,16 @@ def test_large_h_empty_batch(tmp_path):
         proc.stdout + proc.stderr[-3000:]
 
 
-class DeviceProps(ctypes.Structure):  # csrc/cuda/irnn_cuda_api.h
-    _fields_ = [("sm_count", ctypes.c_int),
-                ("max_threads_per_block", ctypes.c_int),
-                ("smem_per_block", ctypes.c_int64),
-                ("smem_per_block_optin", ctypes.c_int64),
-                ("cluster_launch", ctypes.c_int)]
-
-
-def _cuda_symbols():
-    import irnn_cuda._C as ext
-    lib = ctypes.CDLL(ext.__file__)
-    # irnn_cuda::irnn_cuda_device_props(int, DeviceProps*, const char**)
-    props = lib._ZN9irnn_cuda22irnn_cuda_device_propsEiPNS_11DevicePropsEPPKc
-    props.restype = ctypes.c_int
-    props.argtypes = [ctypes.c_int, ctypes.POINTER(DeviceProps),
-                      ctypes.POINTER(ctypes.c_char_p)]
-    # irnn_cuda::irnn_cuda_error_string(int)
-    text = lib._ZN9irnn_cuda22irnn_cuda_error_stringEi
-    text.restype = ctypes.c_char_p
-    text.argtypes = [ctypes.c_int]
-    return props, text
-
-
 def test_device_props_report_failed_queries():
     if not irnn_cuda.extension_loaded() or not \
             torch._C._dispatch_has_kernel_for_dispatch_key(
                 "irnn_cuda::irnn_forward", "CUDA"):
         pytest.skip("irnn_cuda._C was built without CUDA kernels")
-    query, error_string = _cuda_symbols()
-    sentinel = DeviceProps(-1, -1, -1, -1, -1)
-    props, failed = DeviceProps(-1, -1, -1, -1, -1), ctypes.c_char_p()
+    DeviceProps = _ops.DeviceProps
+    query, error_string = _ops.cuda_device_props_symbols()
+    n = len(DeviceProps._fields_)
+    sentinel = DeviceProps(*[-1] * n)
+    props, failed = DeviceProps(*[-1] * n), ctypes.c_char_p()
     device = torch.cuda.device_count()  # one past the last device: invalid
     err = query(device, ctypes.byref(props), ctypes.byref(failed))
     assert err != 0, "a query of a device that does not exist succeeded"
@@ -117,6 +97,18 @@ def test_device_props_report_failed_queries():
         assert props.smem_per_block > 0 and props.smem_per_block_optin > 0
         major = torch.cuda.get_device_capability(0)[0]
         assert props.cluster_launch == (1 if major >= 9 else 0), props.cluster_launch
+        # Clusters per wave: queried where clusters launch, at most the
+        # SMs' share (a GPC holds whole clusters only), else unknown.
+        for blocks in (4, 8):
+            got = getattr(props, f"clusters_of_{blocks}")
+            if props.cluster_launch:
+                assert 1 <= got <= props.sm_count // blocks, (blocks, got)
+            else:
+                assert got == 0, (blocks, got)
+        assert irnn_cuda._ops.cuda_device_props(0) == {
+            name: getattr(props, name) for name, _ in DeviceProps._fields_}
+    with pytest.raises(RuntimeError, match="cudaDevAttrMultiProcessorCount"):
+        irnn_cuda._ops.cuda_device_props(device)
 
 
 def test_cuda_gemm_choice(monkeypatch):

@@ -37,6 +37,10 @@ CLUSTER_ROWS = {(False, 256): (1, 2, 4, 8), (False, 512): (1, 2, 4, 8),
 # batch already takes several rows per cluster and leaves a ragged last
 # cluster.
 SIXTEEN_SMS = dict(emu.H100, sm_count=16)
+# An H100 whose GPCs hold fewer clusters than 132 SMs / blocks would: 32 of
+# 4 blocks (not 33) and 14 of 8 (not 16), as the device's query
+# (cudaOccupancyMaxActiveClusters) can report.
+GPC_LIMITED = dict(emu.H100, clusters_of_4=32, clusters_of_8=14)
 
 
 def cluster_expected(table, dtype, B, I, H, project=True, backward=False,
@@ -52,25 +56,27 @@ def cluster_expected(table, dtype, B, I, H, project=True, backward=False,
     if backward and T < 1:
         return None
     hp = min(h for h in CLUSTER_HP if h >= H)
-    per_wave = table["sm_count"] // (hp // 64)
+    blocks = hp // 64
+    per_wave = table.get(f"clusters_of_{blocks}") or table["sm_count"] // blocks
     rows = CLUSTER_ROWS[(backward, hp)]
     # The fewest rows whose clusters fit one wave, else the most (waves).
     return hp, next((r for r in rows if -(-B // r) <= per_wave), rows[-1])
 
 
-@pytest.mark.parametrize("table", ["h100", "a100", "sixteen"])
+@pytest.mark.parametrize("table", ["h100", "a100", "sixteen", "gpcs"])
 def test_cluster_routing(harness, table):
     """make_launch_config selects the cluster kernels exactly where the
     table says: clusters on the device, float32, 128 < H <= 512; the
     forward with the input projected and at most 4 wide, the backward with
     any input (its grid is B / rows clusters; `blocks` is the SM count the
     GEMMs after it take, and its workspace the large-H path's)."""
-    t = {"h100": emu.H100, "a100": emu.A100, "sixteen": SIXTEEN_SMS}[table]
+    t = {"h100": emu.H100, "a100": emu.A100, "sixteen": SIXTEEN_SMS,
+         "gpcs": GPC_LIMITED}[table]
     seen = set()
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         for H in (100, 128, 129, 200, 256, 257, 400, 512, 513):
-            for B in (1, 16, 17, 32, 33, 34, 66, 67, 100, 132, 133, 200,
-                      1024):
+            for B in (1, 14, 15, 16, 17, 28, 29, 32, 33, 34, 56, 57, 64, 65,
+                      66, 67, 100, 128, 132, 133, 200, 1024):
                 for I, project in ((1, True), (4, True), (5, True),
                                    (0, False)):
                     for backward in (False, True):
@@ -102,6 +108,22 @@ def test_cluster_routing(harness, table):
                         for r in rows}
     if table == "a100":
         assert not seen
+
+
+def test_cluster_routing_takes_the_queried_wave(harness):
+    """Where the device reports fewer clusters per wave than SMs / blocks
+    (GPC_LIMITED: 32 of 4, 14 of 8), a batch that needs more clusters than
+    that takes more rows per cluster instead of a second wave."""
+    for H, B, rows_known, rows_unknown in (
+            (256, 32, 1, 1), (256, 33, 2, 1), (256, 64, 2, 2), (256, 65, 4, 2),
+            (512, 14, 1, 1), (512, 15, 2, 1), (512, 16, 2, 1), (512, 29, 4, 2),
+            (512, 56, 4, 4), (512, 57, 8, 4)):
+        for table, rows in ((GPC_LIMITED, rows_known), (emu.H100, rows_unknown)):
+            c = harness.config(table, False, torch.float32, 784, B, 1, H, True,
+                               True)
+            assert (c["path"], c["rows_per_block"]) == (CLUSTER_FWD, rows), (
+                H, B, table, c)
+            assert c["blocks"] == -(-B // rows) * (H // 64), c
 
 
 def test_cluster_routing_h200_benchmark_sizes(harness):

@@ -31,6 +31,8 @@ IRNN_REG_BWD_VARIANTS(IRNN_REG_BWD_EXTERN)
       const RegFwdParams<type>&, bool, const LaunchConfig&, irnn_stream);
 IRNN_CLUSTER_FWD_VARIANTS(IRNN_CLUSTER_FWD_EXTERN)
 #undef IRNN_CLUSTER_FWD_EXTERN
+extern template irnn_error fwd_cluster_occupancy<float, 256>(int*);
+extern template irnn_error fwd_cluster_occupancy<float, 512>(int*);
 // And the cluster backwards (irnn_bwd_cluster_<type>_hp<HP>.cu).
 #define IRNN_CLUSTER_BWD_EXTERN(dt, type, HP, R)                     \
   extern template irnn_error launch_bwd_cluster<type, HP, R>(        \
@@ -101,6 +103,28 @@ int irnn_cuda_device_props(int device, DeviceProps* props,
   p.smem_per_block = queries[2].value;
   p.smem_per_block_optin = queries[3].value;
   p.cluster_launch = queries[4].value;
+  if (p.cluster_launch) {
+    // Clusters per wave, on the device asked about (the ops call this
+    // with it current). A failed query leaves 0, so the routing takes
+    // sm_count / blocks (a matter of speed only), and its error is cleared
+    // so that no later launch check reports it.
+    int current = -1;
+    bool failed = cudaGetDevice(&current) != cudaSuccess ||
+                  (current != device && cudaSetDevice(device) != cudaSuccess);
+    if (!failed) {
+      if (fwd_cluster_occupancy<float, 256>(&p.clusters_of_4) != cudaSuccess) {
+        p.clusters_of_4 = 0;
+        failed = true;
+      }
+      if (fwd_cluster_occupancy<float, 512>(&p.clusters_of_8) != cudaSuccess) {
+        p.clusters_of_8 = 0;
+        failed = true;
+      }
+      if (current != device && cudaSetDevice(current) != cudaSuccess)
+        failed = true;
+    }
+    if (failed) (void)cudaGetLastError();
+  }
   if (device >= 0 && device < kMaxDevices) {
     cache[device] = p;
     known[device] = true;

@@ -32,7 +32,22 @@ struct DeviceProps {
   int64_t smem_per_block_optin; // cudaDevAttrMaxSharedMemoryPerBlockOptin
   int cluster_launch;           // cudaDevAttrClusterLaunch: 1 where thread-
                                 // block clusters launch (sm_90 and later)
+  // Clusters of 4 and of 8 blocks of the cluster kernels that run at once
+  // (cudaOccupancyMaxActiveClusters; one block per SM). A cluster's blocks
+  // share one GPC, and a GPC's SMs need not be a multiple of the cluster
+  // size, so this can be less than sm_count / blocks. 0 where not known
+  // (not queried, or the query failed): sm_count / blocks is taken.
+  int clusters_of_4;
+  int clusters_of_8;
 };
+
+// Clusters of `blocks` blocks of the cluster kernels that run at once on
+// the device: one wave.
+inline int clusters_per_wave(const DeviceProps& p, int blocks) {
+  const int known = blocks == 4 ? p.clusters_of_4
+                    : blocks == 8 ? p.clusters_of_8 : 0;
+  return known > 0 ? known : (blocks > 0 ? p.sm_count / blocks : 0);
+}
 
 // Rows one thread of a persistent kernel computes per step, at most (their
 // accumulators live in registers).
@@ -367,12 +382,10 @@ inline int64_t cluster_fwd_smem_bytes(int64_t T, int hp, int rows) {
 }
 // Rows per cluster for B, from the rows a table lists for one HP (bit r of
 // `listed` set for r rows): one row while every row gets its own cluster
-// in one wave (B <= the SM count / blocks per cluster), else the fewest
-// listed rows whose clusters still fit one wave, else the most listed
-// (several waves); 0 without any.
-inline int cluster_rows_for(unsigned listed, int64_t B, int sm_count,
-                            int blocks_per_cluster) {
-  const int per_wave = sm_count / blocks_per_cluster;
+// in one wave (B <= per_wave, the clusters that run at once), else the
+// fewest listed rows whose clusters still fit one wave, else the most
+// listed (several waves); 0 without any.
+inline int cluster_rows_for(unsigned listed, int64_t B, int per_wave) {
   if (B < 1 || per_wave < 1) return 0;
   int most = 0;
   for (int r = 1; r <= 8; r *= 2) {
@@ -389,7 +402,7 @@ inline int cluster_rows_for(unsigned listed, int64_t B, int sm_count,
 // it whose shared memory fits (`fits(HP, R)`).
 template <typename Table, typename Fits>
 inline bool pick_cluster_variant(Table table, Fits fits, DType dtype,
-                                 int64_t B, int64_t H, int sm_count,
+                                 int64_t B, int64_t H, const DeviceProps& p,
                                  int* hp_out, int* rows_out) {
   int hp = 0;
   table([&](DType dt, int h, int) {
@@ -402,7 +415,8 @@ inline bool pick_cluster_variant(Table table, Fits fits, DType dtype,
   table([&](DType dt, int h, int r) {
     if (dt == dtype && h == hp && fits(h, r)) listed |= 1u << r;
   });
-  const int rows = cluster_rows_for(listed, B, sm_count, cluster_blocks(hp));
+  const int rows =
+      cluster_rows_for(listed, B, clusters_per_wave(p, cluster_blocks(hp)));
   if (rows == 0) return false;
   *hp_out = hp;
   *rows_out = rows;
@@ -414,11 +428,11 @@ inline bool pick_cluster_variant(Table table, Fits fits, DType dtype,
 // register-resident forward), the input projected and at most
 // kRegFwdMaxInput wide, threads and shared memory within the device's
 // limits. HP is the smallest listed size >= H.
-inline bool select_cluster_fwd(int sm_count, int max_threads, int64_t smem_max,
-                               bool cluster_launch, DType dtype, int64_t T,
+inline bool select_cluster_fwd(const DeviceProps& p, int max_threads,
+                               int64_t smem_max, DType dtype, int64_t T,
                                int64_t B, int64_t I, int64_t H, bool project,
                                int* hp_out, int* rows_out) {
-  if (!cluster_launch || !project || I > kRegFwdMaxInput || H <= 128 ||
+  if (!p.cluster_launch || !project || I > kRegFwdMaxInput || H <= 128 ||
       kClusterThreads > max_threads)
     return false;
   return pick_cluster_variant(
@@ -428,7 +442,7 @@ inline bool select_cluster_fwd(int sm_count, int max_threads, int64_t smem_max,
 #undef IRNN_CLUSTER_FWD_ENTRY
       },
       [&](int hp, int r) { return cluster_fwd_smem_bytes(T, hp, r) <= smem_max; },
-      dtype, B, H, sm_count, hp_out, rows_out);
+      dtype, B, H, p, hp_out, rows_out);
 }
 
 // The cluster backward (irnn_bwd_cluster_kernel): the recurrence of the
@@ -461,11 +475,11 @@ inline int64_t cluster_bwd_smem_bytes(int hp, int rows) {
 // threads and shared memory within the device's limits (any input: the
 // GEMMs after the recurrence handle the projection). HP is the smallest
 // listed size >= H.
-inline bool select_cluster_bwd(int sm_count, int max_threads, int64_t smem_max,
-                               bool cluster_launch, DType dtype, int64_t T,
+inline bool select_cluster_bwd(const DeviceProps& p, int max_threads,
+                               int64_t smem_max, DType dtype, int64_t T,
                                int64_t B, int64_t H, int* hp_out,
                                int* rows_out) {
-  if (!cluster_launch || H <= 128 || T < 1 || kClusterThreads > max_threads)
+  if (!p.cluster_launch || H <= 128 || T < 1 || kClusterThreads > max_threads)
     return false;
   return pick_cluster_variant(
       [](auto&& f) {
@@ -474,7 +488,7 @@ inline bool select_cluster_bwd(int sm_count, int max_threads, int64_t smem_max,
 #undef IRNN_CLUSTER_BWD_ENTRY
       },
       [&](int hp, int r) { return cluster_bwd_smem_bytes(hp, r) <= smem_max; },
-      dtype, B, H, sm_count, hp_out, rows_out);
+      dtype, B, H, p, hp_out, rows_out);
 }
 
 struct LaunchConfig {
@@ -537,9 +551,8 @@ inline LaunchConfig make_launch_config(const DeviceProps& p, bool backward,
   // kernel and the large-H path at every such H and B.
   int cl_hp = 0, cl_rows = 0;
   if (!backward &&
-      select_cluster_fwd(p.sm_count, static_cast<int>(max_threads), smem_max,
-                         p.cluster_launch != 0, dtype, T, B, I, H, project,
-                         &cl_hp, &cl_rows)) {
+      select_cluster_fwd(p, static_cast<int>(max_threads), smem_max, dtype, T,
+                         B, I, H, project, &cl_hp, &cl_rows)) {
     c.path = Path::kClusterFwd;
     c.cluster = cluster_blocks(cl_hp);
     c.rows_per_block = cl_rows;
@@ -554,9 +567,8 @@ inline LaunchConfig make_launch_config(const DeviceProps& p, bool backward,
   }
   // The cluster backward for 128 < H <= 512, then the large-H path's GEMMs.
   if (backward &&
-      select_cluster_bwd(p.sm_count, static_cast<int>(max_threads), smem_max,
-                         p.cluster_launch != 0, dtype, T, B, H, &cl_hp,
-                         &cl_rows)) {
+      select_cluster_bwd(p, static_cast<int>(max_threads), smem_max, dtype, T,
+                         B, H, &cl_hp, &cl_rows)) {
     c.path = Path::kClusterBwd;
     c.cluster = cluster_blocks(cl_hp);
     c.rows_per_block = cl_rows;

@@ -7,6 +7,8 @@
 
 namespace irnn_cuda {
 
+template irnn_error fwd_cluster_occupancy<float, 256>(int*);
+
 template irnn_error launch_fwd_cluster<float, 256, 1>(
     const RegFwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
 template irnn_error launch_fwd_cluster<float, 256, 2>(

@@ -136,6 +136,23 @@ irnn_error launch_fwd_cluster(const RegFwdParams<S>& p, bool relu,
   return kIrnnSuccess;
 }
 
+// Into *clusters: the clusters of HP's cluster forward (one row, relu, the
+// shared memory of T = 784) that the current device runs at once. Every
+// cluster kernel of HP has the same blocks per cluster and threads, and
+// holds an SM alone (128 to 255 registers per thread), so this counts
+// their wave (DeviceProps::clusters_of_4, _8). Instantiated with each
+// (type, HP)'s cluster forwards.
+template <typename S, int HP>
+irnn_error fwd_cluster_occupancy(int* clusters) {
+  const int64_t smem = cluster_fwd_smem_bytes(784, HP, 1);
+  if (smem > 48 * 1024)
+    IRNN_SET_MAX_SMEM((irnn_fwd_cluster_kernel<S, HP, 1, true>), smem);
+  IRNN_MAX_ACTIVE_CLUSTERS((irnn_fwd_cluster_kernel<S, HP, 1, true>),
+                           cluster_blocks(HP), kClusterThreads,
+                           static_cast<size_t>(smem), clusters);
+  return kIrnnSuccess;
+}
+
 // The variant of the cluster table that make_launch_config selected (HP
 // from the blocks per cluster, R the rows per cluster).
 template <typename S>

@@ -220,3 +220,25 @@ IRNN_DEVICE double irnn_tanh(double v) { return tanh(v); }
     if (irnn_err_ == cudaSuccess) irnn_err_ = cudaGetLastError();            \
     if (irnn_err_ != cudaSuccess) return irnn_err_;                          \
   } while (0)
+
+// Into *clusters: how many clusters of `cluster` blocks of `kernel` the
+// current device runs at once with `threads` and `smem` bytes per block
+// (cudaOccupancyMaxActiveClusters); return its error from the enclosing
+// function.
+#define IRNN_MAX_ACTIVE_CLUSTERS(kernel, cluster, threads, smem, clusters)  \
+  do {                                                                      \
+    cudaLaunchConfig_t irnn_cfg_ = {};                                      \
+    irnn_cfg_.gridDim = dim3(cluster);                                      \
+    irnn_cfg_.blockDim = dim3(threads);                                     \
+    irnn_cfg_.dynamicSmemBytes = (smem);                                    \
+    cudaLaunchAttribute irnn_attr_[1];                                      \
+    irnn_attr_[0].id = cudaLaunchAttributeClusterDimension;                 \
+    irnn_attr_[0].val.clusterDim.x = (cluster);                             \
+    irnn_attr_[0].val.clusterDim.y = 1;                                     \
+    irnn_attr_[0].val.clusterDim.z = 1;                                     \
+    irnn_cfg_.attrs = irnn_attr_;                                           \
+    irnn_cfg_.numAttrs = 1;                                                 \
+    const cudaError_t irnn_err_ =                                           \
+        cudaOccupancyMaxActiveClusters(clusters, kernel, &irnn_cfg_);       \
+    if (irnn_err_ != cudaSuccess) return irnn_err_;                         \
+  } while (0)

@@ -557,6 +557,16 @@ inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask,
 // Every architecture of the emulation has clusters.
 #define IRNN_CLUSTER_BODY(...) __VA_ARGS__
 
+// The emulation's device is a property table: its clusters per wave come
+// from there (DeviceProps::clusters_of_4, _8), never from a query.
+#define IRNN_MAX_ACTIVE_CLUSTERS(kernel, cluster, threads, smem, clusters) \
+  do {                                                                    \
+    (void)(cluster);                                                      \
+    (void)(threads);                                                      \
+    (void)(smem);                                                         \
+    *(clusters) = 0;                                                      \
+  } while (0)
+
 #define IRNN_LAUNCH_CLUSTER(kernel, blocks, cluster, threads, smem, stream, \
                             params)                                         \
   do {                                                                      \
