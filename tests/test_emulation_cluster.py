@@ -41,6 +41,9 @@ SIXTEEN_SMS = dict(emu.H100, sm_count=16)
 # 4 blocks (not 33) and 14 of 8 (not 16), as the device's query
 # (cudaOccupancyMaxActiveClusters) can report.
 GPC_LIMITED = dict(emu.H100, clusters_of_4=32, clusters_of_8=14)
+# A device where clusters launch but the query found that no cluster of 8
+# fits (-1): HP 512's cluster kernels are never selected.
+NO_EIGHT = dict(emu.H100, clusters_of_8=-1)
 
 
 def cluster_expected(table, dtype, B, I, H, project=True, backward=False,
@@ -58,12 +61,15 @@ def cluster_expected(table, dtype, B, I, H, project=True, backward=False,
     hp = min(h for h in CLUSTER_HP if h >= H)
     blocks = hp // 64
     per_wave = table.get(f"clusters_of_{blocks}") or table["sm_count"] // blocks
+    if per_wave < 1:
+        return None
     rows = CLUSTER_ROWS[(backward, hp)]
     # The fewest rows whose clusters fit one wave, else the most (waves).
     return hp, next((r for r in rows if -(-B // r) <= per_wave), rows[-1])
 
 
-@pytest.mark.parametrize("table", ["h100", "a100", "sixteen", "gpcs"])
+@pytest.mark.parametrize("table", ["h100", "a100", "sixteen", "gpcs",
+                                   "no_eight"])
 def test_cluster_routing(harness, table):
     """make_launch_config selects the cluster kernels exactly where the
     table says: clusters on the device, float32, 128 < H <= 512; the
@@ -71,7 +77,7 @@ def test_cluster_routing(harness, table):
     any input (its grid is B / rows clusters; `blocks` is the SM count the
     GEMMs after it take, and its workspace the large-H path's)."""
     t = {"h100": emu.H100, "a100": emu.A100, "sixteen": SIXTEEN_SMS,
-         "gpcs": GPC_LIMITED}[table]
+         "gpcs": GPC_LIMITED, "no_eight": NO_EIGHT}[table]
     seen = set()
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         for H in (100, 128, 129, 200, 256, 257, 400, 512, 513):
@@ -108,6 +114,8 @@ def test_cluster_routing(harness, table):
                         for r in rows}
     if table == "a100":
         assert not seen
+    if table == "no_eight":
+        assert seen and all(hp == 256 for _, hp, _ in seen), seen
 
 
 def test_cluster_routing_takes_the_queried_wave(harness):

@@ -112,14 +112,17 @@ int irnn_cuda_device_props(int device, DeviceProps* props,
     bool failed = cudaGetDevice(&current) != cudaSuccess ||
                   (current != device && cudaSetDevice(device) != cudaSuccess);
     if (!failed) {
-      if (fwd_cluster_occupancy<float, 256>(&p.clusters_of_4) != cudaSuccess) {
-        p.clusters_of_4 = 0;
+      // A query that succeeds with 0 clusters: none fits (-1).
+      int n = 0;
+      if (fwd_cluster_occupancy<float, 256>(&n) == cudaSuccess)
+        p.clusters_of_4 = n > 0 ? n : -1;
+      else
         failed = true;
-      }
-      if (fwd_cluster_occupancy<float, 512>(&p.clusters_of_8) != cudaSuccess) {
-        p.clusters_of_8 = 0;
+      n = 0;
+      if (fwd_cluster_occupancy<float, 512>(&n) == cudaSuccess)
+        p.clusters_of_8 = n > 0 ? n : -1;
+      else
         failed = true;
-      }
       if (current != device && cudaSetDevice(current) != cudaSuccess)
         failed = true;
     }

@@ -36,16 +36,19 @@ struct DeviceProps {
   // (cudaOccupancyMaxActiveClusters; one block per SM). A cluster's blocks
   // share one GPC, and a GPC's SMs need not be a multiple of the cluster
   // size, so this can be less than sm_count / blocks. 0 where not known
-  // (not queried, or the query failed): sm_count / blocks is taken.
+  // (not queried, or the query failed): sm_count / blocks is taken. -1
+  // where the query found that no such cluster fits (a MIG slice smaller
+  // than a cluster): the cluster kernels of that size are not selected.
   int clusters_of_4;
   int clusters_of_8;
 };
 
 // Clusters of `blocks` blocks of the cluster kernels that run at once on
-// the device: one wave.
+// the device (one wave); 0 where none can.
 inline int clusters_per_wave(const DeviceProps& p, int blocks) {
   const int known = blocks == 4 ? p.clusters_of_4
                     : blocks == 8 ? p.clusters_of_8 : 0;
+  if (known < 0) return 0;
   return known > 0 ? known : (blocks > 0 ? p.sm_count / blocks : 0);
 }
 
