@@ -620,6 +620,20 @@ def test_cluster_forward_within_budget(kernels, variant):
         assert budget.instructions_per_row_step == {256: 144, 512: 224}[variant[1]]
 
 
+def test_cluster_kernels_hold_an_sm_alone(kernels):
+    """Every cluster kernel's block holds an SM alone (256 threads of more
+    than 128 registers: two would need more than the SM's 65,536), so the
+    clusters of 4 and of 8 blocks the device runs at once, which
+    irnn_cuda_device_props queries on the 1-row forward of each HP
+    (DeviceProps::clusters_of_4, _8), count the wave of every variant."""
+    names = [n for n in kernels if CLUSTER_FWD.match(n) or CLUSTER_BWD.match(n)]
+    assert len(names) == 2 * (len(CLUSTER_FWD_VARIANTS) +
+                              len(CLUSTER_BWD_VARIANTS))
+    for name in names:
+        regs = int(kernels[name].resources["REG"])
+        assert 2 * 256 * regs > 65536, (name, regs)
+
+
 def test_cluster_backward_variants_built(kernels):
     """The build holds every variant of the cluster backward's table, relu
     and tanh, and no other."""

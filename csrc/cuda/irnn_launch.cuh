@@ -139,9 +139,9 @@ irnn_error launch_fwd_cluster(const RegFwdParams<S>& p, bool relu,
 // Into *clusters: the clusters of HP's cluster forward (one row, relu, the
 // shared memory of T = 784) that the current device runs at once. Every
 // cluster kernel of HP has the same blocks per cluster and threads, and
-// holds an SM alone (128 to 255 registers per thread), so this counts
-// their wave (DeviceProps::clusters_of_4, _8). Instantiated with each
-// (type, HP)'s cluster forwards.
+// holds an SM alone (256 threads of more than 128 registers: 134-255 in
+// the sm_90 build), so this counts their wave (DeviceProps::clusters_of_4,
+// _8). Instantiated with each (type, HP)'s cluster forwards.
 template <typename S, int HP>
 irnn_error fwd_cluster_occupancy(int* clusters) {
   const int64_t smem = cluster_fwd_smem_bytes(784, HP, 1);
