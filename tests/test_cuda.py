@@ -67,14 +67,16 @@ def layer_inputs(dtype, device, T, B, I, H, project, seed=0):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64,
                                    torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("H,B", [(1, 300), (33, 300), (100, 200), (100, 1000),
-                                 (257, 9), (400, 24), (400, 60), (1024, 5)])
+                                 (257, 9), (400, 24), (400, 60), (400, 100),
+                                 (1024, 5)])
 @pytest.mark.parametrize("project,nonlinearity,reverse",
                          [(True, "relu", False), (False, "tanh", True)])
 def test_ops_vs_reference(cuda, dtype, H, B, project, nonlinearity, reverse):
     """Both ops, every output and gradient, persistent and large-H paths
     (on an H200 the register-resident kernels run B = 200, 300 and 1000 at
     2, 4 and 8 rows per block; the cluster kernels H = 257 at one row per
-    cluster and H = 400 at B = 24 and 60 at 2 and 4, float32 projected)."""
+    cluster and H = 400 at B = 24, 60 and 100 at 2, 4 and 8, float32
+    projected)."""
     T = 5
     v = layer_inputs(dtype, cuda, T, B, 1 if project else 0, H, project)
     out, h_n = torch.ops.irnn_cuda.irnn_forward(

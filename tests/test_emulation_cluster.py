@@ -28,11 +28,10 @@ import emu  # noqa: E402  (on sys.path through test_emulation)
 
 CLUSTER_FWD, CLUSTER_BWD = 4, 5
 # IRNN_CLUSTER_FWD_VARIANTS and IRNN_CLUSTER_BWD_VARIANTS: float32, HP 256
-# (4 blocks) and 512 (8 blocks); rows per cluster 1, 2, 4 and 8 at HP 256
-# and in the forward at HP 512; 1, 2 and 4 in the backward at HP 512.
+# (4 blocks) and 512 (8 blocks); rows per cluster 1, 2, 4 and 8.
 CLUSTER_HP = (256, 512)
 CLUSTER_ROWS = {(False, 256): (1, 2, 4, 8), (False, 512): (1, 2, 4, 8),
-                (True, 256): (1, 2, 4, 8), (True, 512): (1, 2, 4)}
+                (True, 256): (1, 2, 4, 8), (True, 512): (1, 2, 4, 8)}
 # An H100 with 16 SMs: 4 clusters of 4 blocks (2 of 8) fill it, so a small
 # batch already takes several rows per cluster and leaves a ragged last
 # cluster.
@@ -143,7 +142,7 @@ def test_cluster_routing_h200_benchmark_sizes(harness):
     for H, B, rows, bwd_rows in ((256, 16, 1, 1), (256, 128, 4, 4),
                                  (256, 1024, 8, 8), (512, 16, 1, 1),
                                  (512, 32, 2, 2), (512, 64, 4, 4),
-                                 (512, 128, 8, 4), (512, 1024, 8, 4)):
+                                 (512, 128, 8, 8), (512, 1024, 8, 8)):
         c = harness.config(h200, False, torch.float32, 784, B, 1, H, True,
                            True)
         assert (c["path"], c["rows_per_block"]) == (CLUSTER_FWD, rows), (H, B, c)
@@ -239,6 +238,8 @@ BWD_CASES = [
     dict(H=512, B=7, T=2, I=None, nonlinearity="relu", reverse=True,
          grads="seq", table="sixteen"),
     dict(H=450, B=3, T=9, I=2, nonlinearity="tanh", reverse=False,
+         grads="both", table="sixteen"),
+    dict(H=500, B=11, T=9, I=None, nonlinearity="relu", reverse=False,
          grads="both", table="sixteen"),
 ]
 

@@ -508,7 +508,7 @@ CLUSTER_BWD = re.compile(r"irnn_cuda::irnn_bwd_cluster_kernel<(\w+), (\d+), "
                          r"(\d+), (true|false)>$")
 CLUSTER_BWD_VARIANTS = [("float", 256, 1), ("float", 256, 2), ("float", 256, 4),
                         ("float", 256, 8), ("float", 512, 1), ("float", 512, 2),
-                        ("float", 512, 4)]
+                        ("float", 512, 4), ("float", 512, 8)]
 
 
 def cluster_bwd_budget(name):

@@ -13,5 +13,7 @@ template irnn_error launch_bwd_cluster<float, 512, 2>(
     const ClusterBwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
 template irnn_error launch_bwd_cluster<float, 512, 4>(
     const ClusterBwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_bwd_cluster<float, 512, 8>(
+    const ClusterBwdParams<float>&, bool, const LaunchConfig&, irnn_stream);
 
 }  // namespace irnn_cuda

@@ -452,8 +452,7 @@ inline bool select_cluster_fwd(const DeviceProps& p, int max_threads,
 // backward on the cluster forward's layout (W_hh^T), storing every da_t;
 // the large-H path's GEMMs then give the gradients. Every instantiation, as
 // X(dtype enumerator, stored type, HP, R); one .cu per (type, HP)
-// (irnn_bwd_cluster_<type>_hp<HP>.cu). At HP = 512, 4 rows per cluster: 8
-// spill (W_hh's 128 columns per thread take half the registers).
+// (irnn_bwd_cluster_<type>_hp<HP>.cu).
 #define IRNN_CLUSTER_BWD_VARIANTS(X) \
   X(kFloat, float, 256, 1)           \
   X(kFloat, float, 256, 2)           \
@@ -461,7 +460,8 @@ inline bool select_cluster_fwd(const DeviceProps& p, int max_threads,
   X(kFloat, float, 256, 8)           \
   X(kFloat, float, 512, 1)           \
   X(kFloat, float, 512, 2)           \
-  X(kFloat, float, 512, 4)
+  X(kFloat, float, 512, 4)           \
+  X(kFloat, float, 512, 8)
 // Steps of g_t and h_t the cluster backward's prefetch ring holds: the
 // copies for a step are issued kClusterBwdRing - 1 steps before it runs.
 constexpr int kClusterBwdRing = 8;

@@ -667,12 +667,16 @@ IRNN_DEVICE void cluster_bwd_body(const ClusterBwdParams<S>& p) {
   const S* csrc = copies ? cbase + (p.reverse ? 0 : (int64_t)(T - 1) * cst) +
                                (int64_t)(row0 + cr0) * csb + ckk
                          : nullptr;
+  // Copy i's source is RSTEP rows past copy i - 1's: one add each (as a
+  // product per copy, HP 512 at 8 rows spilled a register in the step).
+  const int64_t crow = RSTEP * csb;
   auto issue = [&](int n, const S* src) {
     float* dst = ring + (n & (NS - 1)) * SLOT + tid;
 #pragma unroll
-    for (int i = 0; i < NC; ++i)
-      if (copies >> i & 1u)
-        irnn_cp_async<4>(dst + i * NT, src + i * RSTEP * csb);
+    for (int i = 0; i < NC; ++i) {
+      if (copies >> i & 1u) irnn_cp_async<4>(dst + i * NT, src);
+      src += crow;
+    }
   };
   for (int n = n0; n < n0 + NS - 1; ++n) {
     if (n < T) issue(n, csrc + n * cstep);
