@@ -198,27 +198,45 @@ IRNN_DEVICE double irnn_tanh(double v) { return tanh(v); }
     if (irnn_err_ != cudaSuccess) return irnn_err_;                        \
   } while (0)
 
+namespace irnn_cuda {
+
+// The launch configuration of `blocks` blocks (a multiple of `cluster`) in
+// clusters of `cluster` consecutive blocks. cfg.attrs points into the
+// object, so it is not copied.
+struct IrnnClusterConfig {
+  cudaLaunchConfig_t cfg;
+  cudaLaunchAttribute attr[1];
+  IrnnClusterConfig(unsigned blocks, unsigned cluster, unsigned threads,
+                    size_t smem, cudaStream_t stream)
+      : cfg{}, attr{} {
+    cfg.gridDim = dim3(blocks);
+    cfg.blockDim = dim3(threads);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = cluster;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+  }
+  IrnnClusterConfig(const IrnnClusterConfig&) = delete;
+  IrnnClusterConfig& operator=(const IrnnClusterConfig&) = delete;
+};
+
+}  // namespace irnn_cuda
+
 // Launch a kernel as clusters of `cluster` consecutive blocks (blocks a
 // multiple of it) on a stream; return the launch error from the enclosing
 // launcher.
-#define IRNN_LAUNCH_CLUSTER(kernel, blocks, cluster, threads, smem, stream,  \
-                            params)                                          \
-  do {                                                                       \
-    cudaLaunchConfig_t irnn_cfg_ = {};                                       \
-    irnn_cfg_.gridDim = dim3(blocks);                                        \
-    irnn_cfg_.blockDim = dim3(threads);                                      \
-    irnn_cfg_.dynamicSmemBytes = (smem);                                     \
-    irnn_cfg_.stream = (stream);                                             \
-    cudaLaunchAttribute irnn_attr_[1];                                       \
-    irnn_attr_[0].id = cudaLaunchAttributeClusterDimension;                  \
-    irnn_attr_[0].val.clusterDim.x = (cluster);                              \
-    irnn_attr_[0].val.clusterDim.y = 1;                                      \
-    irnn_attr_[0].val.clusterDim.z = 1;                                      \
-    irnn_cfg_.attrs = irnn_attr_;                                            \
-    irnn_cfg_.numAttrs = 1;                                                  \
-    cudaError_t irnn_err_ = cudaLaunchKernelEx(&irnn_cfg_, kernel, params);  \
-    if (irnn_err_ == cudaSuccess) irnn_err_ = cudaGetLastError();            \
-    if (irnn_err_ != cudaSuccess) return irnn_err_;                          \
+#define IRNN_LAUNCH_CLUSTER(kernel, blocks, cluster, threads, smem, stream,   \
+                            params)                                           \
+  do {                                                                        \
+    const irnn_cuda::IrnnClusterConfig irnn_c_((blocks), (cluster),           \
+                                               (threads), (smem), (stream));  \
+    cudaError_t irnn_err_ = cudaLaunchKernelEx(&irnn_c_.cfg, kernel, params); \
+    if (irnn_err_ == cudaSuccess) irnn_err_ = cudaGetLastError();             \
+    if (irnn_err_ != cudaSuccess) return irnn_err_;                           \
   } while (0)
 
 // Into *clusters: how many clusters of `cluster` blocks of `kernel` the
@@ -227,18 +245,9 @@ IRNN_DEVICE double irnn_tanh(double v) { return tanh(v); }
 // function.
 #define IRNN_MAX_ACTIVE_CLUSTERS(kernel, cluster, threads, smem, clusters)  \
   do {                                                                      \
-    cudaLaunchConfig_t irnn_cfg_ = {};                                      \
-    irnn_cfg_.gridDim = dim3(cluster);                                      \
-    irnn_cfg_.blockDim = dim3(threads);                                     \
-    irnn_cfg_.dynamicSmemBytes = (smem);                                    \
-    cudaLaunchAttribute irnn_attr_[1];                                      \
-    irnn_attr_[0].id = cudaLaunchAttributeClusterDimension;                 \
-    irnn_attr_[0].val.clusterDim.x = (cluster);                             \
-    irnn_attr_[0].val.clusterDim.y = 1;                                     \
-    irnn_attr_[0].val.clusterDim.z = 1;                                     \
-    irnn_cfg_.attrs = irnn_attr_;                                           \
-    irnn_cfg_.numAttrs = 1;                                                 \
+    const irnn_cuda::IrnnClusterConfig irnn_c_((cluster), (cluster),        \
+                                               (threads), (smem), nullptr); \
     const cudaError_t irnn_err_ =                                           \
-        cudaOccupancyMaxActiveClusters(clusters, kernel, &irnn_cfg_);       \
+        cudaOccupancyMaxActiveClusters(clusters, kernel, &irnn_c_.cfg);     \
     if (irnn_err_ != cudaSuccess) return irnn_err_;                         \
   } while (0)
