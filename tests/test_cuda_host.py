@@ -105,10 +105,10 @@ def test_device_props_report_failed_queries():
                 assert 1 <= got <= props.sm_count // blocks, (blocks, got)
             else:
                 assert got == 0, (blocks, got)
-        assert irnn_cuda._ops.cuda_device_props(0) == {
+        assert _ops.cuda_device_props(0) == {
             name: getattr(props, name) for name, _ in DeviceProps._fields_}
     with pytest.raises(RuntimeError, match="cudaDevAttrMultiProcessorCount"):
-        irnn_cuda._ops.cuda_device_props(device)
+        _ops.cuda_device_props(device)
 
 
 def test_cuda_gemm_choice(monkeypatch):
