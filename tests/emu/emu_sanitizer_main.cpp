@@ -132,9 +132,12 @@ std::vector<T> random_vec(size_t n, double scale, std::mt19937& rng,
 }
 
 // Forward and backward of one case on one device table; returns every
-// output and gradient concatenated.
+// output and gradient concatenated, and the two launch configurations in
+// *fwd_cfg and *bwd_cfg when given.
 template <typename T>
-std::vector<T> run_case(const Case& c, const DeviceProps& props) {
+std::vector<T> run_case(const Case& c, const DeviceProps& props,
+                        LaunchConfig* fwd_cfg = nullptr,
+                        LaunchConfig* bwd_cfg = nullptr) {
   std::mt19937 rng(7);
   const int64_t T_ = c.T, B = c.B, H = c.H, I = c.project ? c.I : c.H;
   auto x = random_vec<T>(T_ * B * I, 1.0, rng, kWordSpare<T>);
@@ -156,6 +159,7 @@ std::vector<T> run_case(const Case& c, const DeviceProps& props) {
   if (c.varlen) f.lengths = lengths.data();
   LaunchConfig cfg{};
   if (emu_forward(&props, &f, 0, &cfg) != 0) throw std::runtime_error(g_error);
+  if (fwd_cfg) *fwd_cfg = cfg;
   BwdArgs b{c.dtype, T_, B, I, H, c.project, c.relu, c.reverse,
             g_out.data(), B * H, H, g_hn.data(), x.data(), B * I, I,
             h0.data(), c.project ? w_ih.data() : nullptr, w_hh.data(),
@@ -163,6 +167,7 @@ std::vector<T> run_case(const Case& c, const DeviceProps& props) {
             c.project ? dw_ih.data() : nullptr, dw_hh.data(), db.data()};
   if (c.varlen) b.lengths = lengths.data();
   if (emu_backward(&props, &b, 3, &cfg) != 0) throw std::runtime_error(g_error);
+  if (bwd_cfg) *bwd_cfg = cfg;
   std::vector<T> all;
   out.resize(T_ * B * H);  // without the spare
   for (const auto* v : {&out, &h_n, &dx, &dh0, &dw_ih, &dw_hh, &db})
@@ -257,91 +262,31 @@ int run_kernels() {
 int run_cluster() {
   const DeviceProps cluster{8, 1024, 48 * 1024, 200 * 1024, 1};
   const DeviceProps persistent{8, 1024, 48 * 1024, 200 * 1024, 0};
-  const int64_t T = 9, B = 9, I = 2, H = 136;
-  int failures = 0;
-  for (int variant = 0; variant < 2; ++variant) {
-    const bool relu = variant == 0, reverse = variant == 0;
-    const bool varlen = variant == 1;
-    std::mt19937 rng(11 + variant);
-    auto x = random_vec<float>(T * B * I, 1.0, rng);
-    auto h0 = random_vec<float>(B * H, 0.5, rng);
-    auto w_ih = random_vec<float>(H * I, 0.5, rng);
-    auto w_hh = random_vec<float>(H * H, 0.9 / std::sqrt(double(H)), rng);
-    auto b = random_vec<float>(H, 0.1, rng);
-    auto g_out = random_vec<float>(T * B * H, 1.0, rng);
-    auto g_hn = random_vec<float>(B * H, 1.0, rng);
-    std::vector<int64_t> lengths(B);
-    for (int64_t i = 0; i < B; ++i) lengths[i] = T - i * T / B;
-    std::vector<float> outs[2], h_ns[2], grads[2];
+  using irnn_cuda::Path;
+  const Case cases[] = {
+      {DType::kFloat, 9, 9, 2, 136, true, true, true, Path::kClusterBwd},
+      {DType::kFloat, 9, 9, 2, 136, true, false, false, Path::kClusterBwd,
+       true},
+  };
+  int failures = 0, variant = 0;
+  for (const Case& c : cases) {
     LaunchConfig cfgs[2], bcfgs[2];
-    for (int k = 0; k < 2; ++k) {
-      const DeviceProps& props = k == 0 ? cluster : persistent;
-      set_device(props);
-      outs[k].assign(T * B * H, NAN);
-      h_ns[k].assign(B * H, NAN);
-      FwdArgs a{};
-      a.dtype = DType::kFloat;
-      a.T = T; a.B = B; a.I = I; a.H = H;
-      a.project = true; a.relu = relu; a.reverse = reverse;
-      a.x = x.data(); a.x_st = B * I; a.x_sb = I;
-      a.h0 = h0.data(); a.w_ih = w_ih.data(); a.w_hh = w_hh.data();
-      a.b_ih = b.data(); a.b_hh = nullptr;
-      a.out = outs[k].data(); a.out_st = B * H; a.out_sb = H;
-      a.h_n = h_ns[k].data();
-      a.lengths = varlen ? lengths.data() : nullptr;
-      cfgs[k] = irnn_cuda::make_launch_config(props, false, a.dtype, T, B, I,
-                                              H, true, true);
-      std::vector<unsigned char> ws(
-          workspace_size(irnn_cuda::fwd_workspace_bytes(a, cfgs[k])), 0xFF);
-      if (irnn_cuda::run_forward<float>(a, cfgs[k], ws.data(), nullptr) != 0) {
-        std::printf("cluster: launch failed\n");
-        return 1;
-      }
-      // The backward of the same forward (its own sequence), every
-      // gradient into one vector: dx, dh0, dw_ih, dw_hh, db.
-      grads[k].assign(T * B * I + B * H + H * I + H * H + H, NAN);
-      float* gp = grads[k].data();
-      BwdArgs g{};
-      g.dtype = DType::kFloat;
-      g.T = T; g.B = B; g.I = I; g.H = H;
-      g.project = true; g.relu = relu; g.reverse = reverse;
-      g.g_out = g_out.data(); g.g_st = B * H; g.g_sb = H;
-      g.g_hn = g_hn.data();
-      g.x = x.data(); g.x_st = B * I; g.x_sb = I;
-      g.h0 = h0.data(); g.w_ih = w_ih.data(); g.w_hh = w_hh.data();
-      g.out = outs[k].data(); g.o_st = B * H; g.o_sb = H;
-      g.dx = gp; g.dh0 = gp + T * B * I; g.dw_ih = gp + T * B * I + B * H;
-      g.dw_hh = gp + T * B * I + B * H + H * I;
-      g.db = gp + T * B * I + B * H + H * I + H * H;
-      g.lengths = a.lengths;
-      bcfgs[k] = irnn_cuda::make_launch_config(props, true, g.dtype, T, B, I,
-                                               H, true, true);
-      std::vector<unsigned char> bws(
-          workspace_size(irnn_cuda::bwd_workspace_bytes(g, bcfgs[k])), 0xFF);
-      if (irnn_cuda::run_backward<float>(g, bcfgs[k], bws.data(), nullptr) != 0) {
-        std::printf("cluster: backward launch failed\n");
-        return 1;
-      }
-    }
+    const auto u = run_case<float>(c, cluster, &cfgs[0], &bcfgs[0]);
+    const auto v = run_case<float>(c, persistent, &cfgs[1], &bcfgs[1]);
     double max_diff = 0;
-    auto compare = [&](const std::vector<float>& u, const std::vector<float>& v) {
-      for (size_t i = 0; i < u.size(); ++i) {
-        const double d = std::fabs(double(u[i]) - double(v[i]));
-        max_diff = std::max(max_diff, std::isnan(d) ? INFINITY : d);
-      }
-    };
-    compare(outs[0], outs[1]);
-    compare(h_ns[0], h_ns[1]);
-    compare(grads[0], grads[1]);
-    const bool paths = cfgs[0].path == irnn_cuda::Path::kClusterFwd &&
+    for (size_t i = 0; i < u.size(); ++i) {
+      const double d = std::fabs(double(u[i]) - double(v[i]));
+      max_diff = std::max(max_diff, std::isnan(d) ? INFINITY : d);
+    }
+    const bool paths = cfgs[0].path == Path::kClusterFwd &&
                        cfgs[0].cluster == 4 && cfgs[0].rows_per_block == 8 &&
-                       cfgs[1].path == irnn_cuda::Path::kPersistent &&
-                       bcfgs[0].path == irnn_cuda::Path::kClusterBwd &&
+                       cfgs[1].path == Path::kPersistent &&
+                       bcfgs[0].path == c.backward &&
                        bcfgs[0].cluster == 4 && bcfgs[0].rows_per_block == 8 &&
-                       bcfgs[1].path == irnn_cuda::Path::kPersistent;
+                       bcfgs[1].path == Path::kPersistent;
     const bool ok = max_diff < 1e-3;  // NaN fails too
     std::printf("cluster case %d (%d blocks, clusters of %d) vs persistent max "
-                "|diff| %.3g %s\n", variant, cfgs[0].blocks, cfgs[0].cluster,
+                "|diff| %.3g %s\n", variant++, cfgs[0].blocks, cfgs[0].cluster,
                 max_diff, ok && paths ? "ok" : "FAIL");
     failures += !(ok && paths);
   }
