@@ -208,7 +208,9 @@ struct LtCtx {
   cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
 };
 
-constexpr int kLtFailed = -1000;  // the hook's code for a failed call
+// The hook's code for a failed call: nonzero, and within the range of
+// cudaError_t's values (0..16383), as the launcher returns it as one.
+constexpr int kLtFailed = 15000;
 
 int pointer_align(const void* p) {
   const auto v = reinterpret_cast<uintptr_t>(p);
@@ -315,9 +317,9 @@ class LtPlans {
                 "cublasLtMatmulAlgoGetHeuristic");
     cublasLtMatmulPreferenceDestroy(pref);
     if (!good) return nullptr;
-    if (found == 0) {
+    if (found == 0 || result.state != CUBLAS_STATUS_SUCCESS) {
       ctx.what = "cublasLtMatmulAlgoGetHeuristic (no algorithm)";
-      ctx.status = CUBLAS_STATUS_NOT_SUPPORTED;
+      ctx.status = found == 0 ? CUBLAS_STATUS_NOT_SUPPORTED : result.state;
       return nullptr;
     }
     plan->algo = result.algo;
@@ -404,6 +406,15 @@ class CallGemm {
 #endif
 };
 
+// After a launch: a failed one's CUDA error is read off (cudaGetLastError),
+// so that no later, unrelated launch check reports it; then the library
+// GEMM's failure, or the launch's, is raised.
+void finish_launch(int err, const CallGemm& gemm, const char* op) {
+  if (err != 0) (void)cudaGetLastError();
+  gemm.check(op);
+  check_launch(err, op);
+}
+
 // IRNN_CUDA_GRAPHS=1 (default 0: unmeasured so far): the large-H path's
 // launches (a GEMM, or a library GEMM and a pointwise kernel, per step) are
 // captured on a private stream into a CUDA graph and launched on the
@@ -446,6 +457,13 @@ class GraphCache {
     Entry& e = entries_[shape];
     if (e.exec != nullptr && e.pointers == key.pointers)
       return cudaGraphLaunch(e.exec, user);
+    // A signature's first call launches directly: what it sets up once (the
+    // cuBLASLt handle and plans, lazily loaded kernels) is not done inside
+    // the capture, where it may not allocate. The next call captures.
+    if (!e.seen) {
+      e.seen = true;
+      return launch(user);
+    }
     cudaStream_t cap = nullptr;
     cudaError_t err = capture_stream(device, &cap);
     if (err != cudaSuccess) return err;
@@ -457,6 +475,7 @@ class GraphCache {
     err = cudaStreamEndCapture(cap, &graph);
     if (rc != 0 || err != cudaSuccess) {
       if (graph) cudaGraphDestroy(graph);
+      (void)cudaGetLastError();  // the capture's error, reported by rc
       e.drop();
       return rc != 0 ? rc : err;
     }
@@ -488,8 +507,10 @@ class GraphCache {
   struct Entry {
     cudaGraphExec_t exec = nullptr;
     std::vector<int64_t> pointers;
+    bool seen = false;  // launched directly once
     Entry() = default;
-    Entry(Entry&& o) noexcept : exec(o.exec), pointers(std::move(o.pointers)) {
+    Entry(Entry&& o) noexcept
+        : exec(o.exec), pointers(std::move(o.pointers)), seen(o.seen) {
       o.exec = nullptr;
     }
     Entry& operator=(Entry&& o) noexcept {
@@ -497,6 +518,7 @@ class GraphCache {
         drop();
         exec = o.exec;
         pointers = std::move(o.pointers);
+        seen = o.seen;
         o.exec = nullptr;
       }
       return *this;
@@ -682,8 +704,7 @@ std::tuple<at::Tensor, at::Tensor> irnn_forward_cuda(
       [&](cudaStream_t stream) {
         return irnn_forward_cuda_launch(a, cfg, ws.data_ptr(), stream);
       });
-  gemm.check("irnn_forward");
-  check_launch(err, "irnn_forward");
+  finish_launch(err, gemm, "irnn_forward");
   return {out, h_n};
 }
 
@@ -753,8 +774,7 @@ irnn_backward_cuda(const c10::optional<at::Tensor>& grad_output,
       [&](cudaStream_t stream) {
         return irnn_backward_cuda_launch(a, cfg, ws.data_ptr(), stream);
       });
-  gemm.check("irnn_backward");
-  check_launch(err, "irnn_backward");
+  finish_launch(err, gemm, "irnn_backward");
   // The kernels compute every gradient; an unwanted one is returned as the
   // empty [0] the schema promises.
   const auto result = [&](const at::Tensor& t, bool wanted) {
