@@ -164,6 +164,47 @@ def test_gradcheck_float64(cuda, project):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("H,B", [(300, 99), (1024, 181)])
+def test_gradient_sums_in_parts(cuda, monkeypatch, H, B):
+    """Over 2,048 rows (t, b) at T = 24: dW_hh (23 B rows with a stored
+    h_prev: 2,277 and 4,163) by cuBLASLt as a strided batch of 2 products
+    and a call for the row left, dW_ih as a batch of 2 or 4, db as a column
+    sum in 2 or 4 parts (split_parts): every gradient against float64, bitwise equal
+    over two runs, and within float32 of the tiled GEMMs'. H = 300 is the
+    cluster backward on an H200, 1024 the per-step path."""
+    T = 24
+    v = layer_inputs(torch.float32, cuda, T, B, 1, H, True)
+    g_out = torch.randn(T, B, H, device=cuda)
+    ref = {k: t.detach().cpu().double().requires_grad_() for k, t in v.items()}
+    r_out, _ = irnn_layer_reference(ref["x"], ref["h0"], ref["w_ih"],
+                                    ref["w_hh"], ref["b_ih"], ref["b_hh"],
+                                    "relu", False)
+    expected = torch.autograd.grad((r_out * g_out.cpu().double()).sum(),
+                                   [ref[k] for k in ("x", "h0", "w_ih", "w_hh",
+                                                     "b_ih")])
+    runs = {}
+    choices = ["tiled"] + (["cublaslt"] if irnn_cuda._C.CUBLASLT else [])
+    for choice in choices:
+        monkeypatch.setenv("IRNN_CUDA_GEMM", choice)
+        runs[choice] = []
+        for _ in range(2):
+            out, _ = torch.ops.irnn_cuda.irnn_forward(
+                v["x"], v["h0"], v["w_ih"], v["w_hh"], v["b_ih"], v["b_hh"],
+                "relu", False, True)
+            runs[choice].append(torch.ops.irnn_cuda.irnn_backward(
+                g_out, None, v["x"], v["h0"], v["w_ih"], v["w_hh"], out,
+                "relu", False))
+        for a, b in zip(*runs[choice]):
+            assert torch.equal(a, b), choice
+        for name, got, exp in zip(("dx", "dh0", "dw_ih", "dw_hh", "db"),
+                                  runs[choice][0], expected):
+            assert max_rel_err(got, exp) <= TOL[torch.float32], (choice, name)
+    for name, a, b in zip(("dx", "dh0", "dw_ih", "dw_hh", "db"),
+                          runs["tiled"][0], runs[choices[-1]][0]):
+        assert max_rel_err(a, b) <= TOL[torch.float32], name
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_per_step_gemm_choices_agree(cuda, monkeypatch, batch_first):
     """The per-step path (H = 1024) with its GEMMs by cuBLASLt and by the

@@ -20,8 +20,8 @@ from irnn_cuda.reference import irnn_layer_reference
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None,
                                 reason="needs g++ to build the emulation")
 
-from test_emulation import (LARGE_H, harness, make_inputs,  # noqa: E402,F401
-                            run_and_compare)
+from test_emulation import (LARGE_H, SMALL_SMEM, harness,  # noqa: E402,F401
+                            make_inputs, run_and_compare)
 from test_emulation_cluster import CLUSTER_BWD  # noqa: E402
 import emu  # noqa: E402  (on sys.path through test_emulation)
 
@@ -265,3 +265,42 @@ def test_hook_backward_failure_is_returned(harness):
         harness.backward(TABLE, torch.randn(T, B, H), None, v["x"], v["h0"],
                          v["w_ih"], v["w_hh"], out, True, False, bwd_gemm=hook)
         assert hook["rc"] == 77 and hook["calls"] == fail_at + 1, hook
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_hook_backward_sums_in_parts(harness, model):
+    """Past 2 x 1024 rows (t, b) the gradients are sums in parts
+    (split_parts in irnn_cuda_api.h): dW_hh over (T - 1) B = 2201 rows as a
+    strided batch of 2 products and a call for the one row left, then the
+    h0 step; dW_ih over T B = 2272 rows as a batch of 2; db by the column
+    sum in 2 parts. Every gradient against float64, and against the tiled
+    path (which sums dW_hh and dW_ih unsplit)."""
+    T, B, I, H = 32, 71, 3, 120
+    assert harness.config(SMALL_SMEM, True, torch.float32, T, B, I,
+                          H)["path"] == LARGE_H
+    v = inputs(T, B, I, H, True, True, seed=5)
+    out, _, _ = harness.forward(SMALL_SMEM, v["x"], v["h0"], v["w_ih"],
+                                v["w_hh"], v["b_ih"], v["b_hh"], True, False,
+                                True)
+    g = torch.Generator().manual_seed(6)
+    g_out, g_hn = torch.randn(T, B, H, generator=g), torch.randn(B, H, generator=g)
+    hook = {"model": model}
+    got = harness.backward(SMALL_SMEM, g_out, g_hn, v["x"], v["h0"],
+                           v["w_ih"], v["w_hh"], out, True, False,
+                           bwd_gemm=hook)
+    # T - 1 steps; dh0; dW_hh's batch, its rest, the h0 step; dW_ih's batch;
+    # dx. Products: the batches count 2 each.
+    assert hook["calls"] == T - 1 + 6 and hook["max_batch"] == 2, hook
+    assert hook["products"] == T - 1 + 8, hook
+    tiled = harness.backward(SMALL_SMEM, g_out, g_hn, v["x"], v["h0"],
+                             v["w_ih"], v["w_hh"], out, True, False)
+    ref = {k: (t.double().requires_grad_() if t is not None else None)
+           for k, t in v.items()}
+    r_out, r_hn = reference(ref)
+    loss = (r_out * g_out.double()).sum() + (r_hn * g_hn.double()).sum()
+    want = torch.autograd.grad(loss, [ref["x"], ref["h0"], ref["w_ih"],
+                                      ref["w_hh"], ref["b_ih"]])
+    for name, a, b, w in zip(("dx", "dh0", "dw_ih", "dw_hh", "db"), got[:5],
+                             tiled[:5], want):
+        assert max_rel_err(a, w) <= 1e-5, (name, max_rel_err(a, w))
+        assert max_rel_err(a, b) <= 1e-5, (name, max_rel_err(a, b))

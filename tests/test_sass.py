@@ -518,8 +518,8 @@ def cluster_bwd_budget(name):
 
 # Kernels without a step loop: only the local-memory check applies.
 PLAIN = re.compile(
-    r"irnn_cuda::irnn_(reduce_partials|column_sum|relayout|activate_rows|bwd_point)"
-    r"_kernel<")
+    r"irnn_cuda::irnn_(reduce_partials|column_sum|sum_parts|relayout|"
+    r"activate_rows|bwd_point)_kernel<")
 
 
 @pytest.fixture(scope="module")

@@ -528,6 +528,72 @@ inline int64_t partial_elems(int64_t H, int64_t I, bool project) {
   return H * H + (project ? H * I : 0) + H;
 }
 
+// The backward's sums over the K = T B rows (t, b) of the large-H path and
+// the cluster backward (run_backward_kernels, irnn_launch.cuh): db, and
+// dW_hh and dW_ih where the library GEMM computes them, are summed in
+// parts of K / parts consecutive rows (the rest, fewer than `parts` rows,
+// one more part), each part's sum into the workspace, then the parts in
+// order (irnn_sum_parts_kernel). The order depends on the shape only, so
+// results are bitwise the same every run; and the parts are independent
+// products, where the outputs alone would keep a few SMs busy for the
+// whole of K (dW_hh at H = 256 is a few output tiles; dW_ih at I = 1 and
+// db one column each). `pieces`: the output's independent pieces (a GEMM
+// output's 128 x 128 tiles; db's 32-column blocks); `cap`: at most this
+// many parts.
+constexpr int64_t kSplitTarget = 264;    // pieces x parts: 2 x 132 SMs
+constexpr int64_t kSplitMinRows = 1024;  // rows of a part, at least
+constexpr int64_t kSplitMaxParts = 64;
+inline int64_t split_parts(int64_t rows, int64_t pieces, int64_t cap) {
+  int64_t s = (kSplitTarget + pieces - 1) / pieces;
+  if (s > rows / kSplitMinRows) s = rows / kSplitMinRows;
+  if (s > kSplitMaxParts) s = kSplitMaxParts;
+  if (s > cap) s = cap;
+  return s < 1 ? 1 : s;
+}
+inline int64_t gemm_tiles(int64_t M, int64_t N) {
+  return ((M + 127) / 128) * ((N + 127) / 128);
+}
+// The partial sums of dW_hh [H,H] by the library: the parts of the
+// (T - 1) B rows with a stored h_prev (the rest one more), and the h0 step.
+// Their area stays within the sequence's T B H elements where that holds
+// 3 H^2 (the parts at most T B / H - 2).
+inline int64_t dw_hh_parts(int64_t T, int64_t B, int64_t H) {
+  return split_parts((T - 1) * B, gemm_tiles(H, H), T * B / H - 2);
+}
+inline int64_t dw_hh_sums(int64_t T, int64_t B, int64_t H) {
+  const int64_t K = (T - 1) * B, p = dw_hh_parts(T, B, H);
+  return K > 0 ? p + (K % p != 0) + 1 : 1;
+}
+// dW_ih [H,I] by the library: the parts of the T B rows (the rest one
+// more), their area within the sequence's.
+inline int64_t dw_ih_parts(int64_t T, int64_t B, int64_t I, int64_t H) {
+  return split_parts(T * B, gemm_tiles(H, I), T * B / I - 1);
+}
+inline int64_t dw_ih_sums(int64_t T, int64_t B, int64_t I, int64_t H) {
+  const int64_t K = T * B, p = dw_ih_parts(T, B, I, H);
+  return p + (K % p != 0);
+}
+// db [H]: the parts of the T B rows, 32 columns per block
+// (irnn_column_sum_kernel).
+inline int64_t db_parts(int64_t T, int64_t B, int64_t H) {
+  return split_parts(T * B, (H + 31) / 32, kSplitMaxParts);
+}
+// Elements (of the accumulator type) of the backward's sums, after every
+// da_t in the workspace: used in turn by dW_hh, dW_ih and db (one stream),
+// or by the tiled path's first part of dW_hh ([H,H]) and db. The library
+// serves float32 only.
+inline int64_t grad_sums_elems(DType dtype, int64_t T, int64_t B, int64_t I,
+                               int64_t H, bool project) {
+  int64_t e = H * H;
+  const auto at_least = [&e](int64_t v) { e = v > e ? v : e; };
+  at_least(db_parts(T, B, H) * H);
+  if (dtype == DType::kFloat) {
+    at_least(dw_hh_sums(T, B, H) * H * H);
+    if (project) at_least(dw_ih_sums(T, B, I, H) * H * I);
+  }
+  return e;
+}
+
 // The launch configuration for one forward or backward call. Pure: the
 // same properties and sizes always give the same configuration.
 //
@@ -581,7 +647,8 @@ inline LaunchConfig make_launch_config(const DeviceProps& p, bool backward,
     c.blocks = p.sm_count > 0 ? p.sm_count : 1;
     c.smem = cluster_bwd_smem_bytes(cl_hp, cl_rows);
     c.smem_optin = c.smem > p.smem_per_block;
-    c.workspace = (T * B * H + H * H) * acc;  // the large-H path's
+    c.workspace =  // the large-H path's
+        (T * B * H + grad_sums_elems(dtype, T, B, I, H, project)) * acc;
     return c;
   }
   int64_t rows_smem = 0;  // the most rows that fit in shared memory
@@ -595,8 +662,9 @@ inline LaunchConfig make_launch_config(const DeviceProps& p, bool backward,
     c.path = Path::kLargeH;
     c.threads = kGemmThreads;
     c.blocks = p.sm_count > 0 ? p.sm_count : 1;
-    if (backward)  // da for every step, plus the first part of dW_hh
-      c.workspace = (T * B * H + H * H) * acc;
+    if (backward)  // da for every step, then the sums (grad_sums_elems)
+      c.workspace =
+          (T * B * H + grad_sums_elems(dtype, T, B, I, H, project)) * acc;
     else  // a ping-pong h when the sequence is not stored
       c.workspace = store_sequence ? 0 : 2 * B * H * storage_bytes(dtype);
     return c;
@@ -661,6 +729,9 @@ inline LaunchConfig make_launch_config(const DeviceProps& p, bool backward,
 // c is null (nothing added) or d itself (ldc == ldd); K >= 1. No activation:
 // the launcher applies it (irnn_activate_rows_kernel), since a library's
 // relu epilogue maps NaN to 0 where the op's relu propagates it.
+// A strided batch (batch > 1, c null): `batch` such products, product q on
+// a + q * a_bs, w + q * w_bs and d + q * d_bs (elements); batch 0 or 1 is
+// one product.
 struct HookGemm {
   int64_t M, N, K;
   const float* a;
@@ -673,7 +744,11 @@ struct HookGemm {
   int64_t ldc;
   float* d;
   int64_t ldd;
+  int64_t batch, a_bs, w_bs, d_bs;
 };
+inline int64_t hook_batch(const HookGemm& g) {
+  return g.batch > 1 ? g.batch : 1;
+}
 // `run` enqueues the GEMM on `stream` and returns 0, or a nonzero code the
 // launch then returns; the hook's owner keeps any detail in `ctx`
 // (irnn_ops_cuda.cpp names the failed cuBLAS call and status).

@@ -1637,18 +1637,56 @@ template <typename S>
 struct ColumnSumParams {
   const typename AccOf<S>::type* src;  // [rows, cols]
   int64_t rows, cols;
-  S* dst;  // [cols]
+  typename AccOf<S>::type* parts;  // [gridDim.y, cols]
 };
 
-// dst[c] = sum over rows of src[r, c], rows in order (db of the large-H path).
+constexpr int kColumnSumWarps = 8;  // irnn_column_sum_kernel's block: 8 x 32
+
+// The column sums of src in gridDim.y parts (db of the large-H path and
+// the cluster backward; db_parts): block (x, y) sums columns [32x, 32x+32)
+// over rows [y rows / parts, (y+1) rows / parts), warp w the rows w, w + 8,
+// ... of its part in order, and the 8 warps' sums are added in warp order
+// into parts[y, c]. irnn_sum_parts_kernel adds the parts in order.
 template <typename S>
-IRNN_GLOBAL void irnn_column_sum_kernel(ColumnSumParams<S> p) {
+IRNN_GLOBAL void IRNN_LAUNCH_BOUNDS(32 * kColumnSumWarps)
+irnn_column_sum_kernel(ColumnSumParams<S> p) {
   using A = typename AccOf<S>::type;
-  for (int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; c < p.cols;
-       c += (int64_t)gridDim.x * blockDim.x) {
-    A sum = A(0);
-    for (int64_t r = 0; r < p.rows; ++r) sum += p.src[r * p.cols + c];
-    p.dst[c] = from_acc<S>(sum);
+  A* warp_sums = irnn_dyn_smem<A>();  // [kColumnSumWarps][32]
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t c = blockIdx.x * (int64_t)32 + lane;
+  const int64_t r0 = blockIdx.y * p.rows / gridDim.y;
+  const int64_t r1 = (blockIdx.y + 1) * p.rows / gridDim.y;
+  A sum = A(0);
+  if (c < p.cols)
+    for (int64_t r = r0 + warp; r < r1; r += kColumnSumWarps)
+      sum += p.src[r * p.cols + c];
+  warp_sums[warp * 32 + lane] = sum;
+  __syncthreads();
+  if (warp == 0 && c < p.cols) {
+    A total = warp_sums[lane];
+    for (int w = 1; w < kColumnSumWarps; ++w) total += warp_sums[w * 32 + lane];
+    p.parts[blockIdx.y * p.cols + c] = total;
+  }
+}
+
+template <typename S>
+struct SumPartsParams {
+  const typename AccOf<S>::type* parts;  // [count, n]
+  int64_t n;
+  int count;
+  S* dst;  // [n]
+};
+
+// dst[e] = parts[0, e] + parts[1, e] + ... in that order (the backward's
+// sums in parts, grad_sums_elems).
+template <typename S>
+IRNN_GLOBAL void irnn_sum_parts_kernel(SumPartsParams<S> p) {
+  using A = typename AccOf<S>::type;
+  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < p.n;
+       e += (int64_t)gridDim.x * blockDim.x) {
+    A sum = p.parts[e];
+    for (int q = 1; q < p.count; ++q) sum += p.parts[q * p.n + e];
+    p.dst[e] = from_acc<S>(sum);
   }
 }
 

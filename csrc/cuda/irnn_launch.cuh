@@ -487,15 +487,58 @@ irnn_error run_backward_steps_lib(const BwdArgs& a, float* da_all,
   return kIrnnSuccess;
 }
 
+// The parts of a backward sum (grad_sums_elems) added in order into dst.
+template <typename S>
+irnn_error sum_parts(const typename AccOf<S>::type* parts, int64_t n,
+                     int64_t count, S* dst, irnn_stream stream) {
+  if (n == 0) return kIrnnSuccess;
+  const SumPartsParams<S> p{parts, n, static_cast<int>(count), dst};
+  IRNN_LAUNCH(irnn_sum_parts_kernel<S>, elementwise_blocks(n), 256, 0, stream,
+              p);
+  return kIrnnSuccess;
+}
+
+// One sum over K rows by the library in `parts` parts (split_parts): g with
+// its K rows is called as a strided batch of `parts` products of K / parts
+// rows each, into sums, sums + n, ...; the rest of the rows, if any, into
+// the next. `a_row` and `w_row`: the elements from one row of a and of w to
+// the next. Returns the sums written (parts, or parts + 1) in *count.
+inline irnn_error hook_parts(const GemmHook& hook, HookGemm g, int64_t parts,
+                             int64_t a_row, int64_t w_row, float* sums,
+                             int64_t* count, irnn_stream stream) {
+  const int64_t K = g.K, rows = K / parts, rest = K - parts * rows;
+  const int64_t n = g.M * g.N;
+  g.K = rows;
+  g.c = nullptr;
+  g.d = sums;
+  g.ldd = g.N;
+  g.batch = parts;
+  g.a_bs = rows * a_row;
+  g.w_bs = rows * w_row;
+  g.d_bs = n;
+  irnn_error err = static_cast<irnn_error>(hook.run(g, hook.ctx, stream));
+  *count = parts;
+  if (err != kIrnnSuccess || rest == 0) return err;
+  g.a += parts * rows * a_row;
+  g.w += parts * rows * w_row;
+  g.d = sums + parts * n;
+  g.K = rest;
+  g.batch = 1;
+  g.a_bs = g.w_bs = g.d_bs = 0;
+  *count = parts + 1;
+  return static_cast<irnn_error>(hook.run(g, hook.ctx, stream));
+}
+
 // The large-H backward's gradient GEMMs (run_backward_kernels, after the
-// recurrence) by a.bwd_gemm (bwd_gemm_suits): the tiled path's sums in its
-// grouping (dW_hh over the steps with a stored
-// h_prev, then the h0 step added), each one library call. dW_ih keeps the
-// tiled GEMM where x is not [T*B, I] rows (a batch_first input). A
+// recurrence) by a.bwd_gemm (bwd_gemm_suits). dW_hh and dW_ih are sums over
+// T B rows (t, b), summed in parts (dw_hh_parts, dw_ih_parts: a strided
+// batch, and the rest) into `sums` and the parts added in order: dW_hh's
+// parts over the steps with a stored h_prev, then the h0 step. dW_ih keeps
+// the tiled GEMM where x is not [T*B, I] rows (a batch_first input). A
 // template (S = float only), as run_forward_step_gemm.
 template <typename S>
 irnn_error run_backward_grad_lib(const BwdArgs& a, const LaunchConfig& c,
-                                  float* da_all, int64_t t_first,
+                                  float* da_all, float* sums, int64_t t_first,
                                   irnn_stream stream) {
   static_assert(std::is_same_v<S, float>, "HookGemm is float32");
   const int64_t T = a.T, B = a.B, I = a.I, H = a.H;
@@ -513,7 +556,7 @@ irnn_error run_backward_grad_lib(const BwdArgs& a, const LaunchConfig& c,
     g.d = static_cast<float*>(a.dh0); g.ldd = H;
     if ((err = run(g)) != kIrnnSuccess) return err;
   }
-  float* dw_hh = static_cast<float*>(a.dw_hh);
+  int64_t count = 0;  // dW_hh's parts in sums
   if (T > 1) {  // dW_hh(j, k) = sum over (t, b) with a stored h_prev
     const int64_t da0 = a.reverse ? 0 : 1;  // first t whose h_prev is stored
     const int64_t hp0 = a.reverse ? 1 : 0;  // its h_prev = out[hp0]
@@ -522,18 +565,21 @@ irnn_error run_backward_grad_lib(const BwdArgs& a, const LaunchConfig& c,
     g.a = da_all + da0 * B * H; g.lda = H; g.a_t = true;
     g.w = static_cast<const float*>(a.out) + hp0 * a.o_st; g.ldw = a.o_sb;
     g.w_t = true;
-    g.d = dw_hh; g.ldd = H;
-    if ((err = run(g)) != kIrnnSuccess) return err;
+    if ((err = hook_parts(hook, g, dw_hh_parts(T, B, H), H, a.o_sb, sums,
+                          &count, stream)) != kIrnnSuccess)
+      return err;
   }
-  {  // + the h0 step
+  {  // the h0 step, one part more
     HookGemm g{};
     g.M = H; g.N = H; g.K = B;
     g.a = da_first; g.lda = H; g.a_t = true;
     g.w = static_cast<const float*>(a.h0); g.ldw = H; g.w_t = true;
-    if (T > 1) { g.c = dw_hh; g.ldc = H; }
-    g.d = dw_hh; g.ldd = H;
+    g.d = sums + count++ * H * H; g.ldd = H;
     if ((err = run(g)) != kIrnnSuccess) return err;
   }
+  if ((err = sum_parts<S>(sums, H * H, count, static_cast<float*>(a.dw_hh),
+                          stream)) != kIrnnSuccess)
+    return err;
   if (!a.project) return kIrnnSuccess;
   if (a.x_st != B * a.x_sb) {  // dW_ih = sum_{t,b} da^T x, tiled
     GemmParams<float> p{};
@@ -549,8 +595,11 @@ irnn_error run_backward_grad_lib(const BwdArgs& a, const LaunchConfig& c,
     g.M = H; g.N = I; g.K = T * B;
     g.a = da_all; g.lda = H; g.a_t = true;
     g.w = static_cast<const float*>(a.x); g.ldw = a.x_sb; g.w_t = true;
-    g.d = static_cast<float*>(a.dw_ih); g.ldd = I;
-    if ((err = run(g)) != kIrnnSuccess) return err;
+    if ((err = hook_parts(hook, g, dw_ih_parts(T, B, I, H), H, a.x_sb, sums,
+                          &count, stream)) != kIrnnSuccess ||
+        (err = sum_parts<S>(sums, H * I, count, static_cast<float*>(a.dw_ih),
+                            stream)) != kIrnnSuccess)
+      return err;
   }
   HookGemm g{};  // dx(t, b, i) = sum_j da(t, b, j) W_ih(j, i)
   g.M = T * B; g.N = I; g.K = H;
@@ -621,8 +670,8 @@ irnn_error run_backward_kernels(const BwdArgs& a, const LaunchConfig& c,
   // weight gradients are GEMMs over all (t, b) and db a column sum.
   // The cluster backward computes the same da_t (and dx = da_t without the
   // projection) in one launch instead of the step GEMMs.
-  A* da_all = work;                // [T,B,H]
-  A* dw_first = work + T * B * H;  // [H,H]
+  A* da_all = work;            // [T,B,H]
+  A* sums = work + T * B * H;  // grad_sums_elems
   irnn_error err = kIrnnSuccess;
   if (c.path == Path::kClusterBwd && B > 0) {
     if constexpr (std::is_same_v<A, float> && sizeof(S) == 4) {
@@ -668,7 +717,8 @@ irnn_error run_backward_kernels(const BwdArgs& a, const LaunchConfig& c,
   // (run_backward_grad_lib), or by the tiled GEMM.
   if constexpr (std::is_same_v<S, float> && std::is_same_v<A, float>) {
     if (lib &&
-        (err = run_backward_grad_lib<S>(a, c, da_all, t_first, stream)) !=
+        (err = run_backward_grad_lib<S>(a, c, da_all, sums, t_first,
+                                        stream)) !=
             kIrnnSuccess)
       return err;
   }
@@ -690,14 +740,14 @@ irnn_error run_backward_kernels(const BwdArgs& a, const LaunchConfig& c,
       p.a_acc = GemmOperand<A>{da_all + da0 * B * H, 1, B * H, H, B};
       p.b = GemmOperand<S>{out + hp0 * a.o_st, 1, a.o_st, a.o_sb, B};
       p.epilogue = Epilogue::kStoreAcc;
-      p.dst_acc = dw_first;
+      p.dst_acc = sums;  // the first part of dW_hh
       if ((err = run_gemm(p, c.blocks, stream)) != kIrnnSuccess) return err;
       GemmParams<S> q{};
       q.M = H; q.N = H; q.K = B;
       q.a_acc = GemmOperand<A>{da_all + t_first * B * H, 1, 0, H, kNoSplit};
       q.b = operand(h0, int64_t(1), H);
       q.epilogue = Epilogue::kStore;
-      q.addend = dw_first;
+      q.addend = sums;
       q.dst = dw_hh; q.d_sm = H; q.d_sn = 1;
       if ((err = run_gemm(q, c.blocks, stream)) != kIrnnSuccess) return err;
     }
@@ -718,10 +768,15 @@ irnn_error run_backward_kernels(const BwdArgs& a, const LaunchConfig& c,
       if ((err = run_gemm(q, c.blocks, stream)) != kIrnnSuccess) return err;
     }
   }
-  ColumnSumParams<S> cs{da_all, T * B, H, db};
+  // db = sum over (t, b) of da, in parts (db_parts) added in order.
+  const int64_t parts = db_parts(T, B, H);
+  const ColumnSumParams<S> cs{da_all, T * B, H, sums};
   IRNN_LAUNCH(irnn_column_sum_kernel<S>,
-              static_cast<unsigned>(ceil_div(H, 128)), 128, 0, stream, cs);
-  return kIrnnSuccess;
+              dim3(static_cast<unsigned>(ceil_div(H, 32)),
+                   static_cast<unsigned>(parts)),
+              32 * kColumnSumWarps, 32 * kColumnSumWarps * sizeof(A), stream,
+              cs);
+  return sum_parts<S>(sums, H, parts, db, stream);
 }
 
 // One relayout (irnn_relayout_kernel) of a [T,B,C] tensor.

@@ -22,11 +22,16 @@ struct LtMatrix {
 
 // cublasLtMatmul's problem: D (m x n) = op(A) (m x k) * op(B) (k x n) + C,
 // with op the transpose where trans_* (cuBLAS's CUBLAS_OP_T). C is D itself
-// or absent (beta = 0), so D's layout serves both.
+// or absent (beta = 0), so D's layout serves both. A strided batch: `batch`
+// such problems, problem q's matrices a_bs, b_bs, d_bs elements further per
+// q (each layout's CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT and
+// _STRIDED_BATCH_OFFSET).
 struct LtProblem {
   uint64_t m, n, k;
   bool trans_a, trans_b;
   LtMatrix a, b, d;
+  int32_t batch;
+  int64_t a_bs, b_bs, d_bs;
 };
 
 inline LtProblem lt_problem(const HookGemm& g) {
@@ -48,6 +53,10 @@ inline LtProblem lt_problem(const HookGemm& g) {
   p.b = g.a_t ? LtMatrix{M, K, g.lda} : LtMatrix{K, M, g.lda};
   // D^T (N x M): d[m*ldd + n] is column-major (n, m) with ld = ldd.
   p.d = LtMatrix{N, M, g.ldd};
+  p.batch = static_cast<int32_t>(hook_batch(g));
+  p.a_bs = p.batch > 1 ? g.w_bs : 0;
+  p.b_bs = p.batch > 1 ? g.a_bs : 0;
+  p.d_bs = p.batch > 1 ? g.d_bs : 0;
   return p;
 }
 

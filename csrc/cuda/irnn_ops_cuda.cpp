@@ -181,9 +181,10 @@ struct LtKey {
   int64_t M, N, K, lda, ldw, ldd;  // C is D itself or absent (has_c)
   bool a_t, w_t, has_c;
   int align_a, align_w, align_d;
+  int64_t batch, a_bs, w_bs, d_bs;
   auto tie() const {
     return std::tie(device, M, N, K, lda, ldw, ldd, a_t, w_t, has_c, align_a,
-                    align_w, align_d);
+                    align_w, align_d, batch, a_bs, w_bs, d_bs);
   }
   bool operator<(const LtKey& o) const { return tie() < o.tie(); }
 };
@@ -212,8 +213,11 @@ struct LtCtx {
 // cudaError_t's values (0..16383), as the launcher returns it as one.
 constexpr int kLtFailed = 15000;
 
-int pointer_align(const void* p) {
-  const auto v = reinterpret_cast<uintptr_t>(p);
+// The alignment (a power of two, at most 256 bytes) of every float at p +
+// q * stride elements: of a strided batch's matrices (stride 0: of p).
+int pointer_align(const void* p, int64_t stride = 0) {
+  const auto v = reinterpret_cast<uintptr_t>(p) |
+                 static_cast<uintptr_t>(stride * int64_t(sizeof(float)));
   int align = 256;
   while (align > 1 && v % align != 0) align /= 2;
   return align;
@@ -223,9 +227,12 @@ class LtPlans {
  public:
   // The plan for g on the current device, or null with ctx set.
   std::shared_ptr<LtPlan> get(const HookGemm& g, int device, LtCtx& ctx) {
+    const int64_t batch = hook_batch(g);
+    const auto bs = [batch](int64_t stride) { return batch > 1 ? stride : 0; };
     LtKey k{device, g.M, g.N, g.K, g.lda, g.ldw, g.ldd, g.a_t, g.w_t,
-            g.c != nullptr, pointer_align(g.a), pointer_align(g.w),
-            pointer_align(g.d)};
+            g.c != nullptr, pointer_align(g.a, bs(g.a_bs)),
+            pointer_align(g.w, bs(g.w_bs)), pointer_align(g.d, bs(g.d_bs)),
+            batch, bs(g.a_bs), bs(g.w_bs), bs(g.d_bs)};
     std::lock_guard<std::mutex> lock(mu_);
     auto it = plans_.find(k);
     if (it != plans_.end()) return it->second;
@@ -267,10 +274,21 @@ class LtPlans {
     const cublasOperation_t op_a = lp.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasOperation_t op_b = lp.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_DEFAULT;
+    // A layout, and with a batch its count and stride.
     const auto layout = [&](cublasLtMatrixLayout_t* l, const LtMatrix& m,
-                            const char* what) {
-      return ok(cublasLtMatrixLayoutCreate(l, CUDA_R_32F, m.rows, m.cols, m.ld),
-                what);
+                            int64_t stride, const char* what) {
+      if (!ok(cublasLtMatrixLayoutCreate(l, CUDA_R_32F, m.rows, m.cols, m.ld),
+              what))
+        return false;
+      if (lp.batch <= 1) return true;
+      return ok(cublasLtMatrixLayoutSetAttribute(
+                    *l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &lp.batch,
+                    sizeof(lp.batch)),
+                "cublasLtMatrixLayoutSetAttribute(BATCH_COUNT)") &&
+             ok(cublasLtMatrixLayoutSetAttribute(
+                    *l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
+                    sizeof(stride)),
+                "cublasLtMatrixLayoutSetAttribute(STRIDED_BATCH_OFFSET)");
     };
     if (!ok(cublasLtMatmulDescCreate(&plan->op, CUBLAS_COMPUTE_32F, CUDA_R_32F),
             "cublasLtMatmulDescCreate") ||
@@ -283,9 +301,9 @@ class LtPlans {
         !ok(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_EPILOGUE,
                                            &epi, sizeof(epi)),
             "cublasLtMatmulDescSetAttribute(EPILOGUE)") ||
-        !layout(&plan->w, lp.a, "cublasLtMatrixLayoutCreate(W)") ||
-        !layout(&plan->a, lp.b, "cublasLtMatrixLayoutCreate(A)") ||
-        !layout(&plan->d, lp.d, "cublasLtMatrixLayoutCreate(D)"))
+        !layout(&plan->w, lp.a, lp.a_bs, "cublasLtMatrixLayoutCreate(W)") ||
+        !layout(&plan->a, lp.b, lp.b_bs, "cublasLtMatrixLayoutCreate(A)") ||
+        !layout(&plan->d, lp.d, lp.d_bs, "cublasLtMatrixLayoutCreate(D)"))
       return nullptr;
     cublasLtMatmulPreference_t pref = nullptr;
     if (!ok(cublasLtMatmulPreferenceCreate(&pref),
@@ -345,8 +363,9 @@ int lt_run(const HookGemm& g, void* ctx_ptr, void* stream) {
   auto* hook = static_cast<LtHook*>(ctx_ptr);
   LtCtx& ctx = hook->ctx;
   if (ctx.what) return kLtFailed;
-  if (g.c != nullptr && (g.c != g.d || g.ldc != g.ldd)) {  // the contract
-    ctx.what = "the GEMM hook (C must be D itself)";
+  if (g.c != nullptr &&
+      (g.c != g.d || g.ldc != g.ldd || hook_batch(g) > 1)) {  // the contract
+    ctx.what = "the GEMM hook (C must be D itself, and absent in a batch)";
     ctx.status = CUBLAS_STATUS_INVALID_VALUE;
     return kLtFailed;
   }

@@ -145,20 +145,20 @@ class Emu:
 
     def _launch(self, plain, hooked, table, args, block_order_seed, hook):
         """Runs lib.<plain>, or with a hook dict lib.<hooked> (its "fail_at"
-        and "model" passed, its "calls" and "rc" set; rc 77, the planted
-        failure, is returned, not raised). Returns the config as a dict."""
+        and "model" passed; its "calls", "products" (a strided batch's count
+        each), "max_batch" and "rc" set; rc 77, the planted failure, is
+        returned, not raised). Returns the config as a dict."""
         cfg = LaunchConfig()
         head = (ctypes.byref(_props(table)), ctypes.byref(args),
                 ctypes.c_uint(block_order_seed), ctypes.byref(cfg))
         if hook is None:
             rc = getattr(self.lib, plain)(*head)
         else:
-            calls = ctypes.c_int64(0)
+            calls = (ctypes.c_int64 * 3)()
             rc = getattr(self.lib, hooked)(
                 *head, _I64(hook.get("fail_at", -1)),
-                ctypes.c_int(hook.get("model") == "cublaslt"),
-                ctypes.byref(calls))
-            hook["calls"] = calls.value
+                ctypes.c_int(hook.get("model") == "cublaslt"), calls)
+            hook["calls"], hook["products"], hook["max_batch"] = calls
             hook["rc"] = rc
         if not (hook is not None and rc == 77):
             self._check(rc)

@@ -99,15 +99,24 @@ int emu_forward(const DeviceProps* p, const FwdArgs* a,
 // without computing, which the launch must return.
 struct PlainGemm {
   int64_t fail_at = -1, calls = 0;
+  int64_t products = 0, max_batch = 0;  // over the calls, a batch's count
   bool lt_model = false;
+  // The batch's products one by one (C only without a batch).
   static int plain(const irnn_cuda::HookGemm& g) {
-    for (int64_t m = 0; m < g.M; ++m) {
-      for (int64_t n = 0; n < g.N; ++n) {
-        float acc = 0.0f;
-        for (int64_t k = 0; k < g.K; ++k)
-          acc += (g.a_t ? g.a[k * g.lda + m] : g.a[m * g.lda + k]) *
-                 (g.w_t ? g.w[k * g.ldw + n] : g.w[n * g.ldw + k]);
-        g.d[m * g.ldd + n] = acc + (g.c ? g.c[m * g.ldc + n] : 0.0f);
+    const int64_t batch = irnn_cuda::hook_batch(g);
+    if (batch > 1 && g.c != nullptr) return 78;
+    for (int64_t q = 0; q < batch; ++q) {
+      const float* a = g.a + q * (batch > 1 ? g.a_bs : 0);
+      const float* w = g.w + q * (batch > 1 ? g.w_bs : 0);
+      float* d = g.d + q * (batch > 1 ? g.d_bs : 0);
+      for (int64_t m = 0; m < g.M; ++m) {
+        for (int64_t n = 0; n < g.N; ++n) {
+          float acc = 0.0f;
+          for (int64_t k = 0; k < g.K; ++k)
+            acc += (g.a_t ? a[k * g.lda + m] : a[m * g.lda + k]) *
+                   (g.w_t ? w[k * g.ldw + n] : w[n * g.ldw + k]);
+          d[m * g.ldd + n] = acc + (g.c ? g.c[m * g.ldc + n] : 0.0f);
+        }
       }
     }
     return 0;
@@ -123,18 +132,24 @@ struct PlainGemm {
     if (op_rows(p.a, p.trans_a) != p.m || op_cols(p.a, p.trans_a) != p.k ||
         op_rows(p.b, p.trans_b) != p.k || op_cols(p.b, p.trans_b) != p.n ||
         p.d.rows != p.m || p.d.cols != p.n || !stored(p.a) || !stored(p.b) ||
-        !stored(p.d) || (g.c != nullptr && (g.c != g.d || g.ldc != g.ldd)))
+        !stored(p.d) || p.batch < 1 ||
+        (g.c != nullptr && (g.c != g.d || g.ldc != g.ldd || p.batch > 1)))
       return 78;  // irnn_ops_cuda.cpp's call: C is D itself, one layout
-    const float* A = g.w;  // cuBLASLt's A and B (lt_problem)
-    const float* B = g.a;
-    for (uint64_t j = 0; j < p.n; ++j) {
-      for (uint64_t i = 0; i < p.m; ++i) {
-        float acc = 0.0f;
-        for (uint64_t l = 0; l < p.k; ++l)
-          acc += (p.trans_a ? A[l + i * p.a.ld] : A[i + l * p.a.ld]) *
-                 (p.trans_b ? B[j + l * p.b.ld] : B[l + j * p.b.ld]);
-        const float c = g.c ? g.c[i + j * p.d.ld] : 0.0f;  // beta 1 or 0
-        g.d[i + j * p.d.ld] = acc + c;
+    // A strided batch: problem q's matrices q strides further (each
+    // layout's STRIDED_BATCH_OFFSET; 0 without a batch).
+    for (int32_t q = 0; q < p.batch; ++q) {
+      const float* A = g.w + q * p.a_bs;  // cuBLASLt's A and B (lt_problem)
+      const float* B = g.a + q * p.b_bs;
+      float* D = g.d + q * p.d_bs;
+      for (uint64_t j = 0; j < p.n; ++j) {
+        for (uint64_t i = 0; i < p.m; ++i) {
+          float acc = 0.0f;
+          for (uint64_t l = 0; l < p.k; ++l)
+            acc += (p.trans_a ? A[l + i * p.a.ld] : A[i + l * p.a.ld]) *
+                   (p.trans_b ? B[j + l * p.b.ld] : B[l + j * p.b.ld]);
+          const float c = g.c ? g.c[i + j * p.d.ld] : 0.0f;  // beta 1 or 0
+          D[i + j * p.d.ld] = acc + c;
+        }
       }
     }
     return 0;
@@ -145,6 +160,9 @@ struct PlainGemm {
     h.run = [](const irnn_cuda::HookGemm& g, void* c, void*) -> int {
       auto* st = static_cast<PlainGemm*>(c);
       if (st->calls++ == st->fail_at) return 77;
+      const int64_t batch = irnn_cuda::hook_batch(g);
+      st->products += batch;
+      st->max_batch = batch > st->max_batch ? batch : st->max_batch;
       return st->lt_model ? lt(g) : plain(g);
     };
     return h;
@@ -152,7 +170,9 @@ struct PlainGemm {
 };
 
 extern "C++" {  // a template, inside the C block
-// run(args with `member` set to a PlainGemm's hook); *calls counts its calls.
+// run(args with `member` set to a PlainGemm's hook); calls[0] counts its
+// calls, calls[1] their products (a batch's count each), calls[2] the
+// largest batch.
 template <typename Args, typename Run>
 int with_hook(const Args* a, const irnn_cuda::GemmHook* Args::*member,
               int64_t fail_at, int lt_model, int64_t* calls, Run run) {
@@ -163,7 +183,9 @@ int with_hook(const Args* a, const irnn_cuda::GemmHook* Args::*member,
   Args b = *a;
   b.*member = &hook;
   const int rc = run(&b);
-  *calls = plain.calls;
+  calls[0] = plain.calls;
+  calls[1] = plain.products;
+  calls[2] = plain.max_batch;
   return rc;
 }
 }  // extern "C++"
