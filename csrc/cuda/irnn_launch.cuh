@@ -141,9 +141,19 @@ irnn_error launch_fwd_cluster(const RegFwdParams<S>& p, bool relu,
 // cluster kernel of HP has the same blocks per cluster and threads, and
 // holds an SM alone (256 threads of more than 128 registers: 134-255 in
 // the sm_90 build), so this counts their wave (DeviceProps::clusters_of_4,
-// _8). Instantiated with each (type, HP)'s cluster forwards.
+// _8). 0 where the build has no sm_90 code for the kernel (a build for
+// older architectures running on a newer GPU, whose driver compiled their
+// PTX: the platform layer's cluster operations trap there), so that the
+// routing never selects it. Instantiated with each (type, HP)'s cluster
+// forwards.
 template <typename S, int HP>
 irnn_error fwd_cluster_occupancy(int* clusters) {
+  int version = 0;
+  IRNN_KERNEL_PTX_VERSION((irnn_fwd_cluster_kernel<S, HP, 1, true>), &version);
+  if (version < 90) {
+    *clusters = 0;
+    return kIrnnSuccess;
+  }
   const int64_t smem = cluster_fwd_smem_bytes(784, HP, 1);
   if (smem > 48 * 1024)
     IRNN_SET_MAX_SMEM((irnn_fwd_cluster_kernel<S, HP, 1, true>), smem);

@@ -239,6 +239,18 @@ struct IrnnClusterConfig {
     if (irnn_err_ != cudaSuccess) return irnn_err_;                           \
   } while (0)
 
+// Into *version: the virtual architecture `kernel` was compiled for, as
+// 10 * major + minor (cudaFuncAttributes::ptxVersion; 90 for sm_90 code,
+// 80 for sm_80 PTX that the driver compiled for a newer GPU); return its
+// error from the enclosing function.
+#define IRNN_KERNEL_PTX_VERSION(kernel, version)                           \
+  do {                                                                     \
+    cudaFuncAttributes irnn_attr_{};                                       \
+    const cudaError_t irnn_err_ = cudaFuncGetAttributes(&irnn_attr_, kernel); \
+    if (irnn_err_ != cudaSuccess) return irnn_err_;                        \
+    *(version) = irnn_attr_.ptxVersion;                                    \
+  } while (0)
+
 // Into *clusters: how many clusters of `cluster` blocks of `kernel` the
 // current device runs at once with `threads` and `smem` bytes per block
 // (cudaOccupancyMaxActiveClusters); return its error from the enclosing

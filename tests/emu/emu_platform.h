@@ -559,6 +559,12 @@ inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask,
 
 // The emulation's device is a property table: its clusters per wave come
 // from there (DeviceProps::clusters_of_4, _8), never from a query.
+// Every architecture's operations are emulated.
+#define IRNN_KERNEL_PTX_VERSION(kernel, version) \
+  do {                                           \
+    *(version) = 90;                             \
+  } while (0)
+
 #define IRNN_MAX_ACTIVE_CLUSTERS(kernel, cluster, threads, smem, clusters) \
   do {                                                                    \
     (void)(cluster);                                                      \
