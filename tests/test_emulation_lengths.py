@@ -153,6 +153,7 @@ PATHS = [
     (FOUR_SMS, torch.float32, 9, 4, 1, 100, True, REGISTER_FWD, REGISTER_BWD),
     (FOUR_SMS, torch.float32, 9, 21, 1, 100, True, REGISTER_FWD, REGISTER_BWD),
     (FOUR_SMS, torch.float32, 9, 7, 2, 100, True, REGISTER_FWD, REGISTER_BWD),
+    (FOUR_SMS, torch.float32, 9, 13, 1, 100, True, REGISTER_FWD, REGISTER_BWD),
     (FOUR_SMS, torch.float32, 8, 13, 1, 60, False, PERSISTENT, REGISTER_BWD),
     (FOUR_SMS, torch.float32, 7, 3, 5, 40, False, PERSISTENT, REGISTER_BWD),
     (FOUR_SMS, torch.float32, 7, 19, 3, 120, True, REGISTER_FWD, PERSISTENT),
@@ -195,7 +196,7 @@ def test_lengths_padding_is_never_read(harness, case, packed, reverse):
     dict(sort=False, reverse=True), dict(relu=False, reverse=True),
     dict(store_sequence=False, reverse=True, packed=True)],
     ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
-@pytest.mark.parametrize("B", [3, 7, 21], ids=["R1", "R2", "R8"])
+@pytest.mark.parametrize("B", [3, 7, 13, 21], ids=["R1", "R2", "R4", "R8"])
 def test_lengths_options(harness, case, B):
     """tanh, one gradient or the other, the last state only, unsorted
     lengths on the padded layout (the rows are independent there)."""

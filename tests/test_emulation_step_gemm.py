@@ -139,6 +139,37 @@ def test_hook_forward_with_lengths(harness, model, reverse, packed, relu):
             assert torch.equal(out[n:, b], torch.zeros_like(out[n:, b]))
 
 
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_hook_lengths_padding_is_never_read(harness, model, reverse):
+    """NaN in x and in the gradient at padded steps, on the library path
+    (forward and backward): every output and gradient finite and bitwise
+    equal to the run with zeros there."""
+    T, B, I, H = 5, 4, 2, 300
+    v = inputs(T, B, I, H, True, True)
+    lengths = torch.tensor([5, 4, 2, 1])
+    pad = (torch.arange(T).view(T, 1) >= lengths.view(1, B)).unsqueeze(2)
+    g_out = torch.randn(T, B, H, generator=torch.Generator().manual_seed(1))
+    runs = []
+    for fill in (0.0, float("nan")):
+        x = v["x"].masked_fill(pad, fill)
+        hook = {"model": model}
+        out, h_n, cfg = harness.forward(TABLE, x, v["h0"], v["w_ih"],
+                                        v["w_hh"], v["b_ih"], v["b_hh"], True,
+                                        reverse, True, lengths=lengths,
+                                        step_gemm=hook)
+        assert cfg["path"] == LARGE_H and hook["calls"] == T, hook
+        bhook = {"model": model}
+        grads = harness.backward(TABLE, g_out.masked_fill(pad, fill), None, x,
+                                 v["h0"], v["w_ih"], v["w_hh"], out, True,
+                                 reverse, lengths=lengths, bwd_gemm=bhook)
+        assert bhook["calls"] > 0, bhook
+        runs.append((out, h_n) + tuple(grads[:5]))
+    for a, b in zip(*runs):
+        assert torch.isfinite(b).all()
+        assert torch.equal(a, b)
+
+
 def test_hook_failure_is_returned(harness):
     """A hook that fails stops the launch at that call with its code; no
     later step is run."""

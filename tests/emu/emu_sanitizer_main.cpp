@@ -184,7 +184,8 @@ int run_kernels() {
   const DeviceProps large_h{4, 256, 48 * 1024, 48 * 1024, 0};
   // B <= 4 (the SM count) runs the register-resident backward with one row
   // per block (HP 128, 256 threads): projected, and not (tanh, reversed, T
-  // beyond the prefetch ring); B = 20 with 8 rows per block (HP 104, 224
+  // beyond the prefetch ring); HP 104 projected (the MNIST case at B <=
+  // the SM count); B = 20 with 8 rows per block (HP 104, 224
   // threads, a partial last block), B = 13 with 4 (HP 104, not
   // projected); bfloat16 at one row per block (HP 104, T beyond the ring)
   // and float16 at 8 (HP 104, odd strides).
@@ -193,6 +194,7 @@ int run_kernels() {
       {DType::kFloat, 3, 11, 1, 120, true, true, false, Path::kPersistent},
       {DType::kFloat, 2, 10, 2, 112, true, false, true, Path::kPersistent},
       {DType::kFloat, 3, 4, 1, 110, true, true, false, Path::kRegisterBwd},
+      {DType::kFloat, 4, 3, 1, 100, true, true, false, Path::kRegisterBwd},
       {DType::kFloat, 10, 3, 1, 112, false, false, true, Path::kRegisterBwd},
       {DType::kFloat, 3, 20, 2, 100, true, true, false, Path::kRegisterBwd},
       {DType::kFloat, 9, 13, 1, 100, false, true, false, Path::kRegisterBwd},
