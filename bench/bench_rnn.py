@@ -140,6 +140,17 @@ def make_step(model, mode, x, grad):
     return step
 
 
+def peak_mb(fn, device):
+    """MiB the CUDA caching allocator held at its peak during fn() above
+    what it held before (outputs, gradients, saved tensors, workspace)."""
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+
+
 def bench_shape(timer, device, dtype, T, B, I, H, repeats, rates, flop_per_sample):
     torch.manual_seed(0)
     rnn = torch.nn.RNN(I, H, nonlinearity="relu", device=device, dtype=dtype)
@@ -189,6 +200,16 @@ def bench_shape(timer, device, dtype, T, B, I, H, repeats, rates, flop_per_sampl
               f"{floor_ms:>9.2f} {fused_ms / floor_ms:>7.2f} "
               f"{torch_min / fused_min:>8.2f}x {fused_min / floor_ms:>7.2f} "
               f"{max_err:>8.1e}", flush=True)
+        if device.type == "cuda" and mode == "fwd+bwd":
+            # Memory of one step, against the float32 [T,B,H] sequence
+            # (the backward's workspace is to stay within 2x of it).
+            mem = {"fused_peak_mb": peak_mb(ours, device),
+                   "torch_peak_mb": peak_mb(theirs, device),
+                   "seq_f32_mb": T * B * H * 4 / 2 ** 20}
+            rows[-1].update(mem)
+            print("      memory (MiB above the start): FusedIRNN "
+                  f"{mem['fused_peak_mb']:.1f}, nn.RNN {mem['torch_peak_mb']:.1f}, "
+                  f"float32 sequence {mem['seq_f32_mb']:.1f}", flush=True)
     return rows
 
 
@@ -319,11 +340,13 @@ def main(argv=None):
     else:
         shapes = [(784, b, 1, 100) for b in batches]
         shapes += [(28, 128, 28, 100), (28, 1024, 28, 100)]
-        # On a GPU, the cluster forward's sizes (128 < H <= 512); on the
-        # CPU H = 256 at B = 16 and 128, as before.
+        # On a GPU, the cluster forward's sizes (128 < H <= 512), then the
+        # register-resident kernels at H = 64 and 128; on the CPU H = 256
+        # at B = 16 and 128, as before.
         if device.type == "cuda":
             shapes += [(784, b, 1, h) for h in (256, 512)
                        for b in (16, 128, 1024)]
+            shapes += [(784, b, 1, h) for h in (64, 128) for b in (16, 1024)]
         else:
             shapes += [(784, 16, 1, 256), (784, 128, 1, 256)]
 
