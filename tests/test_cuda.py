@@ -163,6 +163,19 @@ def test_gradcheck_float64(cuda, project):
     assert torch.autograd.gradcheck(f, [args[k] for k in names])
 
 
+def float64_relu_grads(v, g_out):
+    """The float64 reference of a relu layer on the CPU: output, h_n, and
+    the gradients of sum(output * g_out) for x, h0, w_ih, w_hh and b_ih."""
+    ref = {k: t.detach().cpu().double().requires_grad_() for k, t in v.items()}
+    r_out, r_hn = irnn_layer_reference(ref["x"], ref["h0"], ref["w_ih"],
+                                       ref["w_hh"], ref["b_ih"], ref["b_hh"],
+                                       "relu", False)
+    grads = torch.autograd.grad((r_out * g_out.cpu().double()).sum(),
+                                [ref[k] for k in ("x", "h0", "w_ih", "w_hh",
+                                                  "b_ih")])
+    return r_out.detach(), r_hn.detach(), grads
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("H,B", [(300, 99), (1024, 181)])
 def test_gradient_sums_in_parts(cuda, monkeypatch, H, B):
@@ -175,13 +188,7 @@ def test_gradient_sums_in_parts(cuda, monkeypatch, H, B):
     T = 24
     v = layer_inputs(torch.float32, cuda, T, B, 1, H, True)
     g_out = torch.randn(T, B, H, device=cuda)
-    ref = {k: t.detach().cpu().double().requires_grad_() for k, t in v.items()}
-    r_out, _ = irnn_layer_reference(ref["x"], ref["h0"], ref["w_ih"],
-                                    ref["w_hh"], ref["b_ih"], ref["b_hh"],
-                                    "relu", False)
-    expected = torch.autograd.grad((r_out * g_out.cpu().double()).sum(),
-                                   [ref[k] for k in ("x", "h0", "w_ih", "w_hh",
-                                                     "b_ih")])
+    _, _, expected = float64_relu_grads(v, g_out)
     runs = {}
     choices = ["tiled"] + (["cublaslt"] if irnn_cuda._C.CUBLASLT else [])
     for choice in choices:
@@ -216,13 +223,7 @@ def test_per_step_gemm_choices_agree(cuda, monkeypatch, batch_first):
     if batch_first:
         v["x"] = v["x"].transpose(0, 1).contiguous().transpose(0, 1)
     g_out = torch.randn(T, B, H, device=cuda)
-    ref = {k: t.detach().cpu().double().requires_grad_() for k, t in v.items()}
-    r_out, r_hn = irnn_layer_reference(ref["x"], ref["h0"], ref["w_ih"],
-                                       ref["w_hh"], ref["b_ih"], ref["b_hh"],
-                                       "relu", False)
-    expected = torch.autograd.grad((r_out * g_out.cpu().double()).sum(),
-                                   [ref[k] for k in ("x", "h0", "w_ih", "w_hh",
-                                                     "b_ih")])
+    r_out, r_hn, expected = float64_relu_grads(v, g_out)
     choices = ["tiled"] + (["cublaslt"] if irnn_cuda._C.CUBLASLT else [])
     for choice in choices:
         monkeypatch.setenv("IRNN_CUDA_GEMM", choice)
