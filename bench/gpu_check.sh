@@ -294,9 +294,12 @@ import torch
 import irnn_cuda  # noqa: F401  (registers the ops)
 ops = torch.ops.irnn_cuda
 # H 33 and 100 (I = 0: the input not projected) on the register-resident
-# and persistent kernels; on an H100/H200 the cluster kernels at one row per
-# cluster (H 257) and at 8 with a ragged last cluster (H 200, 40 rows).
-for H, B, I in ((33, 20, 1), (100, 7, 0), (257, 5, 1), (200, 40, 1)):
+# and persistent kernels, H 100 projected at one row per block (the MNIST
+# case, B <= the SM count) and at 4 (B = 300); on an H100/H200 the cluster
+# kernels at one row per cluster (H 257) and at 8 with a ragged last
+# cluster (H 200, 40 rows).
+for H, B, I in ((33, 20, 1), (100, 7, 0), (100, 16, 1), (100, 300, 1),
+                (257, 5, 1), (200, 40, 1)):
     x = torch.randn(5, B, I or H, device="cuda")
     h0 = torch.randn(B, H, device="cuda")
     w_ih = torch.randn(H, I, device="cuda") if I else None
