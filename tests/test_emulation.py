@@ -621,6 +621,19 @@ def test_register_backward_16bit_vs_reference(harness, case):
         assert err <= TOL[dtype], (name, err, bcfg)
 
 
+def relu_layer_with_grads(harness, dtype, T, B, I, H, project, reverse, gen):
+    """Inputs from gen (make_inputs, biases), their relu forward on FOUR_SMS
+    with the sequence stored, and random gradients for the sequence and
+    h_n: (inputs, output, grad_output, grad_h_n)."""
+    v = make_inputs(dtype, T, B, I, H, project, True, gen)
+    out, _, _ = harness.forward(FOUR_SMS, v["x"], v["h0"], v["w_ih"],
+                                v["w_hh"], v["b_ih"], v["b_hh"], True, reverse,
+                                True)
+    g_out = torch.randn(T, B, H, generator=gen).to(dtype)
+    g_hn = torch.randn(B, H, generator=gen).to(dtype)
+    return v, out, g_out, g_hn
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_register_backward_16bit_odd_offsets(harness, dtype):
     """16-bit tensors that start 2 bytes into a 4-byte word (storage offset
@@ -639,12 +652,8 @@ def test_register_backward_16bit_odd_offsets(harness, dtype):
         out.copy_(t)
         assert out.data_ptr() % 4 == 2
         return out
-    v = make_inputs(dtype, T, B, I, H, True, True, gen)
-    out, _, _ = harness.forward(FOUR_SMS, v["x"], v["h0"], v["w_ih"],
-                                v["w_hh"], v["b_ih"], v["b_hh"], True, False,
-                                True)
-    g_out = torch.randn(T, B, H, generator=gen).to(dtype)
-    g_hn = torch.randn(B, H, generator=gen).to(dtype)
+    v, out, g_out, g_hn = relu_layer_with_grads(harness, dtype, T, B, I, H,
+                                                True, False, gen)
     x = v["x"].contiguous()
     aligned = harness.backward(FOUR_SMS, g_out, g_hn, x, v["h0"], v["w_ih"],
                                v["w_hh"], out.contiguous(), True, False)
@@ -660,21 +669,26 @@ def test_register_backward_16bit_odd_offsets(harness, dtype):
         assert max_rel_err(a, e) <= TOL[dtype]
 
 
+def backward_in_two_block_orders(harness, dtype, T, B, I, H, project,
+                                 reverse, seed, other_order):
+    """A relu forward on FOUR_SMS and its backward (gradients on the
+    sequence and on h_n) with blocks in index order and in the order of
+    block_order_seed `other_order`: the two backward results."""
+    v, out, g_out, g_hn = relu_layer_with_grads(
+        harness, dtype, T, B, I, H, project, reverse,
+        torch.Generator().manual_seed(seed))
+    return [harness.backward(FOUR_SMS, g_out, g_hn, v["x"], v["h0"],
+                             v["w_ih"], v["w_hh"], out, True, reverse,
+                             block_order_seed=order)
+            for order in (0, other_order)]
+
+
 @pytest.mark.parametrize("B", [4, 7, 13, 29])
 def test_register_backward_deterministic_across_block_orders(harness, B):
     """Every gradient of the register-resident backward (1, 2, 4 and 8 rows
     per block) is bitwise equal with blocks run in two different orders."""
-    gen = torch.Generator().manual_seed(5)
-    T, H = 11, 100
-    v = make_inputs(torch.float32, T, B, 2, H, True, True, gen)
-    out, _, _ = harness.forward(FOUR_SMS, v["x"], v["h0"], v["w_ih"],
-                                v["w_hh"], v["b_ih"], v["b_hh"], True, True,
-                                True)
-    g_out = torch.randn(T, B, H, generator=gen)
-    g_hn = torch.randn(B, H, generator=gen)
-    runs = [harness.backward(FOUR_SMS, g_out, g_hn, v["x"], v["h0"], v["w_ih"],
-                             v["w_hh"], out, True, True, block_order_seed=seed)
-            for seed in (0, 4321)]
+    runs = backward_in_two_block_orders(harness, torch.float32, 11, B, 2,
+                                        100, True, True, 5, 4321)
     assert runs[0][5]["path"] == REGISTER_BWD
     rows = {4: 1, 7: 2, 13: 4, 29: 8}[B]
     assert runs[0][5]["rows_per_block"] == rows
@@ -694,17 +708,9 @@ def test_register_backward_variants_deterministic(harness, dtype, H, B,
                                                   project, rows):
     """HP 64 and 128, the input not projected, and the 16-bit types: every
     gradient bitwise equal with blocks run in two different orders."""
-    gen = torch.Generator().manual_seed(6)
-    T, I = 9, 3 if project else H
-    v = make_inputs(dtype, T, B, I, H, project, True, gen)
-    out, _, _ = harness.forward(FOUR_SMS, v["x"], v["h0"], v["w_ih"],
-                                v["w_hh"], v["b_ih"], v["b_hh"], True, False,
-                                True)
-    g_out = torch.randn(T, B, H, generator=gen).to(dtype)
-    g_hn = torch.randn(B, H, generator=gen).to(dtype)
-    runs = [harness.backward(FOUR_SMS, g_out, g_hn, v["x"], v["h0"], v["w_ih"],
-                             v["w_hh"], out, True, False, block_order_seed=seed)
-            for seed in (0, 977)]
+    runs = backward_in_two_block_orders(harness, dtype, 9, B,
+                                        3 if project else H, H, project, False,
+                                        6, 977)
     cfg = runs[0][5]
     assert cfg["path"] == REGISTER_BWD and cfg["rows_per_block"] == rows, cfg
     assert cfg["blocks"] == -(-B // rows) >= 4, cfg
