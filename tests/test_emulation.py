@@ -61,7 +61,8 @@ def make_inputs(dtype, T, B, I, H, project, bias, gen):
 
 # The register-resident forward's table (IRNN_REG_FWD_VARIANTS): float32,
 # float16 and bfloat16 at HP in {64, 104, 128} with 1, 2, 4 or 8 rows per
-# block; the input projected and at most 4 wide.
+# block; the input projected and at most 4 wide, or (float32 only) not
+# projected.
 REG_FWD_HP = (64, 104, 128)
 REG_FWD_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 REG_FWD_TABLE = {dtype: {(hp, r) for hp in REG_FWD_HP for r in (1, 2, 4, 8)}
@@ -82,7 +83,9 @@ def pick_reg_variant(table, variants, B, H):
 
 def register_fwd_expected(table, dtype, B, I, H, project):
     """(HP, rows per block) the routing must select, or None."""
-    if dtype not in REG_FWD_DTYPES or not project or I > 4:
+    if dtype not in REG_FWD_DTYPES or (project and I > 4):
+        return None
+    if not project and dtype != torch.float32:
         return None
     return pick_reg_variant(table, REG_FWD_TABLE[dtype], B, H)
 
@@ -337,16 +340,28 @@ def test_register_forward_routing(harness):
     for H, threads in ((1, 64), (32, 64), (64, 64), (65, 128), (128, 128)):
         c = cfg(16, H=H)
         assert c["path"] == REGISTER_FWD and c["threads"] == threads, (H, c)
+    # Not projected (a stacked layer's input, or one wider than 4): float32
+    # by the ring (8 steps of a place per thread), with the same rows per
+    # block; the h buffers and the ring of 8 rows at HP 104 fit the
+    # default 48 KB.
+    for B, rows in ((16, 1), (133, 2), (300, 4), (1024, 8)):
+        c = cfg(B, I=100, project=False)
+        assert (c["path"], c["rows_per_block"], c["threads"]) == (
+            REGISTER_FWD, rows, 128), c
+        assert c["smem"] == 4 * (2 * rows * 104 + 8 * rows * 128), c
+        assert not c["smem_optin"], c
     # Today's kernels: more than one wave of 8-row blocks, H > 128, other
-    # dtypes, an input wider than 4 or not projected (the backward's routing:
-    # test_register_backward_routing).
+    # dtypes, an input wider than 4, a 16-bit input not projected (the
+    # backward's routing: test_register_backward_routing).
     # The 16-bit types: the same rows per block.
     for dtype in (torch.bfloat16, torch.float16):
         for B, rows in ((16, 1), (133, 2), (300, 4), (1024, 8)):
             c = cfg(B, dtype=dtype)
             assert (c["path"], c["rows_per_block"]) == (REGISTER_FWD, rows), c
     for c in (cfg(1057), cfg(16, H=129), cfg(16, dtype=torch.float64),
-              cfg(16, I=5), cfg(16, project=False)):
+              cfg(16, I=5), cfg(16, project=False, dtype=torch.float16),
+              cfg(16, project=False, dtype=torch.bfloat16),
+              cfg(16, project=False, dtype=torch.float64)):
         assert c["path"] == PERSISTENT, c
     assert cfg(16, H=1024)["path"] == LARGE_H
     # A device whose shared memory cannot hold 8 rows' h buffers and x chunk.
@@ -355,13 +370,13 @@ def test_register_forward_routing(harness):
     assert cfg(1024, H=64, table=tiny)["path"] == PERSISTENT
     # The routing is the rule register_fwd_expected states, everywhere.
     for table in (H200, emu.A100, FOUR_SMS):
-        for B, H, I, dtype in itertools.product(
+        for B, H, I, dtype, project in itertools.product(
                 (1, 4, 5, 9, 16, 17, 32, 33, 131, 133, 264, 265, 528, 529, 864,
                  1100),
                 (1, 64, 65, 100, 104, 105, 128, 129), (1, 4, 5),
-                (torch.float32, torch.float16)):
-            reg = register_fwd_expected(table, dtype, B, I, H, True)
-            c = cfg(B, H=H, I=I, table=table, dtype=dtype)
+                (torch.float32, torch.float16), (True, False)):
+            reg = register_fwd_expected(table, dtype, B, I, H, project)
+            c = cfg(B, H=H, I=I, table=table, dtype=dtype, project=project)
             assert (c["path"] == REGISTER_FWD) == (reg is not None), (B, H, I, c)
             if reg:
                 assert (c["rows_per_block"], c["threads"]) == (
@@ -382,6 +397,16 @@ def _register_cases():
             I=1 + i % 4, nonlinearity="relu" if relu else "tanh",
             reverse=i % 3 == 1, bias=i % 5 != 2, store_sequence=i % 4 != 3,
             T=(5, 2, 7)[i % 3]))
+    # Not projected (float32, the ring): every HP and rows, relu and tanh,
+    # T past the ring's 8 slots in most.
+    for i, (H, rows, relu) in enumerate(itertools.product(
+            (33, 64, 100, 128), (1, 2, 4, 8), (True, False))):
+        cases.append(dict(
+            dtype=torch.float32, H=H, B=batches[rows][(i + 1) % 2],
+            I=(6, 100)[i % 2], project=False,
+            nonlinearity="relu" if relu else "tanh", reverse=i % 3 == 0,
+            bias=i % 5 != 1, store_sequence=i % 4 != 2,
+            T=(11, 3, 19)[i % 3]))
     # Both 16-bit types: every HP, 1, 2, 4 and 8 rows per block; the forward
     # only (today's backward misses the bfloat16 tolerance on the output of
     # either forward at H >= 120 in some of these cases).
@@ -402,26 +427,29 @@ def test_register_forward_vs_reference(harness, case):
     B, H, I = case["B"], case["H"], case["I"]
     fcfg, _ = run_and_compare(
         harness, FOUR_SMS, case["dtype"], case["T"], B, I, H,
-        case["nonlinearity"], case["reverse"], bias=case["bias"],
-        store_sequence=case["store_sequence"], expect_path=PERSISTENT,
-        backward=case.get("backward", True))
+        case["nonlinearity"], case["reverse"], project=case.get("project", True),
+        bias=case["bias"], store_sequence=case["store_sequence"],
+        expect_path=PERSISTENT, backward=case.get("backward", True))
     assert fcfg["path"] == REGISTER_FWD, fcfg
 
 
-@pytest.mark.parametrize("rows", [1, 8])
-def test_register_forward_chunks_and_determinism(harness, rows):
+@pytest.mark.parametrize("rows,project", [(1, True), (8, True), (1, False),
+                                          (8, False)])
+def test_register_forward_chunks_and_determinism(harness, rows, project):
     """T longer than one staged chunk of x (2048 steps at one row per
-    block, 256 at 8; the chunking does not depend on R otherwise), reversed,
-    with h0: against the reference, and bitwise equal across runs with
-    blocks in different orders."""
+    block, 256 at 8; the chunking does not depend on R otherwise), or not
+    projected, the ring wrapping hundreds of times; reversed, with h0:
+    against the reference, and bitwise equal across runs with blocks in
+    different orders."""
     B, T = {1: (3, 2050), 8: (21, 260)}[rows]
     # Gradients on the sequence too: from h_n alone, dh0 decays over T steps
     # below float32's range (4e-49 at T = 260), which float32 rightly gives
     # as 0 and a relative check cannot compare.
     run_and_compare(harness, FOUR_SMS, torch.float32, T, B, 2, 100,
-                    reverse=True, grads="both", expect_path=PERSISTENT)
+                    reverse=True, project=project, grads="both",
+                    expect_path=PERSISTENT)
     gen = torch.Generator().manual_seed(3)
-    v = make_inputs(torch.float32, T, B, 2, 100, True, True, gen)
+    v = make_inputs(torch.float32, T, B, 2, 100, project, True, gen)
     runs = [harness.forward(FOUR_SMS, v["x"], v["h0"], v["w_ih"], v["w_hh"],
                             v["b_ih"], v["b_hh"], True, True, True,
                             block_order_seed=seed) for seed in (0, 777)]

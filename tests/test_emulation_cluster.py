@@ -48,12 +48,13 @@ NO_EIGHT = dict(emu.H100, clusters_of_8=-1)
 def cluster_expected(table, dtype, B, I, H, project=True, backward=False,
                      T=784):
     """(HP, rows per cluster) the routing must select, or None. The
-    forward needs the input projected and at most 4 wide; the backward
-    takes any input (the GEMMs after its recurrence do the projection)."""
+    forward needs the input projected and at most 4 wide, or not projected
+    (the ring); the backward takes any input (the GEMMs after its
+    recurrence do the projection)."""
     if not table.get("cluster_launch") or dtype != torch.float32 or \
             not 128 < H <= 512 or B < 1:
         return None
-    if not backward and (not project or I > 4):
+    if not backward and project and I > 4:
         return None
     if backward and T < 1:
         return None
@@ -72,7 +73,8 @@ def cluster_expected(table, dtype, B, I, H, project=True, backward=False,
 def test_cluster_routing(harness, table):
     """make_launch_config selects the cluster kernels exactly where the
     table says: clusters on the device, float32, 128 < H <= 512; the
-    forward with the input projected and at most 4 wide, the backward with
+    forward with the input projected and at most 4 wide or not projected
+    (its shared memory then the h buffers and the ring), the backward with
     any input (its grid is B / rows clusters; `blocks` is the SM count the
     GEMMs after it take, and its workspace the large-H path's)."""
     t = {"h100": emu.H100, "a100": emu.A100, "sixteen": SIXTEEN_SMS,
@@ -108,6 +110,10 @@ def test_cluster_routing(harness, table):
                         else:
                             assert c["blocks"] == -(-B // rows) * (hp // 64), c
                             assert c["workspace"] == 0, c
+                            if not project:
+                                assert c["smem"] == 4 * (
+                                    2 * rows * 4 * (hp // 4 + 4) +
+                                    8 * max(rows, 4) * 64), c
                         assert c["smem"] <= t["smem_per_block_optin"], c
     if table == "h100":
         assert seen == {(bwd, hp, r) for (bwd, hp), rows in CLUSTER_ROWS.items()
@@ -154,9 +160,10 @@ def test_cluster_routing_h200_benchmark_sizes(harness):
 
 
 def run_forward(harness, table, T, B, I, H, *, relu=True, reverse=False,
-                bias=True, store_sequence=True, seed=0, block_order_seed=0):
+                bias=True, store_sequence=True, project=True, seed=0,
+                block_order_seed=0):
     gen = torch.Generator().manual_seed(seed)
-    v = make_inputs(torch.float32, T, B, I, H, True, bias, gen)
+    v = make_inputs(torch.float32, T, B, I, H, project, bias, gen)
     out, h_n, cfg = harness.forward(table, v["x"], v["h0"], v["w_ih"],
                                     v["w_hh"], v["b_ih"], v["b_hh"], relu,
                                     reverse, store_sequence,
@@ -187,17 +194,36 @@ CASES = [
     dict(H=512, B=9, T=2, I=4, relu=True, reverse=False, table="sixteen"),
     dict(H=400, B=3, T=3, I=2, relu=False, reverse=False, table="sixteen"),
     dict(H=480, B=7, T=3, I=3, relu=True, reverse=True, table="sixteen"),
+    # Not projected (x is [T,B,H], the ring): every HP and rows, T past the
+    # ring's 8 slots in most.
+    dict(H=129, B=3, T=10, I=0, relu=True, reverse=False, table="h100",
+         project=False),
+    dict(H=200, B=7, T=11, I=0, relu=False, reverse=True, table="sixteen",
+         project=False),
+    dict(H=256, B=13, T=9, I=0, relu=True, reverse=False, table="sixteen",
+         project=False, bias=False),
+    dict(H=256, B=21, T=4, I=0, relu=True, reverse=True, table="sixteen",
+         project=False, store_sequence=False),
+    dict(H=512, B=2, T=9, I=0, relu=False, reverse=False, table="h100",
+         project=False),
+    dict(H=300, B=9, T=10, I=0, relu=True, reverse=True, table="sixteen",
+         project=False),
+    dict(H=480, B=11, T=9, I=0, relu=False, reverse=False, table="sixteen",
+         project=False),
+    dict(H=512, B=25, T=3, I=0, relu=True, reverse=False, table="sixteen",
+         project=False),
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "H{H}-B{B}".format(**c))
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "H{H}-B{B}{}".format(
+    "" if c.get("project", True) else "-unprojected", **c))
 def test_cluster_forward_matches_reference(harness, case):
     case = dict(case)
     table = {"h100": emu.H100, "sixteen": SIXTEEN_SMS}[case.pop("table")]
     out, h_n, r_out, r_hn, cfg = run_forward(harness, table, **case,
                                              block_order_seed=7)
     want = cluster_expected(table, torch.float32, case["B"], case["I"],
-                            case["H"])
+                            case["H"], case.get("project", True))
     assert cfg["path"] == CLUSTER_FWD and cfg["rows_per_block"] == want[1], cfg
     tol = TOL[torch.float32]
     assert max_rel_err(h_n, r_hn) <= tol, ("h_n", max_rel_err(h_n, r_hn), cfg)
@@ -281,21 +307,26 @@ def test_cluster_backward_orders_bitwise_equal(harness):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("H,B,reverse,packed,relu,table", [
-    (129, 3, False, False, True, "h100"),
-    (200, 11, True, False, False, "sixteen"),
-    (256, 6, False, False, True, "sixteen"),
-    (257, 9, False, True, True, "sixteen"),
-    (300, 2, True, True, False, "h100"),
+@pytest.mark.parametrize("H,B,reverse,packed,relu,table,project", [
+    (129, 3, False, False, True, "h100", True),
+    (200, 11, True, False, False, "sixteen", True),
+    (256, 6, False, False, True, "sixteen", True),
+    (257, 9, False, True, True, "sixteen", True),
+    (300, 2, True, True, False, "h100", True),
+    (129, 3, False, False, True, "h100", False),
+    (256, 21, True, False, False, "sixteen", False),
+    (400, 11, False, True, True, "sixteen", False),
 ])
-def test_cluster_forward_lengths(harness, H, B, reverse, packed, relu, table):
+def test_cluster_forward_lengths(harness, H, B, reverse, packed, relu, table,
+                                 project):
     """Lengths in the cluster forward and backward (reversed and packed
     through the relayout copies), NaN and Inf in the padding, against the
-    reference."""
+    reference; with the input projected, or not (the ring, T past its 8
+    slots)."""
     t = {"h100": emu.H100, "sixteen": SIXTEEN_SMS}[table]
-    fcfg, bcfg = run_case(harness, t, torch.float32, 5, B, 2, H,
-                          reverse=reverse, packed=packed, relu=relu,
-                          dirty=True, seed=H)
+    fcfg, bcfg = run_case(harness, t, torch.float32, 5 if project else 10, B,
+                          2, H, reverse=reverse, packed=packed, relu=relu,
+                          project=project, dirty=True, seed=H)
     assert fcfg["path"] == CLUSTER_FWD, fcfg
     assert bcfg["path"] == CLUSTER_BWD, bcfg
 

@@ -19,8 +19,9 @@ header) that holds a block barrier. The guard's verdict on it:
   variant's budget, and FFMA/DFMA at least the budget's share of them.
 
 The register-resident forwards (irnn_fwd_reg_kernel) are in the build
-for every variant of IRNN_REG_FWD_VARIANTS, relu and tanh, and the guard
-passes each (test_register_forward_within_budget); so are the
+for every variant of IRNN_REG_FWD_VARIANTS, relu and tanh, projected and
+(float32) not, and the guard passes each
+(test_register_forward_within_budget); so are the
 register-resident backwards (irnn_bwd_reg_kernel) of IRNN_REG_BWD_VARIANTS,
 relu and tanh, with and without the fused projection
 (test_register_backward_within_budget).
@@ -31,6 +32,10 @@ The budgets (docs/cuda.md, "The SASS guard", derives them):
   and step (165 at HP = 100, 170 at HP = 104), FMA share >= 0.6;
 - the same with tanh: + 16 per row (tanhf: two MUFU and 14 FFMA, FMUL,
   FSETP, FSEL), FMA share >= 0.55;
+- a forward of an input that is not projected: the fused projection's 5
+  instructions per row give way to the prefetch ring's 10 per row and 16
+  per step (191 at HP = 104 and one row, 177 at 8), FMA share at least 0.9
+  times the budget's;
 - backward, K split in two: HP FFMA (HP/2 of the da chain, HP/2 of dW_hh) +
   ceil(HP/8) LDS.128 + 40 (153 at HP = 100, 157 at HP = 104);
 - the same with the fused projection (I <= 4): + 45 per row for dW_ih, the
@@ -302,13 +307,37 @@ class Budget:
     cluster: bool = False  # one cluster barrier per step, not a block's
 
 
-def forward_budget(H, rows_per_warp=1, relu=True):
+def forward_budget(H, rows_per_warp=1, relu=True, project=True):
     hp = 4 * math.ceil(H / 4)
-    if relu:
-        return Budget(f"register-resident forward, HP = {hp}",
-                      hp + hp // 4 + 40, 0.6, rows_per_warp)
-    return Budget(f"register-resident forward with tanh, HP = {hp}",
-                  hp + hp // 4 + 40 + TANH_PER_ROW, 0.55, rows_per_warp)
+    total = hp + hp // 4 + 40 + (0 if relu else TANH_PER_ROW)
+    what = "register-resident forward" + ("" if relu else " with tanh")
+    if project:
+        return Budget(f"{what}, HP = {hp}", total, 0.6 if relu else 0.55,
+                      rows_per_warp)
+    total += ring_budget(rows_per_warp)
+    return Budget(f"{what} of a pre-projected input, HP = {hp}", total,
+                  math.floor(90 * hp / total) / 100, rows_per_warp)
+
+
+# Instructions per row-step of the forwards' fused input projection (I <=
+# 4): four FFMA and the LDS.128 of the staged x_t (docs/cuda.md).
+FUSED_INPUT_PER_ROW = 5
+# The forwards' prefetch ring, for an input that is not projected
+# (docs/cuda.md). Per row: the copy (LDGSTS, its predicate, the source's
+# 64-bit step to the next row) and the element's LDS and FADD, with room
+# for the select of its slice in the cluster forward. Per step, whatever
+# the rows: the group's commit and wait, ptxas's three predicated-off LDS
+# around the copies, the source's 64-bit step, the slots' step and wrap,
+# and the shared window's base (S2UR, ULEA), which the loop computes again.
+FWD_RING_PER_ROW = 10
+FWD_RING_PER_STEP = 16
+
+
+def ring_budget(rows_per_warp):
+    """Instructions per row-step the ring adds in place of the fused
+    projection."""
+    return (FWD_RING_PER_ROW - FUSED_INPUT_PER_ROW +
+            math.ceil(FWD_RING_PER_STEP / rows_per_warp))
 
 
 # Instructions of tanhf per row (its SASS on sm_90).
@@ -345,13 +374,17 @@ def cluster_backward_budget(hp, rows_per_warp=1):
                   cluster=True)
 
 
-def cluster_forward_budget(hp, rows_per_warp=1, relu=True):
+def cluster_forward_budget(hp, rows_per_warp=1, relu=True, project=True):
     """Per row-step of the cluster forward: a thread computes HP/4 columns
     of its unit (HP/4 FFMA, HP/16 LDS.128) and the input projection (4
-    FFMA); FMA share at least 0.9 times the budget's."""
-    fma = hp // 4 + 4
-    total = fma + hp // 16 + CLUSTER_FIXED_PER_ROW + (0 if relu else TANH_PER_ROW)
-    return Budget(f"cluster forward{'' if relu else ' with tanh'}, HP = {hp}",
+    FFMA), or for an input not projected the ring in its place
+    (ring_budget); FMA share at least 0.9 times the budget's."""
+    fma = hp // 4 + (4 if project else 0)
+    total = (hp // 4 + 4 + hp // 16 + CLUSTER_FIXED_PER_ROW +
+             (0 if relu else TANH_PER_ROW) +
+             (0 if project else ring_budget(rows_per_warp)))
+    what = "cluster forward" + ("" if project else " of a pre-projected input")
+    return Budget(f"{what}{'' if relu else ' with tanh'}, HP = {hp}",
                   total, math.floor(90 * fma / total) / 100, rows_per_warp,
                   cluster=True)
 
@@ -438,9 +471,9 @@ DTYPES = ("float", "double", "__half", "__nv_bfloat16")
 FALLBACK = {f"irnn_cuda::irnn_{d}_persistent_kernel<{t}>": d
             for d in ("fwd", "bwd") for t in DTYPES}
 GEMM = re.compile(r"irnn_cuda::irnn_gemm_kernel<")
-# The register-resident forwards: <S, HP, R rows per block, relu>.
+# The register-resident forwards: <S, HP, R rows per block, relu, project>.
 REG_FWD = re.compile(r"irnn_cuda::irnn_fwd_reg_kernel<(\w+), (\d+), (\d+), "
-                     r"(true|false)>$")
+                     r"(true|false), (true|false)>$")
 # Every variant the launch configuration can select (IRNN_REG_FWD_VARIANTS
 # in csrc/cuda/irnn_cuda_api.h), each with relu and tanh.
 REG_FWD_VARIANTS = [(t, hp, r) for t in ("float", "__half", "__nv_bfloat16")
@@ -450,9 +483,16 @@ REG_FWD_TYPE_NAMES = {"float": "float", "irnn_half": "__half",
                       "irnn_bf16": "__nv_bfloat16"}
 
 
+def fwd_projections(dtype):
+    """The projection settings of the forwards built: projected, and for
+    float32 not projected too (the ring copies 4-byte elements)."""
+    return ("true",) if dtype != "float" else ("true", "false")
+
+
 def reg_fwd_budget(name):
-    _, hp, rows, relu = REG_FWD.match(name).groups()
-    return forward_budget(int(hp), int(rows), relu == "true")
+    _, hp, rows, relu, project = REG_FWD.match(name).groups()
+    return forward_budget(int(hp), int(rows), relu == "true",
+                          project == "true")
 
 
 # The register-resident backwards: <S, HP, R rows per block, relu, project>.
@@ -488,18 +528,19 @@ def table_variants(macro):
     block = re.search(r"#define %s\(X\)((?:.*\\\n)*.*)" % macro, text).group(1)
     return {(REG_FWD_TYPE_NAMES[t], int(hp), int(r)) for t, hp, r in
             re.findall(r"X\(k\w+, (\w+), (\d+), (\d+)\)", block)}
-# The cluster forwards: <S, HP, R rows per cluster, relu>, every variant of
-# IRNN_CLUSTER_FWD_VARIANTS with relu and tanh.
+# The cluster forwards: <S, HP, R rows per cluster, relu, project>, every
+# variant of IRNN_CLUSTER_FWD_VARIANTS with relu and tanh, projected or not.
 CLUSTER_FWD = re.compile(r"irnn_cuda::irnn_fwd_cluster_kernel<(\w+), (\d+), "
-                         r"(\d+), (true|false)>$")
+                         r"(\d+), (true|false), (true|false)>$")
 CLUSTER_FWD_VARIANTS = [("float", 256, 1), ("float", 256, 2), ("float", 256, 4),
                         ("float", 256, 8), ("float", 512, 1), ("float", 512, 2),
                         ("float", 512, 4), ("float", 512, 8)]
 
 
 def cluster_fwd_budget(name):
-    _, hp, rows, relu = CLUSTER_FWD.match(name).groups()
-    return cluster_forward_budget(int(hp), int(rows), relu == "true")
+    _, hp, rows, relu, project = CLUSTER_FWD.match(name).groups()
+    return cluster_forward_budget(int(hp), int(rows), relu == "true",
+                                  project == "true")
 
 
 # The cluster backwards: <S, HP, R rows per cluster, relu>, every variant
@@ -568,56 +609,64 @@ def test_no_local_memory(kernels):
 
 
 def test_register_forward_variants_built(kernels):
-    """The build holds every variant of the table, relu and tanh, and no
-    other register-resident forward."""
+    """The build holds every variant of the table, relu and tanh, projected
+    and (float32) not, and no other register-resident forward."""
     built = {n for n in kernels if REG_FWD.match(n)}
-    expected = {f"irnn_cuda::irnn_fwd_reg_kernel<{t}, {hp}, {r}, {a}>"
-                for t, hp, r in REG_FWD_VARIANTS for a in ("true", "false")}
+    expected = {f"irnn_cuda::irnn_fwd_reg_kernel<{t}, {hp}, {r}, {a}, {p}>"
+                for t, hp, r in REG_FWD_VARIANTS for a in ("true", "false")
+                for p in fwd_projections(t)}
     assert built == expected, (built ^ expected)
     assert table_variants("IRNN_REG_FWD_VARIANTS") == set(REG_FWD_VARIANTS)
 
 
 @pytest.mark.parametrize("variant", [
-    (t, hp, r, a) for t, hp, r in REG_FWD_VARIANTS for a in ("true", "false")],
+    (t, hp, r, a, p) for t, hp, r in REG_FWD_VARIANTS
+    for a in ("true", "false") for p in fwd_projections(t)],
     ids=lambda v: "-".join(map(str, v)))
 def test_register_forward_within_budget(kernels, variant):
     """The guard passes every selectable register-resident forward: no
-    local memory, one barrier, no LDG or inner loop in the step, and the
-    instructions per row-step within the budget (H = 100 runs at HP = 104:
-    at most 170 with relu)."""
-    name = "irnn_cuda::irnn_fwd_reg_kernel<%s, %d, %d, %s>" % variant
+    local memory, one barrier, no LDG (the ring's copies are LDGSTS) or
+    inner loop in the step, and the instructions per row-step within the
+    budget (H = 100 runs at HP = 104: at most 170 with relu, 191 for a
+    pre-projected input)."""
+    name = "irnn_cuda::irnn_fwd_reg_kernel<%s, %d, %d, %s, %s>" % variant
     k = kernels[name]
     budget = reg_fwd_budget(name)
     assert verdict(k, budget) == [], (name, verdict(k, budget))
-    if variant == ("float", 104, 1, "true"):
-        assert budget.instructions_per_row_step == 170
-        assert len(step_loop(k).insns) <= 170
+    if variant[:4] == ("float", 104, 1, "true"):
+        limit = 170 if variant[4] == "true" else 191
+        assert budget.instructions_per_row_step == limit
+        assert len(step_loop(k).insns) <= limit
 
 
 def test_cluster_forward_variants_built(kernels):
     """The build holds every variant of the cluster table, relu and tanh,
-    and no other cluster forward."""
+    projected or not, and no other cluster forward."""
     built = {n for n in kernels if CLUSTER_FWD.match(n)}
-    expected = {f"irnn_cuda::irnn_fwd_cluster_kernel<{t}, {hp}, {r}, {a}>"
-                for t, hp, r in CLUSTER_FWD_VARIANTS for a in ("true", "false")}
+    expected = {f"irnn_cuda::irnn_fwd_cluster_kernel<{t}, {hp}, {r}, {a}, {p}>"
+                for t, hp, r in CLUSTER_FWD_VARIANTS for a in ("true", "false")
+                for p in fwd_projections(t)}
     assert built == expected, (built ^ expected)
     assert table_variants("IRNN_CLUSTER_FWD_VARIANTS") == set(CLUSTER_FWD_VARIANTS)
 
 
 @pytest.mark.parametrize("variant", [
-    (t, hp, r, a) for t, hp, r in CLUSTER_FWD_VARIANTS
-    for a in ("true", "false")], ids=lambda v: "-".join(map(str, v)))
+    (t, hp, r, a, p) for t, hp, r in CLUSTER_FWD_VARIANTS
+    for a in ("true", "false") for p in fwd_projections(t)],
+    ids=lambda v: "-".join(map(str, v)))
 def test_cluster_forward_within_budget(kernels, variant):
     """The guard passes every selectable cluster forward: no local memory,
-    one cluster barrier (arrive and wait) per step, no LDG or inner loop in
-    the step, and the instructions per row-step within the budget (at most
-    144 at HP = 256 and 224 at HP = 512 with relu)."""
-    name = "irnn_cuda::irnn_fwd_cluster_kernel<%s, %d, %d, %s>" % variant
+    one cluster barrier (arrive and wait) per step, no LDG (the ring's
+    copies are LDGSTS) or inner loop in the step, and the instructions per
+    row-step within the budget (at most 144 at HP = 256 and 224 at HP = 512
+    with relu, 165 and 245 for a pre-projected input at one row)."""
+    name = "irnn_cuda::irnn_fwd_cluster_kernel<%s, %d, %d, %s, %s>" % variant
     k = kernels[name]
     budget = cluster_fwd_budget(name)
     assert verdict(k, budget) == [], (name, verdict(k, budget))
-    if variant[3] == "true":
-        assert budget.instructions_per_row_step == {256: 144, 512: 224}[variant[1]]
+    if variant[3] == "true" and (variant[2] == 1 or variant[4] == "true"):
+        limits = {"true": {256: 144, 512: 224}, "false": {256: 165, 512: 245}}
+        assert budget.instructions_per_row_step == limits[variant[4]][variant[1]]
 
 
 def test_cluster_kernels_hold_an_sm_alone(kernels):
@@ -627,7 +676,7 @@ def test_cluster_kernels_hold_an_sm_alone(kernels):
     irnn_cuda_device_props queries on the 1-row forward of each HP
     (DeviceProps::clusters_of_4, _8), count the wave of every variant."""
     names = [n for n in kernels if CLUSTER_FWD.match(n) or CLUSTER_BWD.match(n)]
-    assert len(names) == 2 * (len(CLUSTER_FWD_VARIANTS) +
+    assert len(names) == 2 * (2 * len(CLUSTER_FWD_VARIANTS) +
                               len(CLUSTER_BWD_VARIANTS))
     for name in names:
         regs = int(kernels[name].resources["REG"])

@@ -144,23 +144,38 @@ enum class Path : int {
   X(kBFloat16, irnn_bf16, 128, 2) \
   X(kBFloat16, irnn_bf16, 128, 4) \
   X(kBFloat16, irnn_bf16, 128, 8)
-// The widest input the register-resident forward projects itself (x staged
-// in shared memory, W_ih rows in registers); a wider input runs today's
-// kernel.
+// The widest input the register-resident and cluster forwards project
+// themselves (x staged in shared memory, W_ih rows in registers); a wider
+// input is projected before the recurrence and, float32, comes through the
+// forwards' prefetch ring (kFwdRing) as an input not projected.
 constexpr int kRegFwdMaxInput = 4;
 // Shared memory for the staged x of one chunk of steps, at most.
 constexpr int64_t kRegFwdStageBytes = 32 * 1024;
 // Threads of a register-resident block: HP rounded up to whole warps.
 constexpr int reg_fwd_threads(int hp) { return (hp + 31) / 32 * 32; }
-// Steps of x one chunk stages: [chunk][R][kRegFwdMaxInput] floats.
-inline int64_t reg_fwd_chunk(int64_t T, int rows) {
-  const int64_t most = kRegFwdStageBytes / (rows * kRegFwdMaxInput * 4);
-  return T < most ? (T > 0 ? T : 1) : most;
+// Steps of x one chunk stages: [chunk][R][kRegFwdMaxInput] floats. An
+// input that is not projected is not staged: one chunk of all T steps.
+inline int64_t reg_fwd_chunk(int64_t T, int rows, bool project = true) {
+  const int64_t most =
+      project ? kRegFwdStageBytes / (rows * kRegFwdMaxInput * 4) : T;
+  return T < most ? (T > 0 ? T : 1) : (most > 0 ? most : 1);
 }
+// Steps of a pre-projected input (not projected: x is [T,B,H]) that the
+// forwards' prefetch ring holds: each thread copies its units' elements
+// with cp.async kFwdRing - 1 steps before the step that adds them.
+constexpr int kFwdRing = 8;
+// Whether the register-resident and cluster forwards take an input that is
+// not projected: float32 only (a 16-bit element is half of the smallest
+// cp.async copy; those run today's kernel).
+inline bool fwd_ring_covers(DType dtype) { return dtype == DType::kFloat; }
 // Dynamic shared memory of a register-resident block: the h double buffer
-// [2][R][HP] and one chunk of x.
-inline int64_t reg_fwd_smem_bytes(int64_t T, int hp, int rows) {
-  return 4 * (2 * rows * hp + reg_fwd_chunk(T, rows) * rows * kRegFwdMaxInput);
+// [2][R][HP], then one chunk of x, or (not projected) the ring
+// [kFwdRing][R][threads] (a place for every thread's element).
+inline int64_t reg_fwd_smem_bytes(int64_t T, int hp, int rows,
+                                  bool project = true) {
+  return 4 * (2 * rows * hp +
+              (project ? reg_fwd_chunk(T, rows) * rows * kRegFwdMaxInput
+                       : int64_t{kFwdRing} * rows * reg_fwd_threads(hp)));
 }
 
 // Whether blocks of `rows` batch rows cover B in one wave (one block per
@@ -218,17 +233,19 @@ inline int reg_table_hp(Table table, DType dtype, int64_t H, int rows) {
 }
 
 // The register-resident variant for a forward call, or false: the input
-// projected and at most kRegFwdMaxInput wide, then pick_reg_variant.
+// projected and at most kRegFwdMaxInput wide, or not projected (float32
+// only, fwd_ring_covers), then pick_reg_variant.
 inline bool select_reg_fwd(int sm_count, int max_threads, int64_t smem_max,
                            DType dtype, int64_t T, int64_t B, int64_t I,
                            int64_t H, bool project, int* hp_out,
                            int* rows_out) {
-  if (!project || I > kRegFwdMaxInput || H < 1) return false;
+  if ((project ? I > kRegFwdMaxInput : !fwd_ring_covers(dtype)) || H < 1)
+    return false;
   return pick_reg_variant(
       [](auto&& f) { reg_fwd_table(f); },
       [&](int hp, int r) {
         return reg_fwd_threads(hp) <= max_threads &&
-               reg_fwd_smem_bytes(T, hp, r) <= smem_max;
+               reg_fwd_smem_bytes(T, hp, r, project) <= smem_max;
       },
       dtype, B, H, sm_count, hp_out, rows_out);
 }
@@ -377,11 +394,17 @@ constexpr int cluster_blocks(int hp) { return hp / kClusterUnits; }
 // and 4 more, so the four slices a warp reads fall in different banks.
 constexpr int cluster_slice_stride(int hp) { return hp / kClusterSlices + 4; }
 // Dynamic shared memory of a cluster block: the h double buffer
-// [2][R][kClusterSlices][cluster_slice_stride] (every unit of the cluster)
-// and one chunk of x, as in the register-resident forward.
-inline int64_t cluster_fwd_smem_bytes(int64_t T, int hp, int rows) {
+// [2][R][kClusterSlices][cluster_slice_stride] (every unit of the cluster),
+// then one chunk of x, as in the register-resident forward, or (not
+// projected) the ring [kFwdRing][max(R, 4)][kClusterUnits] of the block's
+// units (a place for every thread's element: slice s copies row s).
+inline int64_t cluster_fwd_smem_bytes(int64_t T, int hp, int rows,
+                                      bool project = true) {
   return 4 * (2 * rows * kClusterSlices * cluster_slice_stride(hp) +
-              reg_fwd_chunk(T, rows) * rows * kRegFwdMaxInput);
+              (project ? reg_fwd_chunk(T, rows) * rows * kRegFwdMaxInput
+                       : int64_t{kFwdRing} *
+                             (rows > kClusterSlices ? rows : kClusterSlices) *
+                             kClusterUnits));
 }
 // Rows per cluster for B, from the rows a table lists for one HP (bit r of
 // `listed` set for r rows): one row while every row gets its own cluster
@@ -429,13 +452,15 @@ inline bool pick_cluster_variant(Table table, Fits fits, DType dtype,
 // The cluster variant for a forward call, or false: a device that launches
 // clusters, dtype and 128 < H <= HP from the table (H <= 128 runs the
 // register-resident forward), the input projected and at most
-// kRegFwdMaxInput wide, threads and shared memory within the device's
-// limits. HP is the smallest listed size >= H.
+// kRegFwdMaxInput wide or not projected (fwd_ring_covers), threads and
+// shared memory within the device's limits. HP is the smallest listed
+// size >= H.
 inline bool select_cluster_fwd(const DeviceProps& p, int max_threads,
                                int64_t smem_max, DType dtype, int64_t T,
                                int64_t B, int64_t I, int64_t H, bool project,
                                int* hp_out, int* rows_out) {
-  if (!p.cluster_launch || !project || I > kRegFwdMaxInput || H <= 128 ||
+  if (!p.cluster_launch ||
+      (project ? I > kRegFwdMaxInput : !fwd_ring_covers(dtype)) || H <= 128 ||
       kClusterThreads > max_threads)
     return false;
   return pick_cluster_variant(
@@ -444,7 +469,9 @@ inline bool select_cluster_fwd(const DeviceProps& p, int max_threads,
         IRNN_CLUSTER_FWD_VARIANTS(IRNN_CLUSTER_FWD_ENTRY)
 #undef IRNN_CLUSTER_FWD_ENTRY
       },
-      [&](int hp, int r) { return cluster_fwd_smem_bytes(T, hp, r) <= smem_max; },
+      [&](int hp, int r) {
+        return cluster_fwd_smem_bytes(T, hp, r, project) <= smem_max;
+      },
       dtype, B, H, p, hp_out, rows_out);
 }
 
@@ -629,7 +656,7 @@ inline LaunchConfig make_launch_config(const DeviceProps& p, bool backward,
     c.rows_per_thread = cl_rows;
     c.threads = kClusterThreads;
     c.blocks = static_cast<int>((B + cl_rows - 1) / cl_rows) * c.cluster;
-    c.smem = cluster_fwd_smem_bytes(T, cl_hp, cl_rows);
+    c.smem = cluster_fwd_smem_bytes(T, cl_hp, cl_rows, project);
     c.smem_optin = c.smem > p.smem_per_block;
     c.workspace = 0;
     return c;
@@ -686,7 +713,7 @@ inline LaunchConfig make_launch_config(const DeviceProps& p, bool backward,
     c.threads = backward ? reg_bwd_threads(reg_hp) : reg_fwd_threads(reg_hp);
     c.blocks = static_cast<int>((B + reg_rows - 1) / reg_rows);
     c.smem = backward ? reg_bwd_smem_bytes(reg_hp, reg_rows)
-                      : reg_fwd_smem_bytes(T, reg_hp, reg_rows);
+                      : reg_fwd_smem_bytes(T, reg_hp, reg_rows, project);
     c.smem_optin = c.smem > p.smem_per_block;
     // The backward's blocks' partial gradients (float).
     c.workspace = backward ? static_cast<int64_t>(c.blocks) *

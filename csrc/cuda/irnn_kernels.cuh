@@ -201,10 +201,10 @@ irnn_fwd_persistent_kernel(PersistentFwdParams<S> p) {
 
 template <typename S>
 struct RegFwdParams {
-  const S* x;  // [T,B,I], I <= kRegFwdMaxInput
+  const S* x;  // [T,B,I], I <= kRegFwdMaxInput; [T,B,H] when not projected
   int64_t x_st, x_sb;
   const S* h0;    // [B,H]
-  const S* w_ih;  // [H,I]
+  const S* w_ih;  // [H,I], or null when not projected
   const S* w_hh;  // [H,H]
   const S* b_ih;  // [H] or null
   const S* b_hh;  // [H] or null
@@ -214,7 +214,7 @@ struct RegFwdParams {
   const int64_t* lengths;  // [B] or null; with lengths, !reverse
   int T, B, I, H;
   bool reverse;  // relu or tanh: the kernel's RELU
-  int chunk;  // steps of x staged at a time (reg_fwd_chunk)
+  int chunk;  // steps of x staged at a time (reg_fwd_chunk), or T
 };
 
 // Four floats read from shared memory as one 16-byte access (LDS.128); all
@@ -276,6 +276,91 @@ IRNN_DEVICE void broadcast_dots(float (&acc)[R][4], const float (&w)[K],
   }
 }
 
+// The element of type T at `bytes` past `base` (dynamic shared memory
+// addressed by byte offsets, which a step moves with one add or xor; the
+// emulation checks that it lies in the block's).
+template <typename T>
+IRNN_DEVICE T& at_bytes(unsigned char* base, int bytes) {
+  irnn_check_smem(base + bytes, static_cast<int>(sizeof(T)));
+  return *reinterpret_cast<T*>(base + bytes);
+}
+
+// The prefetch ring of a forward whose input is not projected (x is the
+// pre-projected [T,B,H]; the biases are still to add): a thread's element
+// (its unit) of its rows r0, r0 + RS, ... (RO of them), copied with
+// cp.async kFwdRing - 1 steps before the step that adds it, into
+// ring[step % kFwdRing][r][U] of shared memory (R rows of U floats a
+// slot). Every thread reads only its own elements (a thread that copies
+// none reads memory nobody writes, and adds none of it): an element is
+// read after its copying thread's own wait, so no barrier publishes it,
+// and no thread reads what another's copy writes. A step copies into the
+// slot its thread read in
+// the step before, whose barrier has ended since. A row copies only its
+// own steps, so a finished row costs no memory traffic (and the step that
+// reads its stale slot drops what it computes). Shared memory is
+// addressed by byte offsets from the block's base, moved one slot per
+// step; the source is an integer moved by one step per copy: past the last
+// step it is no address, and nothing is copied from it.
+template <int R, int U, int RO, int RS>
+struct FwdRing {
+  static constexpr int NS = kFwdRing, SLOT = 4 * R * U, ROW = 4 * RS * U;
+  unsigned char* smem;  // the block's dynamic shared memory
+  int begin;            // this thread's element of row r0 in slot 0
+  int rd, cp;           // ... in the slot read next, and copied into next
+  uint64_t src;         // the next copy's source, row r0 (bytes)
+  int64_t step_bytes;   // from one step's source to the next, in run order
+  int64_t row_bytes;    // from one of the thread's rows' source to the next
+
+  // The ring at byte `ring` of the block's shared memory, this thread's
+  // element `at` of a row (its unit in the block); x of unit j of rows
+  // row0 + r0 + RS i, from the first step on. Slot 0 is read first; the
+  // first kFwdRing - 1 groups (prologue) fill slots 0 to NS - 2.
+  template <typename S>
+  IRNN_DEVICE FwdRing(int ring, int at, const RegFwdParams<S>& p, int row0,
+                      int r0, int j)
+      : smem(irnn_dyn_smem<unsigned char>()),
+        begin(ring + 4 * (r0 * U + at)),
+        rd(begin),
+        cp(begin),
+        src(reinterpret_cast<uint64_t>(
+            p.x + (int64_t)(p.reverse ? p.T - 1 : 0) * p.x_st +
+            (int64_t)(row0 + r0) * p.x_sb + j)),
+        step_bytes((p.reverse ? -p.x_st : p.x_st) * (int64_t)sizeof(S)),
+        row_bytes(RS * p.x_sb * (int64_t)sizeof(S)) {}
+
+  // The copies of the next step for the thread's rows i < RO with
+  // copies(i), into the slot at cp, as one group; cp moves to the next
+  // slot (the prologue's) or stays (each step's: advance sets it). Row
+  // i's source is row i - 1's plus the row stride, taken opaque: the RO
+  // sources computed once before the step loop held 2 RO registers through
+  // it, and spilled at 8 rows.
+  template <typename Copies>
+  IRNN_DEVICE void issue(Copies copies, bool prologue = false) {
+    const int64_t row = irnn_opaque(row_bytes);
+    uint64_t from = src;
+#pragma unroll
+    for (int i = 0; i < RO; ++i) {
+      if (copies(i))
+        irnn_cp_async<4>(smem + cp + i * ROW,
+                         reinterpret_cast<const void*>(from));
+      from += row;
+    }
+    irnn_cp_async_commit();
+    src += step_bytes;
+    if (prologue) cp += SLOT;
+  }
+  // The thread's row i's element of the step, once its group has landed.
+  IRNN_DEVICE float read(int i) const {
+    return at_bytes<float>(smem, rd + i * ROW);
+  }
+  // After a step: the next copies go to the slot it read, and the next
+  // step reads the slot after it.
+  IRNN_DEVICE void advance() {
+    cp = rd;
+    rd = rd + SLOT == begin + NS * SLOT ? begin : rd + SLOT;
+  }
+};
+
 // The register-resident forward for H <= HP. Thread j keeps row j of W_hh
 // (zero beyond H) and of W_ih (zero beyond I) in registers and computes unit
 // j of the block's R rows [blockIdx.x * R, +R); threads j >= H compute
@@ -290,14 +375,18 @@ IRNN_DEVICE void broadcast_dots(float (&acc)[R][4], const float (&w)[K],
 // lengths, row r stores only its first len[r] steps (its later steps are
 // computed from zeros and dropped), the block stops after its longest row,
 // and the outputs after each row's end are zeroed after the loop.
-template <typename S, int HP, int R, bool RELU>
+// Not PROJECT (float32: x is the pre-projected [T,B,H]): thread j's
+// elements of x come through a FwdRing, and acc[r][0] starts from the bias
+// plus its element of the step; one chunk holds all steps.
+template <typename S, int HP, int R, bool RELU, bool PROJECT>
 IRNN_GLOBAL void IRNN_LAUNCH_BOUNDS(reg_fwd_threads(HP))
 irnn_fwd_reg_kernel(RegFwdParams<S> p) {
   static_assert(HP % 4 == 0, "h_{t-1} is read four floats at a time");
+  static_assert(PROJECT || sizeof(S) == 4, "the ring copies 4-byte elements");
   constexpr int NT = (HP + 31) / 32 * 32, XI = kRegFwdMaxInput;  // reg_fwd_threads
   static_assert(XI == 4, "one Float4 of x per row and step");
   float* hbuf = irnn_dyn_smem<float>();  // [2][R][HP]
-  float* xs = hbuf + 2 * R * HP;         // [chunk][R][XI]
+  float* xs = hbuf + 2 * R * HP;         // [chunk][R][XI], or the ring
   const int H = p.H, I = p.I, j = threadIdx.x;
   const int row0 = blockIdx.x * R;
   const bool unit = j < H;
@@ -309,7 +398,7 @@ irnn_fwd_reg_kernel(RegFwdParams<S> p) {
   float wi[XI];
 #pragma unroll
   for (int i = 0; i < XI; ++i)
-    wi[i] = unit && i < I ? to_acc(p.w_ih[j * I + i]) : 0.f;
+    wi[i] = PROJECT && unit && i < I ? to_acc(p.w_ih[j * I + i]) : 0.f;
   const float bias = unit ? (p.b_ih ? to_acc(p.b_ih[j]) : 0.f) +
                                 (p.b_hh ? to_acc(p.b_hh[j]) : 0.f)
                           : 0.f;
@@ -338,10 +427,18 @@ irnn_fwd_reg_kernel(RegFwdParams<S> p) {
   float* hn = hbuf + R * HP;
   const int64_t out_step = p.reverse ? -p.out_st : p.out_st;
   int64_t out_t = (p.reverse ? p.T - 1 : 0) * p.out_st + row0 * p.out_sb + j;
+  // Not projected: the ring's first kFwdRing - 1 steps (row r's own only).
+  // Rows of NT units (every thread's own element; reg_fwd_smem_bytes).
+  FwdRing<R, NT, R, 1> ring(4 * 2 * R * HP, j, p, row0, 0, j);  // at xs
+  if constexpr (!PROJECT) {
+#pragma unroll
+    for (int m = 0; m < kFwdRing - 1; ++m)
+      ring.issue([&](int r) { return m < len[r]; }, true);
+  }
   for (int s0 = 0; s0 < steps; s0 += p.chunk) {
     const int n = steps - s0 < p.chunk ? steps - s0 : p.chunk;
     // The previous chunk's steps ended with a barrier: xs is free.
-    stage_x_chunk<S, R>(xs, p, row0, s0, n, j, NT);
+    if constexpr (PROJECT) stage_x_chunk<S, R>(xs, p, row0, s0, n, j, NT);
     __syncthreads();
     // Steps row r still stores from this chunk's first: to the h buffer,
     // and (0 without a sequence) to out. At one row, two compares per step
@@ -356,7 +453,18 @@ irnn_fwd_reg_kernel(RegFwdParams<S> p) {
     }
     for (int q = 0; q < n; ++q) {
       float acc[R][4];
-      start_accumulators(acc, xs + q * R * XI, bias, wi);
+      if constexpr (PROJECT) {
+        start_accumulators(acc, xs + q * R * XI, bias, wi);
+      } else {  // one chunk: step s0 + q is q
+        ring.issue([&](int r) { return q + kFwdRing - 1 < left[r]; });
+        irnn_cp_async_wait<kFwdRing - 1>();
+#pragma unroll
+        for (int r = 0; r < R; ++r) {  // stale after the row's end: dropped
+          acc[r][0] = bias + ring.read(r);
+          acc[r][1] = acc[r][2] = acc[r][3] = 0.f;
+        }
+        ring.advance();
+      }
       broadcast_dots(acc, w, hp, HP);
 #pragma unroll
       for (int r = 0; r < R; ++r) {
@@ -410,17 +518,20 @@ irnn_fwd_reg_kernel(RegFwdParams<S> p) {
 // barrier of step s-1 ended. The input projection (I <= 4) is folded into
 // slice 0's first accumulator (the other slices' W_ih and bias are zero),
 // from x staged in shared memory a chunk of steps at a time as in the
-// register-resident forward; so are lengths.
-template <typename S, int HP, int R, bool RELU>
+// register-resident forward; so are lengths. Not PROJECT (x is the
+// pre-projected [T,B,H]): row r's input term goes to slice r % 4's first
+// accumulator, bias included, from a FwdRing of the block's 64 units that
+// the same thread fills (the other slices start from 0).
+template <typename S, int HP, int R, bool RELU, bool PROJECT>
 IRNN_DEVICE void cluster_fwd_body(const RegFwdParams<S>& p);
 
-template <typename S, int HP, int R, bool RELU>
+template <typename S, int HP, int R, bool RELU, bool PROJECT>
 IRNN_GLOBAL void IRNN_LAUNCH_BOUNDS(kClusterThreads)
 irnn_fwd_cluster_kernel(RegFwdParams<S> p) {
-  IRNN_CLUSTER_BODY(cluster_fwd_body<S, HP, R, RELU>(p));
+  IRNN_CLUSTER_BODY(cluster_fwd_body<S, HP, R, RELU, PROJECT>(p));
 }
 
-template <typename S, int HP, int R, bool RELU>
+template <typename S, int HP, int R, bool RELU, bool PROJECT>
 IRNN_DEVICE void cluster_fwd_body(const RegFwdParams<S>& p) {
   constexpr int C = cluster_blocks(HP), KS = HP / kClusterSlices,
                 SST = cluster_slice_stride(HP), XI = kRegFwdMaxInput,
@@ -429,8 +540,9 @@ IRNN_DEVICE void cluster_fwd_body(const RegFwdParams<S>& p) {
                 "a cluster of 2 to 8 blocks of 64 units");
   static_assert(KS % 4 == 0 && kClusterSlices == 4 && XI == 4,
                 "h_{t-1} read four floats at a time; four slices");
+  static_assert(PROJECT || sizeof(S) == 4, "the ring copies 4-byte elements");
   float* hbuf = irnn_dyn_smem<float>();  // [2][R][4][SST]
-  float* xs = hbuf + 2 * R * RS;         // [chunk][R][XI]
+  float* xs = hbuf + 2 * R * RS;         // [chunk][R][XI], or the ring
   const int H = p.H, I = p.I, tid = threadIdx.x, lane = tid % 32;
   const int s = lane / 8;  // the k-slice
   const int rank = static_cast<int>(irnn_cluster_rank());
@@ -447,8 +559,10 @@ IRNN_DEVICE void cluster_fwd_body(const RegFwdParams<S>& p) {
   float wi[XI];
 #pragma unroll
   for (int i = 0; i < XI; ++i)
-    wi[i] = unit && s == 0 && i < I ? to_acc(p.w_ih[j * I + i]) : 0.f;
-  const float bias = unit && s == 0
+    wi[i] = PROJECT && unit && s == 0 && i < I ? to_acc(p.w_ih[j * I + i])
+                                               : 0.f;
+  // Projected, slice 0 adds the bias; not projected, the row's slice.
+  const float bias = unit && (s == 0 || !PROJECT)
                          ? (p.b_ih ? to_acc(p.b_ih[j]) : 0.f) +
                                (p.b_hh ? to_acc(p.b_hh[j]) : 0.f)
                          : 0.f;
@@ -481,10 +595,40 @@ IRNN_DEVICE void cluster_fwd_body(const RegFwdParams<S>& p) {
   float* hn = hbuf + R * RS;
   const int64_t out_step = p.reverse ? -p.out_st : p.out_st;
   int64_t out_t = (p.reverse ? p.T - 1 : 0) * p.out_st + row0 * p.out_sb + j;
-  for (int s0 = 0; s0 < steps; s0 += p.chunk) {
-    const int n = steps - s0 < p.chunk ? steps - s0 : p.chunk;
+  // Not projected: the ring's first kFwdRing - 1 steps, row r copied by
+  // its own slice (s == r % 4). Thread (u, s)'s rows are s and s + 4 (RO
+  // of them, those below R); a slot has at least 4 rows, so a thread
+  // without rows (s >= R) reads its own place, which nobody writes
+  // (cluster_fwd_smem_bytes).
+  constexpr int RO = (R + kClusterSlices - 1) / kClusterSlices,
+                RR = R > kClusterSlices ? R : kClusterSlices;
+  const int u = j - rank * kClusterUnits;  // the unit within the block
+  FwdRing<RR, kClusterUnits, RO, kClusterSlices> ring(4 * 2 * R * RS, u, p,
+                                                      row0, s, j);  // at xs
+  // Steps row s + 4i copies: 0 past R (and, as len, past B and H).
+  int own_len[RO];
+#pragma unroll
+  for (int i = 0; i < RO; ++i) {
+    own_len[i] = 0;
+#pragma unroll
+    for (int r = i * kClusterSlices; r < R && r < (i + 1) * kClusterSlices; ++r)
+      if (s == r % kClusterSlices) own_len[i] = len[r];
+  }
+  if constexpr (!PROJECT) {
+#pragma unroll
+    for (int m = 0; m < kFwdRing - 1; ++m)
+      ring.issue([&](int i) { return m < own_len[i]; }, true);
+  }
+  // Not projected, all steps are one chunk. At HP 512 (W_hh's slice takes
+  // 128 registers) the loop says so, so that `steps` is not held through
+  // the step loop: held, it spilled 12 bytes at 4 rows. (At HP 256 the
+  // same spilled 8 rows inside the step loop.)
+  constexpr bool kOnePass = !PROJECT && KS >= 128;
+  for (int s0 = 0; s0 < steps; s0 = kOnePass ? steps : s0 + p.chunk) {
+    const int n = kOnePass ? steps : steps - s0 < p.chunk ? steps - s0 : p.chunk;
     // The previous chunk's steps ended with a cluster barrier: xs is free.
-    stage_x_chunk<S, R>(xs, p, row0, s0, n, tid, kClusterThreads);
+    if constexpr (PROJECT)
+      stage_x_chunk<S, R>(xs, p, row0, s0, n, tid, kClusterThreads);
     __syncthreads();
     // Steps row r still stores from this chunk's first: h (to every block)
     // and, by the row's own slice thread (s == r % 4), out.
@@ -493,7 +637,21 @@ IRNN_DEVICE void cluster_fwd_body(const RegFwdParams<S>& p) {
     for (int r = 0; r < R; ++r) left[r] = len[r] - s0;
     for (int q = 0; q < n; ++q) {
       float acc[R][4];
-      start_accumulators(acc, xs + q * R * XI, bias, wi);
+      if constexpr (PROJECT) {
+        start_accumulators(acc, xs + q * R * XI, bias, wi);
+      } else {  // one chunk: step s0 + q is q
+        ring.issue([&](int i) { return q + kFwdRing - 1 < own_len[i]; });
+        irnn_cp_async_wait<kFwdRing - 1>();
+        float in[RO];  // stale after the row's end: dropped
+#pragma unroll
+        for (int i = 0; i < RO; ++i) in[i] = bias + ring.read(i);
+        ring.advance();
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          acc[r][0] = s == r % kClusterSlices ? in[r / kClusterSlices] : 0.f;
+          acc[r][1] = acc[r][2] = acc[r][3] = 0.f;
+        }
+      }
       broadcast_dots(acc, w, hp + s * SST, RS);
 #pragma unroll
       for (int r = 0; r < R; ++r) {
@@ -526,18 +684,28 @@ IRNN_DEVICE void cluster_fwd_body(const RegFwdParams<S>& p) {
   }
   // The first row, opaque: computed before the loop, these stores'
   // addresses held 3 registers through it and spilled at HP 512, 4 rows.
-  const int row_e = irnn_opaque(row0);
+  // Not projected, no chunk reads the first row and the unit in the loop:
+  // they are computed again from the block and thread indices, not held
+  // through it (held, they spilled HP 256 at 8 rows).
+  const int row_e = irnn_opaque(
+      PROJECT ? row0 : static_cast<int>(blockIdx.x / C) * R);
+  const int j_e =
+      PROJECT ? j
+              : irnn_opaque(static_cast<int>(irnn_cluster_rank() *
+                                                 kClusterUnits +
+                                             threadIdx.x / 32 * 8 +
+                                             threadIdx.x % 8));
 #pragma unroll
   for (int r = 0; r < R; ++r)
     if (unit && s == 0 && row_e + r < p.B)
-      p.h_n[(int64_t)(row_e + r) * H + j] = h_last[r];
+      p.h_n[(int64_t)(row_e + r) * H + j_e] = h_last[r];
   // The outputs after each row's end (with lengths; forward direction).
   if (p.out && p.lengths) {
 #pragma unroll
     for (int r = 0; r < R; ++r)
       for (int t = len[r]; t < p.T && s == r % kClusterSlices && unit &&
                            row_e + r < p.B; ++t)
-        p.out[t * p.out_st + (int64_t)(row_e + r) * p.out_sb + j] =
+        p.out[t * p.out_st + (int64_t)(row_e + r) * p.out_sb + j_e] =
             from_acc<S>(0.f);
   }
 }
@@ -768,15 +936,6 @@ struct RegBwdParams {
 struct alignas(8) Float2 {
   float x, y;
 };
-
-// The element of type T at `bytes` past `base` (dynamic shared memory
-// addressed by byte offsets, which a step moves with one add or xor; the
-// emulation checks that it lies in the block's).
-template <typename T>
-IRNN_DEVICE T& at_bytes(unsigned char* base, int bytes) {
-  irnn_check_smem(base + bytes, static_cast<int>(sizeof(T)));
-  return *reinterpret_cast<T*>(base + bytes);
-}
 
 // The register-resident backward for H <= HP; a block owns the R batch rows
 // [blockIdx.x * R, +R). Iteration n = 0..T-1 computes step s = T-1-n:

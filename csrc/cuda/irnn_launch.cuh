@@ -55,22 +55,29 @@ GemmOperand<S> operand(const S* ptr, int64_t s_i, int64_t s_k) {
 
 // One register-resident forward. Instantiated for the variants of
 // IRNN_REG_FWD_VARIANTS only, each in its own translation unit on CUDA
-// (irnn_fwd_reg_<type>_hp<HP>.cu; irnn_cuda.cu declares them extern).
+// (irnn_fwd_reg_<type>_hp<HP>.cu; irnn_cuda.cu declares them extern): relu
+// and tanh, the input projected (w_ih given) or, float32 only
+// (fwd_ring_covers), not.
+template <typename S, int HP, int R, bool RELU, bool PROJECT>
+irnn_error launch_fwd_reg_kernel(const RegFwdParams<S>& p,
+                                 const LaunchConfig& c, irnn_stream stream) {
+  if (c.smem_optin)
+    IRNN_SET_MAX_SMEM((irnn_fwd_reg_kernel<S, HP, R, RELU, PROJECT>), c.smem);
+  IRNN_LAUNCH((irnn_fwd_reg_kernel<S, HP, R, RELU, PROJECT>), c.blocks,
+              c.threads, static_cast<size_t>(c.smem), stream, p);
+  return kIrnnSuccess;
+}
+
 template <typename S, int HP, int R>
 irnn_error launch_fwd_reg(const RegFwdParams<S>& p, bool relu,
                           const LaunchConfig& c, irnn_stream stream) {
-  if (relu) {
-    if (c.smem_optin)
-      IRNN_SET_MAX_SMEM((irnn_fwd_reg_kernel<S, HP, R, true>), c.smem);
-    IRNN_LAUNCH((irnn_fwd_reg_kernel<S, HP, R, true>), c.blocks, c.threads,
-                static_cast<size_t>(c.smem), stream, p);
-  } else {
-    if (c.smem_optin)
-      IRNN_SET_MAX_SMEM((irnn_fwd_reg_kernel<S, HP, R, false>), c.smem);
-    IRNN_LAUNCH((irnn_fwd_reg_kernel<S, HP, R, false>), c.blocks, c.threads,
-                static_cast<size_t>(c.smem), stream, p);
-  }
-  return kIrnnSuccess;
+  if (p.w_ih)
+    return relu ? launch_fwd_reg_kernel<S, HP, R, true, true>(p, c, stream)
+                : launch_fwd_reg_kernel<S, HP, R, false, true>(p, c, stream);
+  if constexpr (sizeof(S) == 4)
+    return relu ? launch_fwd_reg_kernel<S, HP, R, true, false>(p, c, stream)
+                : launch_fwd_reg_kernel<S, HP, R, false, false>(p, c, stream);
+  return kIrnnInvalidConfig;  // never selected (select_reg_fwd)
 }
 
 // The variant of the table that make_launch_config selected (HP the
@@ -80,7 +87,8 @@ RegFwdParams<S> reg_fwd_params(const FwdArgs& a, const LaunchConfig& c) {
   RegFwdParams<S> p{};
   p.x = static_cast<const S*>(a.x); p.x_st = a.x_st; p.x_sb = a.x_sb;
   p.h0 = static_cast<const S*>(a.h0);
-  p.w_ih = static_cast<const S*>(a.w_ih);
+  // Null when not projected: the launchers pick the kernel by it.
+  p.w_ih = a.project ? static_cast<const S*>(a.w_ih) : nullptr;
   p.w_hh = static_cast<const S*>(a.w_hh);
   p.b_ih = static_cast<const S*>(a.b_ih);
   p.b_hh = static_cast<const S*>(a.b_hh);
@@ -90,7 +98,7 @@ RegFwdParams<S> reg_fwd_params(const FwdArgs& a, const LaunchConfig& c) {
   p.T = static_cast<int>(a.T); p.B = static_cast<int>(a.B);
   p.I = static_cast<int>(a.I); p.H = static_cast<int>(a.H);
   p.reverse = a.reverse;
-  p.chunk = static_cast<int>(reg_fwd_chunk(a.T, c.rows_per_block));
+  p.chunk = static_cast<int>(reg_fwd_chunk(a.T, c.rows_per_block, a.project));
   return p;
 }
 
@@ -114,26 +122,34 @@ irnn_error run_forward_reg(const FwdArgs& a, const LaunchConfig& c,
 // One cluster forward. Instantiated for the variants of
 // IRNN_CLUSTER_FWD_VARIANTS only, each (type, HP) in its own translation
 // unit on CUDA (irnn_fwd_cluster_<type>_hp<HP>.cu; irnn_cuda.cu declares
-// them extern).
+// them extern): relu and tanh, the input projected or not.
+template <typename S, int HP, int R, bool RELU, bool PROJECT>
+irnn_error launch_fwd_cluster_kernel(const RegFwdParams<S>& p,
+                                     const LaunchConfig& c,
+                                     irnn_stream stream) {
+  if (c.smem_optin)
+    IRNN_SET_MAX_SMEM((irnn_fwd_cluster_kernel<S, HP, R, RELU, PROJECT>),
+                      c.smem);
+  IRNN_LAUNCH_CLUSTER((irnn_fwd_cluster_kernel<S, HP, R, RELU, PROJECT>),
+                      c.blocks, c.cluster, c.threads,
+                      static_cast<size_t>(c.smem), stream, p);
+  return kIrnnSuccess;
+}
+
 template <typename S, int HP, int R>
 irnn_error launch_fwd_cluster(const RegFwdParams<S>& p, bool relu,
                               const LaunchConfig& c, irnn_stream stream) {
   if (c.cluster != cluster_blocks(HP) || c.blocks % c.cluster != 0)
     return kIrnnInvalidConfig;
-  if (relu) {
-    if (c.smem_optin)
-      IRNN_SET_MAX_SMEM((irnn_fwd_cluster_kernel<S, HP, R, true>), c.smem);
-    IRNN_LAUNCH_CLUSTER((irnn_fwd_cluster_kernel<S, HP, R, true>), c.blocks,
-                        c.cluster, c.threads, static_cast<size_t>(c.smem),
-                        stream, p);
-  } else {
-    if (c.smem_optin)
-      IRNN_SET_MAX_SMEM((irnn_fwd_cluster_kernel<S, HP, R, false>), c.smem);
-    IRNN_LAUNCH_CLUSTER((irnn_fwd_cluster_kernel<S, HP, R, false>), c.blocks,
-                        c.cluster, c.threads, static_cast<size_t>(c.smem),
-                        stream, p);
-  }
-  return kIrnnSuccess;
+  if (p.w_ih)
+    return relu
+               ? launch_fwd_cluster_kernel<S, HP, R, true, true>(p, c, stream)
+               : launch_fwd_cluster_kernel<S, HP, R, false, true>(p, c, stream);
+  if constexpr (sizeof(S) == 4)
+    return relu
+               ? launch_fwd_cluster_kernel<S, HP, R, true, false>(p, c, stream)
+               : launch_fwd_cluster_kernel<S, HP, R, false, false>(p, c, stream);
+  return kIrnnInvalidConfig;  // never selected (select_cluster_fwd)
 }
 
 // Into *clusters: the clusters of HP's cluster forward (one row, relu, the
@@ -149,15 +165,15 @@ irnn_error launch_fwd_cluster(const RegFwdParams<S>& p, bool relu,
 template <typename S, int HP>
 irnn_error fwd_cluster_occupancy(int* clusters) {
   int version = 0;
-  IRNN_KERNEL_PTX_VERSION((irnn_fwd_cluster_kernel<S, HP, 1, true>), &version);
+  IRNN_KERNEL_PTX_VERSION((irnn_fwd_cluster_kernel<S, HP, 1, true, true>), &version);
   if (version < 90) {
     *clusters = 0;
     return kIrnnSuccess;
   }
   const int64_t smem = cluster_fwd_smem_bytes(784, HP, 1);
   if (smem > 48 * 1024)
-    IRNN_SET_MAX_SMEM((irnn_fwd_cluster_kernel<S, HP, 1, true>), smem);
-  IRNN_MAX_ACTIVE_CLUSTERS((irnn_fwd_cluster_kernel<S, HP, 1, true>),
+    IRNN_SET_MAX_SMEM((irnn_fwd_cluster_kernel<S, HP, 1, true, true>), smem);
+  IRNN_MAX_ACTIVE_CLUSTERS((irnn_fwd_cluster_kernel<S, HP, 1, true, true>),
                            cluster_blocks(HP), kClusterThreads,
                            static_cast<size_t>(smem), clusters);
   return kIrnnSuccess;

@@ -41,6 +41,13 @@ IRNN_DEVICE int irnn_opaque(int v) {
   asm volatile("" : "+r"(v));
   return v;
 }
+// The same for a 64-bit value: inside a step loop, what is computed from
+// it is computed again every step, not once before the loop and held in
+// registers through every step.
+IRNN_DEVICE int64_t irnn_opaque(int64_t v) {
+  asm volatile("" : "+l"(v));
+  return v;
+}
 
 IRNN_DEVICE float to_acc(float v) { return v; }
 IRNN_DEVICE double to_acc(double v) { return v; }

@@ -721,6 +721,7 @@ inline void irnn_cp_async_wait() {
 
 // See irnn_platform.cuh: a register hint for nvcc, v itself here.
 inline int irnn_opaque(int v) { return v; }
+inline int64_t irnn_opaque(int64_t v) { return v; }
 
 inline float to_acc(float v) { return v; }
 inline double to_acc(double v) { return v; }

@@ -184,11 +184,11 @@ int run_kernels() {
   const DeviceProps large_h{4, 256, 48 * 1024, 48 * 1024, 0};
   // B <= 4 (the SM count) runs the register-resident backward with one row
   // per block (HP 128, 256 threads): projected, and not (tanh, reversed, T
-  // beyond the prefetch ring); HP 104 projected (the MNIST case at B <=
-  // the SM count); B = 20 with 8 rows per block (HP 104, 224
-  // threads, a partial last block), B = 13 with 4 (HP 104, not
-  // projected); bfloat16 at one row per block (HP 104, T beyond the ring)
-  // and float16 at 8 (HP 104, odd strides).
+  // beyond the prefetch ring; the forward's ring too); HP 104 projected
+  // (the MNIST case at B <= the SM count); B = 20 with 8 rows per block
+  // (HP 104, 224 threads, a partial last block), B = 13 with 4 (HP 104, not
+  // projected: both rings); bfloat16 at one row per block (HP 104, T
+  // beyond the ring) and float16 at 8 (HP 104, odd strides).
   using irnn_cuda::Path;
   const Case cases[] = {
       {DType::kFloat, 3, 11, 1, 120, true, true, false, Path::kPersistent},
@@ -259,7 +259,8 @@ int run_kernels() {
 
 // The cluster forward and backward (H = 136: 4 blocks of 256 threads, 8
 // rows per cluster on 8 SMs, a ragged last cluster; relu and reversed, and
-// tanh with lengths; T = 9, beyond the backward's prefetch ring) against
+// tanh with lengths; T = 9, beyond the backward's prefetch ring; and not
+// projected with lengths, T = 10, beyond the forward's ring) against
 // today's persistent kernels (a table without clusters).
 int run_cluster() {
   const DeviceProps cluster{8, 1024, 48 * 1024, 200 * 1024, 1};
@@ -268,6 +269,8 @@ int run_cluster() {
   const Case cases[] = {
       {DType::kFloat, 9, 9, 2, 136, true, true, true, Path::kClusterBwd},
       {DType::kFloat, 9, 9, 2, 136, true, false, false, Path::kClusterBwd,
+       true},
+      {DType::kFloat, 10, 9, 2, 136, false, true, false, Path::kClusterBwd,
        true},
   };
   int failures = 0, variant = 0;
