@@ -347,6 +347,9 @@ def main(argv=None):
             shapes += [(784, b, 1, h) for h in (256, 512)
                        for b in (16, 128, 1024)]
             shapes += [(784, b, 1, h) for h in (64, 128) for b in (16, 1024)]
+            # A second stacked layer's input (I = H, projected by one GEMM
+            # first): the cluster forward's prefetch ring.
+            shapes += [(784, 16, 256, 256)]
         else:
             shapes += [(784, 16, 1, 256), (784, 128, 1, 256)]
 
