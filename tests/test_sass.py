@@ -905,8 +905,15 @@ def test_budgets_match_the_docs():
     assert cluster_forward_budget(256, relu=False).instructions_per_row_step == 160
     assert cluster_backward_budget(256).instructions_per_row_step == 175
     assert cluster_backward_budget(512).instructions_per_row_step == 255
+    assert forward_budget(104, project=False).instructions_per_row_step == 191
+    assert forward_budget(104, 8, project=False).instructions_per_row_step == 177
+    assert cluster_forward_budget(
+        256, project=False).instructions_per_row_step == 165
+    assert cluster_forward_budget(
+        512, project=False).instructions_per_row_step == 245
     doc = (Path(__file__).resolve().parent.parent / "docs" / "cuda.md"
            ).read_text()
+    assert "8 rows 177 (165); cluster HP 256 / 512 at one row 165 / 245" in doc
     for n in ("165", "170", "186", "153", "157", "202", "144", "224", "160",
-              "175", "255"):
+              "175", "255", "191"):
         assert f"**{n}**" in doc, f"docs/cuda.md does not state the budget {n}"
