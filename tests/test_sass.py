@@ -484,9 +484,9 @@ REG_FWD_TYPE_NAMES = {"float": "float", "irnn_half": "__half",
 
 
 def fwd_projections(dtype):
-    """The projection settings of the forwards built: projected, and for
-    float32 not projected too (the ring copies 4-byte elements)."""
-    return ("true",) if dtype != "float" else ("true", "false")
+    """The projection settings of the forwards built: projected and not
+    (the ring copies a 16-bit element as its 4-byte word)."""
+    return ("true", "false")
 
 
 def reg_fwd_budget(name):

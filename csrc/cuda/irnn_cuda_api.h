@@ -165,9 +165,10 @@ inline int64_t reg_fwd_chunk(int64_t T, int rows, bool project = true) {
 // with cp.async kFwdRing - 1 steps before the step that adds them.
 constexpr int kFwdRing = 8;
 // Whether the register-resident and cluster forwards take an input that is
-// not projected: float32 only (a 16-bit element is half of the smallest
-// cp.async copy; those run today's kernel).
-inline bool fwd_ring_covers(DType dtype) { return dtype == DType::kFloat; }
+// not projected (their prefetch ring, FwdRing): every dtype of their
+// tables (float32, and the 16-bit types as the 4-byte words that hold
+// their elements), not float64.
+inline bool fwd_ring_covers(DType dtype) { return dtype != DType::kDouble; }
 // Dynamic shared memory of a register-resident block: the h double buffer
 // [2][R][HP], then one chunk of x, or (not projected) the ring
 // [kFwdRing][R][threads] (a place for every thread's element).
@@ -233,8 +234,8 @@ inline int reg_table_hp(Table table, DType dtype, int64_t H, int rows) {
 }
 
 // The register-resident variant for a forward call, or false: the input
-// projected and at most kRegFwdMaxInput wide, or not projected (float32
-// only, fwd_ring_covers), then pick_reg_variant.
+// projected and at most kRegFwdMaxInput wide, or not projected
+// (fwd_ring_covers), then pick_reg_variant.
 inline bool select_reg_fwd(int sm_count, int max_threads, int64_t smem_max,
                            DType dtype, int64_t T, int64_t B, int64_t I,
                            int64_t H, bool project, int* hp_out,

@@ -300,10 +300,17 @@ IRNN_DEVICE T& at_bytes(unsigned char* base, int bytes) {
 // reads its stale slot drops what it computes). Shared memory is
 // addressed by byte offsets from the block's base, moved one slot per
 // step; the source is an integer moved by one step per copy: past the last
-// step it is no address, and nothing is copied from it.
-template <int R, int U, int RO, int RS>
+// step it is no address, and nothing is copied from it. A 16-bit S
+// (Narrow) copies the aligned 4-byte word that holds the element (the
+// smallest cp.async copy; the op keeps such words inside the tensor's
+// storage, whole_words) and reads the element's half, which bit 1 of its
+// source address names: the read step's source is NS steps behind the
+// next copy's, so no register holds the halves.
+template <int R, int U, int RO, int RS, typename S = float>
 struct FwdRing {
   static constexpr int NS = kFwdRing, SLOT = 4 * R * U, ROW = 4 * RS * U;
+  static constexpr bool kNarrow = sizeof(S) == 2;
+  static_assert(sizeof(S) == 4 || kNarrow, "4-byte or 16-bit elements");
   unsigned char* smem;  // the block's dynamic shared memory
   int begin;            // this thread's element of row r0 in slot 0
   int rd, cp;           // ... in the slot read next, and copied into next
@@ -315,7 +322,6 @@ struct FwdRing {
   // element `at` of a row (its unit in the block); x of unit j of rows
   // row0 + r0 + RS i, from the first step on. Slot 0 is read first; the
   // first kFwdRing - 1 groups (prologue) fill slots 0 to NS - 2.
-  template <typename S>
   IRNN_DEVICE FwdRing(int ring, int at, const RegFwdParams<S>& p, int row0,
                       int r0, int j)
       : smem(irnn_dyn_smem<unsigned char>()),
@@ -342,7 +348,8 @@ struct FwdRing {
     for (int i = 0; i < RO; ++i) {
       if (copies(i))
         irnn_cp_async<4>(smem + cp + i * ROW,
-                         reinterpret_cast<const void*>(from));
+                         reinterpret_cast<const void*>(
+                             kNarrow ? from & ~uint64_t{3} : from));
       from += row;
     }
     irnn_cp_async_commit();
@@ -351,6 +358,12 @@ struct FwdRing {
   }
   // The thread's row i's element of the step, once its group has landed.
   IRNN_DEVICE float read(int i) const {
+    if constexpr (kNarrow) {
+      const uint32_t from = static_cast<uint32_t>(src) -
+                            NS * static_cast<uint32_t>(step_bytes) +
+                            i * static_cast<uint32_t>(row_bytes);
+      return word_to_acc<S>(at_bytes<unsigned>(smem, rd + i * ROW), from & 2);
+    }
     return at_bytes<float>(smem, rd + i * ROW);
   }
   // After a step: the next copies go to the slot it read, and the next
@@ -375,14 +388,14 @@ struct FwdRing {
 // lengths, row r stores only its first len[r] steps (its later steps are
 // computed from zeros and dropped), the block stops after its longest row,
 // and the outputs after each row's end are zeroed after the loop.
-// Not PROJECT (float32: x is the pre-projected [T,B,H]): thread j's
-// elements of x come through a FwdRing, and acc[r][0] starts from the bias
-// plus its element of the step; one chunk holds all steps.
+// Not PROJECT (x is the pre-projected [T,B,H]): thread j's elements of x
+// come through a FwdRing (16-bit ones as their 4-byte words), and
+// acc[r][0] starts from the bias plus its element of the step; one chunk
+// holds all steps.
 template <typename S, int HP, int R, bool RELU, bool PROJECT>
 IRNN_GLOBAL void IRNN_LAUNCH_BOUNDS(reg_fwd_threads(HP))
 irnn_fwd_reg_kernel(RegFwdParams<S> p) {
   static_assert(HP % 4 == 0, "h_{t-1} is read four floats at a time");
-  static_assert(PROJECT || sizeof(S) == 4, "the ring copies 4-byte elements");
   constexpr int NT = (HP + 31) / 32 * 32, XI = kRegFwdMaxInput;  // reg_fwd_threads
   static_assert(XI == 4, "one Float4 of x per row and step");
   float* hbuf = irnn_dyn_smem<float>();  // [2][R][HP]
@@ -429,7 +442,7 @@ irnn_fwd_reg_kernel(RegFwdParams<S> p) {
   int64_t out_t = (p.reverse ? p.T - 1 : 0) * p.out_st + row0 * p.out_sb + j;
   // Not projected: the ring's first kFwdRing - 1 steps (row r's own only).
   // Rows of NT units (every thread's own element; reg_fwd_smem_bytes).
-  FwdRing<R, NT, R, 1> ring(4 * 2 * R * HP, j, p, row0, 0, j);  // at xs
+  FwdRing<R, NT, R, 1, S> ring(4 * 2 * R * HP, j, p, row0, 0, j);  // at xs
   if constexpr (!PROJECT) {
 #pragma unroll
     for (int m = 0; m < kFwdRing - 1; ++m)
@@ -540,7 +553,6 @@ IRNN_DEVICE void cluster_fwd_body(const RegFwdParams<S>& p) {
                 "a cluster of 2 to 8 blocks of 64 units");
   static_assert(KS % 4 == 0 && kClusterSlices == 4 && XI == 4,
                 "h_{t-1} read four floats at a time; four slices");
-  static_assert(PROJECT || sizeof(S) == 4, "the ring copies 4-byte elements");
   float* hbuf = irnn_dyn_smem<float>();  // [2][R][4][SST]
   float* xs = hbuf + 2 * R * RS;         // [chunk][R][XI], or the ring
   const int H = p.H, I = p.I, tid = threadIdx.x, lane = tid % 32;
@@ -603,7 +615,7 @@ IRNN_DEVICE void cluster_fwd_body(const RegFwdParams<S>& p) {
   constexpr int RO = (R + kClusterSlices - 1) / kClusterSlices,
                 RR = R > kClusterSlices ? R : kClusterSlices;
   const int u = j - rank * kClusterUnits;  // the unit within the block
-  FwdRing<RR, kClusterUnits, RO, kClusterSlices> ring(4 * 2 * R * RS, u, p,
+  FwdRing<RR, kClusterUnits, RO, kClusterSlices, S> ring(4 * 2 * R * RS, u, p,
                                                       row0, s, j);  // at xs
   // Steps row s + 4i copies: 0 past R (and, as len, past B and H).
   int own_len[RO];

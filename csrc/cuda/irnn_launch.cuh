@@ -56,8 +56,7 @@ GemmOperand<S> operand(const S* ptr, int64_t s_i, int64_t s_k) {
 // One register-resident forward. Instantiated for the variants of
 // IRNN_REG_FWD_VARIANTS only, each in its own translation unit on CUDA
 // (irnn_fwd_reg_<type>_hp<HP>.cu; irnn_cuda.cu declares them extern): relu
-// and tanh, the input projected (w_ih given) or, float32 only
-// (fwd_ring_covers), not.
+// and tanh, the input projected (w_ih given) or not (fwd_ring_covers).
 template <typename S, int HP, int R, bool RELU, bool PROJECT>
 irnn_error launch_fwd_reg_kernel(const RegFwdParams<S>& p,
                                  const LaunchConfig& c, irnn_stream stream) {
@@ -74,10 +73,8 @@ irnn_error launch_fwd_reg(const RegFwdParams<S>& p, bool relu,
   if (p.w_ih)
     return relu ? launch_fwd_reg_kernel<S, HP, R, true, true>(p, c, stream)
                 : launch_fwd_reg_kernel<S, HP, R, false, true>(p, c, stream);
-  if constexpr (sizeof(S) == 4)
-    return relu ? launch_fwd_reg_kernel<S, HP, R, true, false>(p, c, stream)
-                : launch_fwd_reg_kernel<S, HP, R, false, false>(p, c, stream);
-  return kIrnnInvalidConfig;  // never selected (select_reg_fwd)
+  return relu ? launch_fwd_reg_kernel<S, HP, R, true, false>(p, c, stream)
+              : launch_fwd_reg_kernel<S, HP, R, false, false>(p, c, stream);
 }
 
 // The variant of the table that make_launch_config selected (HP the
@@ -145,11 +142,9 @@ irnn_error launch_fwd_cluster(const RegFwdParams<S>& p, bool relu,
     return relu
                ? launch_fwd_cluster_kernel<S, HP, R, true, true>(p, c, stream)
                : launch_fwd_cluster_kernel<S, HP, R, false, true>(p, c, stream);
-  if constexpr (sizeof(S) == 4)
-    return relu
-               ? launch_fwd_cluster_kernel<S, HP, R, true, false>(p, c, stream)
-               : launch_fwd_cluster_kernel<S, HP, R, false, false>(p, c, stream);
-  return kIrnnInvalidConfig;  // never selected (select_cluster_fwd)
+  return relu
+             ? launch_fwd_cluster_kernel<S, HP, R, true, false>(p, c, stream)
+             : launch_fwd_cluster_kernel<S, HP, R, false, false>(p, c, stream);
 }
 
 // Into *clusters: the clusters of HP's cluster forward (one row, relu, the

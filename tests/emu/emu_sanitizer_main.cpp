@@ -188,7 +188,10 @@ int run_kernels() {
   // (the MNIST case at B <= the SM count); B = 20 with 8 rows per block
   // (HP 104, 224 threads, a partial last block), B = 13 with 4 (HP 104, not
   // projected: both rings); bfloat16 at one row per block (HP 104, T
-  // beyond the ring) and float16 at 8 (HP 104, odd strides).
+  // beyond the ring) and float16 at 8 (HP 104, odd strides); bfloat16 not
+  // projected at 4 (the forward's ring of words, odd strides; today's
+  // backward). Every input not projected (but float64's) runs the
+  // register-resident forward.
   using irnn_cuda::Path;
   const Case cases[] = {
       {DType::kFloat, 3, 11, 1, 120, true, true, false, Path::kPersistent},
@@ -200,6 +203,7 @@ int run_kernels() {
       {DType::kFloat, 9, 13, 1, 100, false, true, false, Path::kRegisterBwd},
       {DType::kBFloat16, 9, 3, 1, 100, true, true, false, Path::kRegisterBwd},
       {DType::kHalf, 3, 29, 3, 101, true, true, true, Path::kRegisterBwd},
+      {DType::kBFloat16, 10, 13, 1, 101, false, true, true, Path::kPersistent},
       {DType::kDouble, 2, 9, 1, 80, false, true, false, Path::kPersistent},
       // With lengths: the register-resident kernels (8 rows per block,
       // reversed: the relayout copies; 2 rows per block, whose blocks start
@@ -243,8 +247,12 @@ int run_kernels() {
         persistent, true, c.dtype, c.T, c.B, c.I, c.H, c.project, true);
     const LaunchConfig lc = irnn_cuda::make_launch_config(
         large_h, true, c.dtype, c.T, c.B, c.I, c.H, c.project, true);
+    const LaunchConfig fc = irnn_cuda::make_launch_config(
+        persistent, false, c.dtype, c.T, c.B, c.I, c.H, c.project, true);
     const bool paths = pc.path == c.backward && pc.blocks >= 3 &&
-                       lc.path == irnn_cuda::Path::kLargeH;
+                       lc.path == irnn_cuda::Path::kLargeH &&
+                       (c.project || c.dtype == DType::kDouble ||
+                        fc.path == irnn_cuda::Path::kRegisterFwd);
     std::printf("case H=%lld B=%lld (backward path %d, %d blocks of %d "
                 "threads) vs large-H max |diff| %.3g (max |value| %.3g) %s\n",
                 (long long)c.H, (long long)c.B, static_cast<int>(pc.path),
