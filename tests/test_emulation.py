@@ -104,9 +104,10 @@ def register_bwd_expected(table, dtype, T, B, I, H, project):
     must select, or None."""
     if dtype not in REG_FWD_DTYPES or (project and I > 4) or T < 1:
         return None
-    if dtype != torch.float32 and not project:
-        return None
-    return pick_reg_variant(table, REG_BWD_TABLE[dtype], B, H)
+    variants = REG_BWD_TABLE[dtype]
+    if dtype != torch.float32 and not project:  # reg_bwd_unprojected_rows
+        variants = {(hp, r) for hp, r in variants if r in (2, 4)}
+    return pick_reg_variant(table, variants, B, H)
 
 
 def run_and_compare(harness, table, dtype, T, B, I, H, nonlinearity="relu",
@@ -518,15 +519,22 @@ def test_register_backward_routing(harness):
               cfg(16, dtype=torch.float64), cfg(16, I=5), cfg(16, T=0)):
         assert c["path"] == PERSISTENT, c
     # The 16-bit types at H = 100, projected: as float32, with the same
-    # workspace (float partial sums); not projected, or H > 104, today's.
+    # workspace (float partial sums). Not projected: 2 and 4 rows per block
+    # only (2 while B <= 2 * SMs, one row's blocks included). H > 104,
+    # or not projected above 4 * SMs: today's.
     for dtype in (torch.float16, torch.bfloat16):
         for B, rows in ((16, 1), (256, 2), (400, 4), (1024, 8)):
             c = cfg(B, dtype=dtype)
             assert (c["path"], c["rows_per_block"], c["threads"]) == (
                 REGISTER_BWD, rows, 224), c
             assert c["workspace"] == -(-B // rows) * partials, c
-        for c in (cfg(16, dtype=dtype, project=False), cfg(16, H=105, dtype=dtype),
-                  cfg(16, H=128, dtype=dtype)):
+        for B, rows in ((1, 2), (16, 2), (264, 2), (265, 4), (528, 4)):
+            c = cfg(B, dtype=dtype, project=False)
+            assert (c["path"], c["rows_per_block"], c["threads"]) == (
+                REGISTER_BWD, rows, 224), (B, c)
+            assert c["workspace"] == -(-B // rows) * 4 * (100 * 100 + 100), c
+        for c in (cfg(529, dtype=dtype, project=False),
+                  cfg(16, H=105, dtype=dtype), cfg(16, H=128, dtype=dtype)):
             assert c["path"] == PERSISTENT, c
     # The routing is the rule register_bwd_expected states, everywhere.
     for table in (H200, emu.A100, FOUR_SMS):
@@ -534,7 +542,8 @@ def test_register_backward_routing(harness):
                 (1, 4, 5, 8, 9, 16, 17, 32, 33, 108, 109, 132, 133, 264, 265,
                  528, 529, 864, 865, 1056, 1057),
                 (1, 64, 65, 100, 104, 105, 128, 129), (1, 4, 5),
-                (True, False), (torch.float32, torch.bfloat16)):
+                (True, False), (torch.float32, torch.bfloat16,
+                                torch.float16)):
             reg = register_bwd_expected(table, dtype, 784, B, I, H, project)
             c = cfg(B, H=H, I=I, project=project, table=table, dtype=dtype)
             assert (c["path"] == REGISTER_BWD) == (reg is not None), (
@@ -591,9 +600,10 @@ def test_register_backward_vs_reference(harness, case):
 
 def _register_backward_16bit_cases():
     """Every variant for float16 and bfloat16: 1, 2 and 4 rows per block at
-    HP 64 and 104, 8 rows per block at HP 104, input projected; odd and even
-    strides, so the 16-bit elements sit in either half of the 4-byte words
-    the ring copies."""
+    HP 64 and 104, 8 rows per block at HP 104, input projected; 2 and 4
+    rows per block at HP 64 and 104 not projected (B <= 4 takes 2 rows
+    too); odd and even strides, so the 16-bit elements sit in either half
+    of the 4-byte words the ring copies."""
     cases = []
     for dtype in (torch.float16, torch.bfloat16):
         for i, (H, B) in enumerate(((33, 3), (64, 4), (100, 1), (104, 2),
@@ -604,6 +614,13 @@ def _register_backward_16bit_cases():
                 nonlinearity="tanh" if i % 3 == 2 else "relu",
                 reverse=i % 2 == 1, bias=i % 5 != 2,
                 grads=("both", "seq", "last")[i % 3], T=(9, 13, 1, 8)[i % 4]))
+        for i, (H, B) in enumerate(((33, 5), (100, 8), (64, 13), (104, 16),
+                                    (101, 3), (40, 10))):
+            cases.append(dict(
+                dtype=dtype, H=H, B=B, I=None,
+                nonlinearity="relu" if i % 3 != 1 else "tanh",
+                reverse=i % 2 == 0, bias=i % 4 != 3,
+                grads=("both", "seq", "last")[i % 3], T=(11, 9, 2)[i % 3]))
     return cases
 
 
@@ -639,7 +656,7 @@ def test_register_backward_16bit_vs_reference(harness, case):
                                   v["w_ih"], v["w_hh"], out, relu,
                                   case["reverse"])
     assert bcfg["path"] == REGISTER_BWD, bcfg
-    want = register_bwd_expected(FOUR_SMS, dtype, T, B, case["I"], H, True)
+    want = register_bwd_expected(FOUR_SMS, dtype, T, B, case["I"], H, project)
     assert (bcfg["threads"], bcfg["rows_per_block"]) == (
         (2 * want[0] + 31) // 32 * 32, want[1]), bcfg
     expected = backward_from_sequence(out, v["h0"], v["x"], v["w_ih"],

@@ -508,10 +508,12 @@ REG_BWD_VARIANTS = [("float", 64, 1), ("float", 104, 1), ("float", 104, 8),
                   (104, 8))]
 
 
-def reg_bwd_projections(dtype):
-    """The fused-projection settings built: the 16-bit types only with it
-    (kRegBwd16Project)."""
-    return ("true",) if dtype != "float" else ("true", "false")
+def reg_bwd_projections(dtype, rows):
+    """The fused-projection settings built: with and without it, the 16-bit
+    types without it at 2 and 4 rows per block only
+    (reg_bwd_unprojected_rows)."""
+    return ("true", "false") if dtype == "float" or rows in (2, 4) else (
+        "true",)
 
 
 def reg_bwd_budget(name):
@@ -710,19 +712,19 @@ def test_cluster_backward_within_budget(kernels, variant):
 
 def test_register_backward_variants_built(kernels):
     """The build holds every variant of the backward's table, relu and
-    tanh, with and without the fused projection (16-bit: with it only), and
-    no other."""
+    tanh, with and without the fused projection (16-bit: without it at 2
+    and 4 rows only), and no other."""
     built = {n for n in kernels if REG_BWD.match(n)}
     expected = {f"irnn_cuda::irnn_bwd_reg_kernel<{t}, {hp}, {r}, {a}, {p}>"
                 for t, hp, r in REG_BWD_VARIANTS for a in ("true", "false")
-                for p in reg_bwd_projections(t)}
+                for p in reg_bwd_projections(t, r)}
     assert built == expected, (built ^ expected)
     assert table_variants("IRNN_REG_BWD_VARIANTS") == set(REG_BWD_VARIANTS)
 
 
 @pytest.mark.parametrize("variant", [
     (t, hp, r, a, p) for t, hp, r in REG_BWD_VARIANTS
-    for a in ("true", "false") for p in reg_bwd_projections(t)],
+    for a in ("true", "false") for p in reg_bwd_projections(t, r)],
     ids=lambda v: "-".join(map(str, v)))
 def test_register_backward_within_budget(kernels, variant):
     """The guard passes every selectable register-resident backward: no

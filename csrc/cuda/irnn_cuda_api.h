@@ -264,10 +264,11 @@ inline bool select_reg_fwd(int sm_count, int max_threads, int64_t smem_max,
 // - 2 and 4 at HP = 64 and 104: at HP = 128 ptxas spills them on sm_75 and
 //   sm_80, so H = 105..128 above one wave of single rows runs today's
 //   kernel;
-// - the 16-bit types with the input projected only (kRegBwd16Project), and
-//   not at HP = 128: there the widening of their ring slots
-//   (irnn_kernels.cuh) takes the step loop over its instruction budget, and
-//   without the projection 8 rows spill (docs/cuda.md).
+// - the 16-bit types not at HP = 128, where the widening of their ring
+//   slots (irnn_kernels.cuh) takes the step loop over its instruction
+//   budget; and without the projection at 2 and 4 rows per block only
+//   (reg_bwd_unprojected_rows): one row misses the budget by 6, and 8
+//   rows spill (docs/cuda.md).
 #define IRNN_REG_BWD_VARIANTS(X) \
   X(kFloat, float, 64, 1)         \
   X(kFloat, float, 64, 2)         \
@@ -291,9 +292,13 @@ inline bool select_reg_fwd(int sm_count, int max_threads, int64_t smem_max,
   X(kBFloat16, irnn_bf16, 104, 2) \
   X(kBFloat16, irnn_bf16, 104, 4) \
   X(kBFloat16, irnn_bf16, 104, 8)
-// The 16-bit register-resident backwards are built for a projected input
-// only.
-constexpr bool kRegBwd16Project = true;
+// Whether the register-resident backward of R rows per block is built for
+// an input that is not projected: float32 at every R of the table, the
+// 16-bit types at 2 and 4 rows (B <= 2 * SMs, one wave of single rows
+// included, runs 2).
+constexpr bool reg_bwd_unprojected_rows(bool narrow, int rows) {
+  return !narrow || rows == 2 || rows == 4;
+}
 // Steps of g_t and h_t the backward's prefetch ring holds: the copies for a
 // step are issued kRegBwdRing - 1 steps before it runs.
 constexpr int kRegBwdRing = 8;
@@ -354,13 +359,12 @@ inline bool select_reg_bwd(int sm_count, int max_threads, int64_t smem_max,
                            int64_t H, bool project, int* hp_out,
                            int* rows_out) {
   if ((project && I > kRegFwdMaxInput) || T < 1 || H < 1) return false;
-  if ((dtype == DType::kHalf || dtype == DType::kBFloat16) &&
-      kRegBwd16Project && !project)
-    return false;
+  const bool narrow = dtype == DType::kHalf || dtype == DType::kBFloat16;
   return pick_reg_variant(
       [](auto&& f) { reg_bwd_table(f); },
       [&](int hp, int r) {
-        return reg_bwd_threads(hp) <= max_threads &&
+        return (project || reg_bwd_unprojected_rows(narrow, r)) &&
+               reg_bwd_threads(hp) <= max_threads &&
                reg_bwd_smem_bytes(hp, r) <= smem_max;
       },
       dtype, B, H, sm_count, hp_out, rows_out);

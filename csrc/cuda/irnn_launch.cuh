@@ -254,7 +254,7 @@ irnn_error launch_bwd_reg(const RegBwdParams<S>& p, bool relu, bool project,
     IRNN_LAUNCH((irnn_bwd_reg_kernel<S, HP, R, RELU, PROJECT>), c.blocks,     \
                 c.threads, static_cast<size_t>(c.smem), stream, p);           \
   } while (0)
-  if constexpr (sizeof(S) == 2 && kRegBwd16Project) {
+  if constexpr (!reg_bwd_unprojected_rows(sizeof(S) == 2, R)) {
     // Built (and selected, select_reg_bwd) with the input projected only.
     if (!project) return kIrnnInvalidConfig;
     if (relu)

@@ -23,8 +23,9 @@
 //
 // Every array is allocated at its exact size, as the op allocates its
 // tensors and workspaces, except the 16-bit inputs the register-resident
-// backward copies as 4-byte words (x, grad_output and the stored sequence):
-// those get the spare element the op guarantees them (see kWordSpare).
+// kernels copy as 4-byte words (the backward's x, grad_output and stored
+// sequence, the forward's x when not projected): those get the spare
+// element the op guarantees them (see kWordSpare).
 #include "emu_harness.cpp"
 
 #include <cstring>
@@ -114,7 +115,8 @@ T stored(double v) {
 }
 
 // The register-resident backward reads a 16-bit x, grad_output and stored
-// sequence as the aligned 4-byte words that hold their elements, so the
+// sequence, and the forward a 16-bit x that is not projected, as the
+// aligned 4-byte words that hold their elements, so the
 // last element's word may reach 2 bytes past it; the op gives such a
 // tensor a spare element whenever its storage would end there
 // (irnn_ops_cuda.cpp, whole_words). These arrays get it too.
@@ -189,9 +191,8 @@ int run_kernels() {
   // (HP 104, 224 threads, a partial last block), B = 13 with 4 (HP 104, not
   // projected: both rings); bfloat16 at one row per block (HP 104, T
   // beyond the ring) and float16 at 8 (HP 104, odd strides); bfloat16 not
-  // projected at 4 (the forward's ring of words, odd strides; today's
-  // backward). Every input not projected (but float64's) runs the
-  // register-resident forward.
+  // projected at 4 (both rings of words, odd strides). Every input not
+  // projected (but float64's) runs the register-resident forward.
   using irnn_cuda::Path;
   const Case cases[] = {
       {DType::kFloat, 3, 11, 1, 120, true, true, false, Path::kPersistent},
@@ -203,7 +204,7 @@ int run_kernels() {
       {DType::kFloat, 9, 13, 1, 100, false, true, false, Path::kRegisterBwd},
       {DType::kBFloat16, 9, 3, 1, 100, true, true, false, Path::kRegisterBwd},
       {DType::kHalf, 3, 29, 3, 101, true, true, true, Path::kRegisterBwd},
-      {DType::kBFloat16, 10, 13, 1, 101, false, true, true, Path::kPersistent},
+      {DType::kBFloat16, 10, 13, 1, 101, false, true, true, Path::kRegisterBwd},
       {DType::kDouble, 2, 9, 1, 80, false, true, false, Path::kPersistent},
       // With lengths: the register-resident kernels (8 rows per block,
       // reversed: the relayout copies; 2 rows per block, whose blocks start
