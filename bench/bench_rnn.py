@@ -311,7 +311,10 @@ def main(argv=None):
                     help="timed repeats per row (default 7, smoke 2)")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU: torch.set_num_threads (default: torch's)")
-    ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    ap.add_argument("--dtype", choices=("float32", "float64", "float16", "bfloat16"),
+                    default="float32",
+                    help="of inputs and weights (default float32; on the CPU "
+                         "FusedIRNN computes float16 and bfloat16 in float32)")
     ap.add_argument("--varlen", action="store_true",
                     help="also run the variable-length rows")
     ap.add_argument("--varlen-only", action="store_true",

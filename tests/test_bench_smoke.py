@@ -127,3 +127,24 @@ def test_check_rejects_missing_rows_and_wrong_floors(bench_json):
     next(iter(result["info"]["gemm"].values()))["gflops"] *= 2
     with pytest.raises(AssertionError):
         check_bench_json(result, REQUESTED)
+
+
+def test_bench_runs_16bit_rows(tmp_path):
+    """--dtype bfloat16: every requested row and mode, the dtype recorded,
+    and FusedIRNN within 0.05 of the largest value of nn.RNN's bfloat16
+    results, about 13 bfloat16 eps (the two round differently: at most
+    7.3e-3 measured; a wrong result, zeros say, differs by about 1)."""
+    shapes = ",".join("x".join(map(str, s)) for s in REQUESTED)
+    path = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, BENCH, "--smoke", "--device", "cpu", "--dtype",
+         "bfloat16", "--shapes", shapes, "--json", str(path)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(path.read_text())
+    assert result["info"]["dtype"] == "bfloat16"
+    rows = result["rows"]
+    got = sorted((r["T"], r["B"], r["I"], r["H"], r["mode"]) for r in rows)
+    assert got == sorted(s + (m,) for s in REQUESTED for m in MODES), got
+    for r in rows:
+        assert 0 <= r["max_err"] <= 0.05, r
