@@ -701,8 +701,10 @@ std::tuple<at::Tensor, at::Tensor> irnn_forward_cuda(
       device_props(input, "irnn_forward"), false, dt, s.T, s.B, s.I,
       s.H, s.project, store_sequence);
   CallGemm gemm(input.get_device());
-  const at::Tensor xr = rows_for_library(
+  const at::Tensor xl = rows_for_library(
       x, gemm.hook(), cfg, dt, has(lengths) && (reverse || packed));
+  // Not projected, the register-resident forward reads x's words.
+  const at::Tensor xr = s.project ? xl : whole_words(xl, cfg);
   FwdArgs a{};
   a.step_gemm = gemm.hook();
   a.dtype = dt;
