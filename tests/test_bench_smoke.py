@@ -39,11 +39,11 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def run_bench(json_path, prefix=()):
+def run_bench(json_path, prefix=(), args=()):
     shapes = ",".join("x".join(map(str, s)) for s in REQUESTED)
     proc = subprocess.run(
         [sys.executable, *prefix, BENCH, "--smoke", "--device", "cpu",
-         "--shapes", shapes, "--json", str(json_path)],
+         "--shapes", shapes, "--json", str(json_path), *args],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(json_path.read_text())
@@ -134,14 +134,7 @@ def test_bench_runs_16bit_rows(tmp_path):
     and FusedIRNN within 0.05 of the largest value of nn.RNN's bfloat16
     results, about 13 bfloat16 eps (the two round differently: at most
     7.3e-3 measured; a wrong result, zeros say, differs by about 1)."""
-    shapes = ",".join("x".join(map(str, s)) for s in REQUESTED)
-    path = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, BENCH, "--smoke", "--device", "cpu", "--dtype",
-         "bfloat16", "--shapes", shapes, "--json", str(path)],
-        capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(path.read_text())
+    result = run_bench(tmp_path / "bench.json", args=("--dtype", "bfloat16"))
     assert result["info"]["dtype"] == "bfloat16"
     rows = result["rows"]
     got = sorted((r["T"], r["B"], r["I"], r["H"], r["mode"]) for r in rows)
