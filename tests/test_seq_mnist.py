@@ -326,7 +326,23 @@ def test_batch_must_divide_by_the_world_size(monkeypatch):
         seq_mnist.main(["--batch-size", "33"])
 
 
+# Runs bench/seq_mnist.py as its own __main__, then names the threads the
+# process still has (Linux: /proc/self/task/*/comm).
+THREADS_LEFT = '''
+import glob, os, runpy, sys
+script = sys.argv[1]
+sys.argv = sys.argv[1:]
+runpy.run_path(script, run_name="__main__")
+names = sorted(open(t).read().strip()
+               for t in glob.glob("/proc/self/task/*/comm"))
+print(f"threads left on rank {os.environ['RANK']}: {names}", flush=True)
+'''
+
+
 def test_two_process_gloo_matches_one_process(tmp_path):
+    """Two gloo ranks end where one process ends, and each rank has joined
+    gloo's threads when the program is done (left running into the
+    interpreter's exit, they now and then aborted a finished run)."""
     args = ["--data-dir", DATA_DIR, "--device", "cpu", "--no-progress",
             "--limit-train", 128, "--limit-test", 16, "--hidden", 16,
             "--optimizer", "sgd", "--lr", 0.1, "--clip-norm", 0.01,
@@ -336,13 +352,21 @@ def test_two_process_gloo_matches_one_process(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join(
                    [ROOT] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+    wrapper = tmp_path / "threads_left.py"
+    wrapper.write_text(THREADS_LEFT)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc_per_node=2", SCRIPT, *args, "--out",
+           "--nproc_per_node=2", str(wrapper), SCRIPT, *args, "--out",
            str(tmp_path / "ddp")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True,
                           timeout=150)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "over 2 ranks" in done.stdout
+    if sys.platform.startswith("linux"):
+        left = [line for line in done.stdout.splitlines()
+                if line.startswith("threads left on rank")]
+        assert len(left) == 2, done.stdout
+        for line in left:
+            assert "gloo" not in line, line
     _, single = run(tmp_path, "single", *args[5:])
     ddp, one = (load(os.path.join(d, "last.pt")) for d in
                 (str(tmp_path / "ddp"), single))

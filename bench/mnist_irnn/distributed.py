@@ -1,4 +1,5 @@
 """The process group when launched by torchrun, else one process."""
+import importlib
 import os
 
 import torch
@@ -26,6 +27,16 @@ class Dist:
             self.device = torch.device("cpu")
         self.enabled = self.world > 1
         if self.enabled:
+            # DistributedDataParallel imports torch._dynamo when it is
+            # built. Imported after the process group exists, torch._dynamo
+            # (through torch.distributed.fsdp) keeps 10 references to the
+            # group that destroy_process_group does not drop, so the group
+            # outlived close(): gloo's threads ran on into the interpreter's
+            # finalization, where they now and then ended a finished run
+            # with "terminate called without an active exception". Imported
+            # first, it holds none, and close() joins those threads
+            # (tests/test_seq_mnist.py checks that none is left).
+            importlib.import_module("torch._dynamo")
             dist.init_process_group(
                 "nccl" if self.device.type == "cuda" else "gloo",
                 device_id=self.device if self.device.type == "cuda" else None)
