@@ -89,9 +89,8 @@ def register_fwd_expected(table, dtype, B, I, H, project):
 
 # The register-resident backward's table (IRNN_REG_BWD_VARIANTS): HP 64
 # and 104 with 1, 2 and 4 rows per block, HP 104 with 8; float32 also at
-# HP 128 with one row; float16 and bfloat16 with the input projected only.
-# The input projected and at most 4 wide, or not projected (float32);
-# T >= 1.
+# HP 128 with one row. The input projected and at most 4 wide, or not
+# projected (float16 and bfloat16 not at 8 rows); T >= 1.
 _REG_BWD_COMMON = {(64, 1), (64, 2), (64, 4), (104, 1), (104, 2), (104, 4),
                    (104, 8)}
 REG_BWD_TABLE = {torch.float32: _REG_BWD_COMMON | {(128, 1)},
@@ -106,7 +105,7 @@ def register_bwd_expected(table, dtype, T, B, I, H, project):
         return None
     variants = REG_BWD_TABLE[dtype]
     if dtype != torch.float32 and not project:  # reg_bwd_unprojected_rows
-        variants = {(hp, r) for hp, r in variants if r in (2, 4)}
+        variants = {(hp, r) for hp, r in variants if r != 8}
     return pick_reg_variant(table, variants, B, H)
 
 
@@ -519,16 +518,16 @@ def test_register_backward_routing(harness):
               cfg(16, dtype=torch.float64), cfg(16, I=5), cfg(16, T=0)):
         assert c["path"] == PERSISTENT, c
     # The 16-bit types at H = 100, projected: as float32, with the same
-    # workspace (float partial sums). Not projected: 2 and 4 rows per block
-    # only (2 while B <= 2 * SMs, one row's blocks included). H > 104,
-    # or not projected above 4 * SMs: today's.
+    # workspace (float partial sums). Not projected: 1, 2 and 4 rows per
+    # block only. H > 104, or not projected above 4 * SMs: today's.
     for dtype in (torch.float16, torch.bfloat16):
         for B, rows in ((16, 1), (256, 2), (400, 4), (1024, 8)):
             c = cfg(B, dtype=dtype)
             assert (c["path"], c["rows_per_block"], c["threads"]) == (
                 REGISTER_BWD, rows, 224), c
             assert c["workspace"] == -(-B // rows) * partials, c
-        for B, rows in ((1, 2), (16, 2), (264, 2), (265, 4), (528, 4)):
+        for B, rows in ((1, 1), (16, 1), (132, 1), (133, 2), (264, 2),
+                        (265, 4), (528, 4)):
             c = cfg(B, dtype=dtype, project=False)
             assert (c["path"], c["rows_per_block"], c["threads"]) == (
                 REGISTER_BWD, rows, 224), (B, c)
@@ -600,10 +599,10 @@ def test_register_backward_vs_reference(harness, case):
 
 def _register_backward_16bit_cases():
     """Every variant for float16 and bfloat16: 1, 2 and 4 rows per block at
-    HP 64 and 104, 8 rows per block at HP 104, input projected; 2 and 4
-    rows per block at HP 64 and 104 not projected (B <= 4 takes 2 rows
-    too); odd and even strides, so the 16-bit elements sit in either half
-    of the 4-byte words the ring copies."""
+    HP 64 and 104, 8 rows per block at HP 104, input projected; 1, 2 and 4
+    rows per block at HP 64 and 104 not projected; odd and even strides,
+    so the 16-bit elements sit in either half of the 4-byte words the ring
+    copies."""
     cases = []
     for dtype in (torch.float16, torch.bfloat16):
         for i, (H, B) in enumerate(((33, 3), (64, 4), (100, 1), (104, 2),
@@ -615,7 +614,7 @@ def _register_backward_16bit_cases():
                 reverse=i % 2 == 1, bias=i % 5 != 2,
                 grads=("both", "seq", "last")[i % 3], T=(9, 13, 1, 8)[i % 4]))
         for i, (H, B) in enumerate(((33, 5), (100, 8), (64, 13), (104, 16),
-                                    (101, 3), (40, 10))):
+                                    (101, 3), (40, 10), (60, 4), (100, 1))):
             cases.append(dict(
                 dtype=dtype, H=H, B=B, I=None,
                 nonlinearity="relu" if i % 3 != 1 else "tanh",

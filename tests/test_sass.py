@@ -510,9 +510,9 @@ REG_BWD_VARIANTS = [("float", 64, 1), ("float", 104, 1), ("float", 104, 8),
 
 def reg_bwd_projections(dtype, rows):
     """The fused-projection settings built: with and without it, the 16-bit
-    types without it at 2 and 4 rows per block only
+    types without it at 1, 2 and 4 rows per block only
     (reg_bwd_unprojected_rows)."""
-    return ("true", "false") if dtype == "float" or rows in (2, 4) else (
+    return ("true", "false") if dtype == "float" or rows != 8 else (
         "true",)
 
 

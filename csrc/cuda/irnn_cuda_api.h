@@ -266,9 +266,8 @@ inline bool select_reg_fwd(int sm_count, int max_threads, int64_t smem_max,
 //   kernel;
 // - the 16-bit types not at HP = 128, where the widening of their ring
 //   slots (irnn_kernels.cuh) takes the step loop over its instruction
-//   budget; and without the projection at 2 and 4 rows per block only
-//   (reg_bwd_unprojected_rows): one row misses the budget by 6, and 8
-//   rows spill (docs/cuda.md).
+//   budget; and without the projection at 1, 2 and 4 rows per block only
+//   (reg_bwd_unprojected_rows): at 8 rows they spill (docs/cuda.md).
 #define IRNN_REG_BWD_VARIANTS(X) \
   X(kFloat, float, 64, 1)         \
   X(kFloat, float, 64, 2)         \
@@ -294,10 +293,9 @@ inline bool select_reg_fwd(int sm_count, int max_threads, int64_t smem_max,
   X(kBFloat16, irnn_bf16, 104, 8)
 // Whether the register-resident backward of R rows per block is built for
 // an input that is not projected: float32 at every R of the table, the
-// 16-bit types at 2 and 4 rows (B <= 2 * SMs, one wave of single rows
-// included, runs 2).
+// 16-bit types at 1, 2 and 4 rows (B > 4 * SMs runs today's kernel).
 constexpr bool reg_bwd_unprojected_rows(bool narrow, int rows) {
-  return !narrow || rows == 2 || rows == 4;
+  return !narrow || rows != 8;
 }
 // Steps of g_t and h_t the backward's prefetch ring holds: the copies for a
 // step are issued kRegBwdRing - 1 steps before it runs.
@@ -353,7 +351,7 @@ inline void reg_bwd_table(F&& f) {
 
 // The register-resident variant for a backward call, or false: the input
 // projected and at most kRegFwdMaxInput wide, or not projected (16-bit:
-// projected only), T >= 1, then pick_reg_variant.
+// not at 8 rows, reg_bwd_unprojected_rows), T >= 1, then pick_reg_variant.
 inline bool select_reg_bwd(int sm_count, int max_threads, int64_t smem_max,
                            DType dtype, int64_t T, int64_t B, int64_t I,
                            int64_t H, bool project, int* hp_out,

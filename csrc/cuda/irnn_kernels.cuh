@@ -1112,14 +1112,23 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
   // element is the high half of its word (the sources themselves, as
   // integers, so no register holds the halves; their low 32 bits carry
   // bit 1).
+  // Below 8 rows every thread widens its g_t / h_t places, copied or not,
+  // with no branch: a place no copy ever targets (a unit past H, a row
+  // past B, g_t without grad_output) holds the zeroed ring's 0, which
+  // widens to 0.f and stays so. After the last copy a slot keeps a float
+  // that widening turns into junk, in slots no iteration reads. The
+  // branch costs one row per block 10 instructions of its step; at 8
+  // rows dropping it spills (sm_75), so there it stays. x_t's places are
+  // always guarded: a thread past R * XI has none.
+  constexpr bool kWidenAll = R < 8;
   auto widen = [&](int slot) {
     if constexpr (kNarrow) {
-      if (copies) {
+      if (kWidenAll || copies) {
         const uint32_t from = static_cast<uint32_t>(src) -
                               (NS - 1) * static_cast<uint32_t>(src_step);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-          if (valid[r]) {
+          if (kWidenAll || valid[r]) {
             const int at = slot + ring_copy + r * kRow;
             const unsigned word = at_bytes<unsigned>(smem, at);
             at_bytes<float>(smem, at) = word_to_acc<S>(
@@ -1299,7 +1308,7 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
     da_read ^= kDaBuf;
     da_write ^= kDaBuf;
     irnn_cp_async_wait<NS - 2>();
-    if (n + 1 < T) widen(slot_read & kSlotBits);
+    widen(slot_read & kSlotBits);  // past the last step: a slot never read
     __syncthreads();
   };
   // (Iteration n0 + 1 stores dx at t(-1) unless n0 = 0: steps <= T - 1
