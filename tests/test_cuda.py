@@ -67,14 +67,15 @@ def layer_inputs(dtype, device, T, B, I, H, project, seed=0):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64,
                                    torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("H,B", [(1, 300), (33, 300), (100, 200), (100, 1000),
-                                 (257, 9), (400, 24), (400, 60), (400, 100),
-                                 (1024, 5)])
+                                 (100, 2000), (257, 9), (400, 24), (400, 60),
+                                 (400, 100), (1024, 5)])
 @pytest.mark.parametrize("project,nonlinearity,reverse",
                          [(True, "relu", False), (False, "tanh", True)])
 def test_ops_vs_reference(cuda, dtype, H, B, project, nonlinearity, reverse):
     """Both ops, every output and gradient, persistent and large-H paths
     (on an H200 the register-resident kernels run B = 200, 300 and 1000 at
-    2, 4 and 8 rows per block; the cluster kernels H = 257 at one row per
+    2, 4 and 8 rows per block, and B = 2000 at 8 in two waves (float64:
+    today's kernel); the cluster kernels H = 257 at one row per
     cluster and H = 400 at B = 24, 60 and 100 at 2, 4 and 8, float32
     projected)."""
     T = 5

@@ -71,13 +71,20 @@ REG_FWD_TABLE = {dtype: {(hp, r) for hp in REG_FWD_HP for r in (1, 2, 4, 8)}
 def pick_reg_variant(table, variants, B, H):
     """pick_reg_variant (csrc/cuda/irnn_cuda_api.h) restated: among the
     (HP, rows) with HP >= H whose blocks cover B in one wave, the least
-    rows * HP (ties: fewer rows); None without one."""
-    fits = [(r * hp, r, hp) for hp, r in variants
-            if hp >= H and B >= 1 and -(-B // r) <= table["sm_count"]]
-    if not fits:
+    rows * HP (ties: fewer rows); without one, the most rows, then the
+    least HP (several waves); None when no HP >= H is listed."""
+    if B < 1:
         return None
-    _, r, hp = min(fits)
-    return hp, r
+    fits = [(r * hp, r, hp) for hp, r in variants
+            if hp >= H and -(-B // r) <= table["sm_count"]]
+    if fits:
+        _, r, hp = min(fits)
+        return hp, r
+    waves = [(-r, hp) for hp, r in variants if hp >= H]
+    if not waves:
+        return None
+    r, hp = min(waves)
+    return hp, -r
 
 
 def register_fwd_expected(table, dtype, B, I, H, project):
@@ -255,17 +262,19 @@ FOUR_SMS = dict(emu.H100, sm_count=4)
 
 
 @pytest.mark.parametrize("case", [
-    dict(table="A100", dtype=torch.float32, H=100, B=1083, I=1,
+    dict(table="A100", dtype=torch.float32, H=130, B=1083, I=1,
          nonlinearity="relu", reverse=False),
-    dict(table="four_sms", dtype=torch.bfloat16, H=33, B=207, I=2,
+    dict(table="four_sms", dtype=torch.bfloat16, H=130, B=207, I=2,
          nonlinearity="tanh", reverse=True),
     dict(table="four_sms", dtype=torch.float64, H=100, B=78, I=None,
          nonlinearity="relu", reverse=True),
 ], ids=lambda c: "-".join(f"{k}={str(v).replace('torch.', '')}"
                           for k, v in c.items()))
 def test_several_rows_per_thread(harness, case):
-    """Large batches: a thread computes 2-4 rows per step (as at B = 1024),
-    with unused row slots in the last group and a ragged last block."""
+    """Large batches on today's kernels (H > 128 in float32 and bfloat16,
+    where no register-resident variant is listed): a thread computes 2-4
+    rows per step, with unused row slots in the last group and a ragged
+    last block."""
     table = {"A100": emu.A100, "four_sms": FOUR_SMS}[case["table"]]
     fcfg, bcfg = run_and_compare(
         harness, table, case["dtype"], 3, case["B"], case["I"] or 5,
@@ -353,17 +362,30 @@ def test_register_forward_routing(harness):
         for B, rows in ((16, 1), (133, 2), (300, 4), (1024, 8)):
             c = cfg(B, dtype=dtype)
             assert (c["path"], c["rows_per_block"]) == (REGISTER_FWD, rows), c
-    # Today's kernels: more than one wave of 8-row blocks, H > 128, float64
-    # (projected or not), an input wider than 4 that is given projected.
-    for c in (cfg(1057), cfg(16, H=129), cfg(16, dtype=torch.float64),
+    # More than one wave of 8-row blocks: 8 rows per block, in several
+    # waves, projected or not.
+    for B, project, dtype in ((1057, True, torch.float32),
+                              (5000, True, torch.float32),
+                              (1057, False, torch.bfloat16),
+                              (2048, False, torch.float16)):
+        c = cfg(B, I=1 if project else 100, project=project, dtype=dtype)
+        assert (c["path"], c["rows_per_block"], c["threads"], c["blocks"]) == (
+            REGISTER_FWD, 8, 128, -(-B // 8)), (B, c)
+    # Today's kernels: H > 128, float64 (projected or not), an input wider
+    # than 4 that is given projected.
+    for c in (cfg(16, H=129), cfg(16, dtype=torch.float64),
               cfg(16, I=5), cfg(16, project=False, dtype=torch.float64),
-              cfg(1057, project=False, dtype=torch.bfloat16)):
+              cfg(2048, dtype=torch.float64)):
         assert c["path"] == PERSISTENT, c
     assert cfg(16, H=1024)["path"] == LARGE_H
-    # A device whose shared memory cannot hold 8 rows' h buffers and x chunk.
+    # A device whose shared memory cannot hold 8 rows' h buffers and x
+    # chunk: the most rows that fit (one, at T = 784), in several waves.
     tiny = dict(H200, smem_per_block=24 * 1024, smem_per_block_optin=24 * 1024)
     assert cfg(16, H=64, table=tiny)["path"] == REGISTER_FWD
-    assert cfg(1024, H=64, table=tiny)["path"] == PERSISTENT
+    c = cfg(1024, H=64, table=tiny)
+    assert (c["path"], c["rows_per_block"], c["blocks"]) == (
+        REGISTER_FWD, 1, 1024), c
+    assert c["smem"] <= tiny["smem_per_block"], c
     # The routing is the rule register_fwd_expected states, everywhere.
     for table in (H200, emu.A100, FOUR_SMS):
         for B, H, I, dtype, project in itertools.product(
@@ -423,6 +445,17 @@ def _register_cases():
             project=False, nonlinearity=("relu", "tanh")[(i // 3) % 2],
             reverse=i % 3 == 1, bias=i % 4 != 2, store_sequence=i % 5 != 3,
             T=(11, 9, 3)[i % 3], backward=False))
+    # More rows than one wave of 8-row blocks holds (4 SMs): 8 rows per
+    # block in 5 or 6 blocks, projected and not, both directions.
+    for i, (dtype, H, B, project) in enumerate((
+            (torch.float32, 100, 40, True), (torch.float32, 60, 37, False),
+            (torch.float32, 128, 45, True), (torch.float16, 100, 41, False),
+            (torch.bfloat16, 33, 48, True))):
+        cases.append(dict(
+            dtype=dtype, H=H, B=B, I=(2, 7)[i % 2] if project else 100,
+            project=project, nonlinearity=("relu", "tanh")[i % 2],
+            reverse=i % 2 == 1, bias=i != 2, store_sequence=True,
+            T=(9, 5, 3)[i % 3], backward=dtype == torch.float32))
     return cases
 
 
@@ -497,13 +530,31 @@ def test_register_backward_routing(harness):
         assert (c["path"], c["rows_per_block"], c["threads"], c["blocks"]) == (
             REGISTER_BWD, rows, 224, -(-B // rows)), (B, c)
         assert c["workspace"] == -(-B // rows) * partials, c
-    # 2 and 4 rows at HP 64 too (128 threads); not at HP 128, which runs
-    # today's kernel above one wave of single rows.
+    # 2 and 4 rows at HP 64 too (128 threads); not at HP 128, which lists
+    # one row only: above one wave, single rows in several waves.
     for B, rows in ((200, 2), (400, 4)):
         c = cfg(B, H=64)
         assert (c["path"], c["rows_per_block"], c["threads"]) == (
             REGISTER_BWD, rows, 128), (B, c)
-        assert cfg(B, H=120)["path"] == PERSISTENT
+        c = cfg(B, H=120)
+        assert (c["path"], c["rows_per_block"], c["threads"], c["blocks"]) == (
+            REGISTER_BWD, 1, 256, B), (B, c)
+    # More than one wave of 8-row blocks: 8 rows per block in several waves,
+    # with a block's partial gradients each (at B = 2048, 256 blocks: 10.4
+    # MB, against 822 MB of the float32 sequence the backward reads).
+    for B in (1057, 2048, 5000):
+        c = cfg(B)
+        assert (c["path"], c["rows_per_block"], c["threads"], c["blocks"]) == (
+            REGISTER_BWD, 8, 224, -(-B // 8)), (B, c)
+        assert c["workspace"] == -(-B // 8) * partials, c
+    c = cfg(1024, H=105)
+    assert (c["path"], c["rows_per_block"], c["blocks"]) == (
+        REGISTER_BWD, 1, 1024), c
+    # One step of dx (not projected: [B, H]) must stay within an int's
+    # bytes; a larger batch runs today's kernel.
+    limit = (2**31 - 1) // (4 * 100)
+    assert cfg(limit, project=False)["path"] == REGISTER_BWD
+    assert cfg(limit + 1, project=False)["path"] == PERSISTENT
     # One row per block: H <= 64 at HP = 64 (128 threads), H <= 128 at
     # HP = 128 (256); 8 rows per block at HP = 104 up to H = 104; the input
     # not projected too.
@@ -514,12 +565,12 @@ def test_register_backward_routing(harness):
             c = cfg(B, H=H, project=project)
             assert c["path"] == REGISTER_BWD and c["threads"] == threads, (
                 B, H, project, c)
-    for c in (cfg(1057), cfg(1024, H=105), cfg(16, H=129),
-              cfg(16, dtype=torch.float64), cfg(16, I=5), cfg(16, T=0)):
+    for c in (cfg(16, H=129), cfg(16, dtype=torch.float64), cfg(16, I=5),
+              cfg(16, T=0)):
         assert c["path"] == PERSISTENT, c
     # The 16-bit types at H = 100, projected: as float32, with the same
     # workspace (float partial sums). Not projected: 1, 2 and 4 rows per
-    # block only. H > 104, or not projected above 4 * SMs: today's.
+    # block only, 4 in several waves above 4 * SMs. H > 104: today's.
     for dtype in (torch.float16, torch.bfloat16):
         for B, rows in ((16, 1), (256, 2), (400, 4), (1024, 8)):
             c = cfg(B, dtype=dtype)
@@ -527,13 +578,12 @@ def test_register_backward_routing(harness):
                 REGISTER_BWD, rows, 224), c
             assert c["workspace"] == -(-B // rows) * partials, c
         for B, rows in ((1, 1), (16, 1), (132, 1), (133, 2), (264, 2),
-                        (265, 4), (528, 4)):
+                        (265, 4), (528, 4), (529, 4), (2048, 4)):
             c = cfg(B, dtype=dtype, project=False)
             assert (c["path"], c["rows_per_block"], c["threads"]) == (
                 REGISTER_BWD, rows, 224), (B, c)
             assert c["workspace"] == -(-B // rows) * 4 * (100 * 100 + 100), c
-        for c in (cfg(529, dtype=dtype, project=False),
-                  cfg(16, H=105, dtype=dtype), cfg(16, H=128, dtype=dtype)):
+        for c in (cfg(16, H=105, dtype=dtype), cfg(16, H=128, dtype=dtype)):
             assert c["path"] == PERSISTENT, c
     # The routing is the rule register_bwd_expected states, everywhere.
     for table in (H200, emu.A100, FOUR_SMS):
@@ -583,6 +633,15 @@ def _register_backward_cases():
             nonlinearity="relu" if relu else "tanh", reverse=i % 3 == 1,
             bias=i % 5 != 2, grads=("both", "seq", "last")[i % 3],
             T=(3, 10, 1, 9)[i % 4]))
+    # Several waves: 8 rows per block in 5-6 blocks (B = 33-48), and one
+    # row per block at HP 128 (the only rows listed there) in 6-7 blocks.
+    for i, (H, B) in enumerate(((100, 37), (64, 48), (104, 41), (120, 7),
+                                (128, 6))):
+        cases.append(dict(
+            H=H, B=B, I=1 + i % 4 if i % 2 == 0 else None,
+            nonlinearity="relu" if i % 3 != 1 else "tanh",
+            reverse=i % 2 == 1, bias=i % 4 != 3,
+            grads=("both", "seq", "last")[i % 3], T=(9, 3, 11)[i % 3]))
     return cases
 
 
@@ -600,7 +659,8 @@ def test_register_backward_vs_reference(harness, case):
 def _register_backward_16bit_cases():
     """Every variant for float16 and bfloat16: 1, 2 and 4 rows per block at
     HP 64 and 104, 8 rows per block at HP 104, input projected; 1, 2 and 4
-    rows per block at HP 64 and 104 not projected; odd and even strides,
+    rows per block at HP 64 and 104 not projected (4 in several waves
+    too); odd and even strides,
     so the 16-bit elements sit in either half of the 4-byte words the ring
     copies."""
     cases = []
@@ -614,7 +674,8 @@ def _register_backward_16bit_cases():
                 reverse=i % 2 == 1, bias=i % 5 != 2,
                 grads=("both", "seq", "last")[i % 3], T=(9, 13, 1, 8)[i % 4]))
         for i, (H, B) in enumerate(((33, 5), (100, 8), (64, 13), (104, 16),
-                                    (101, 3), (40, 10), (60, 4), (100, 1))):
+                                    (101, 3), (40, 10), (60, 4), (100, 1),
+                                    (100, 19))):
             cases.append(dict(
                 dtype=dtype, H=H, B=B, I=None,
                 nonlinearity="relu" if i % 3 != 1 else "tanh",
@@ -732,14 +793,15 @@ def backward_in_two_block_orders(harness, dtype, T, B, I, H, project,
             for order in (0, other_order)]
 
 
-@pytest.mark.parametrize("B", [4, 7, 13, 29])
+@pytest.mark.parametrize("B", [4, 7, 13, 29, 43])
 def test_register_backward_deterministic_across_block_orders(harness, B):
     """Every gradient of the register-resident backward (1, 2, 4 and 8 rows
-    per block) is bitwise equal with blocks run in two different orders."""
+    per block, 8 in several waves) is bitwise equal with blocks run in two
+    different orders."""
     runs = backward_in_two_block_orders(harness, torch.float32, 11, B, 2,
                                         100, True, True, 5, 4321)
     assert runs[0][5]["path"] == REGISTER_BWD
-    rows = {4: 1, 7: 2, 13: 4, 29: 8}[B]
+    rows = {4: 1, 7: 2, 13: 4, 29: 8, 43: 8}[B]
     assert runs[0][5]["rows_per_block"] == rows
     assert runs[0][5]["blocks"] == -(-B // rows) >= 4
     for a, b in zip(runs[0][:5], runs[1][:5]):

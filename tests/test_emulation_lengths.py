@@ -22,7 +22,8 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None,
 from test_emulation import (LARGE_H, PERSISTENT, REGISTER_BWD,  # noqa: E402,F401
                             REGISTER_FWD, SMALL_SMEM, harness)
 # Four SMs: B <= 4 runs one row per register-resident block; float32 runs
-# 2 rows per block up to B = 8 and 4 up to 16; B <= 32 runs 8.
+# 2 rows per block up to B = 8 and 4 up to 16; B <= 32 runs 8, and a
+# larger batch 8 in several waves. No clusters.
 FOUR_SMS = dict(sm_count=4, max_threads_per_block=1024,
                 smem_per_block=48 * 1024, smem_per_block_optin=232448)
 
@@ -161,11 +162,13 @@ PATHS = [
     (FOUR_SMS, torch.float16, 7, 5, 3, 60, False, REGISTER_FWD, REGISTER_BWD),
     (FOUR_SMS, torch.bfloat16, 11, 13, 3, 101, False, REGISTER_FWD,
      REGISTER_BWD),
-    (FOUR_SMS, torch.float32, 7, 19, 3, 120, True, REGISTER_FWD, PERSISTENT),
+    (FOUR_SMS, torch.float32, 7, 19, 3, 120, True, REGISTER_FWD,
+     REGISTER_BWD),
+    (FOUR_SMS, torch.float32, 7, 19, 3, 130, True, PERSISTENT, PERSISTENT),
     (FOUR_SMS, torch.float64, 8, 11, 2, 20, True, PERSISTENT, PERSISTENT),
     (FOUR_SMS, torch.float16, 9, 21, 1, 100, True, REGISTER_FWD, REGISTER_BWD),
     (FOUR_SMS, torch.bfloat16, 8, 3, 2, 60, True, REGISTER_FWD, REGISTER_BWD),
-    (FOUR_SMS, torch.float32, 6, 40, 2, 30, True, PERSISTENT, PERSISTENT),
+    (FOUR_SMS, torch.float32, 6, 40, 2, 30, True, REGISTER_FWD, REGISTER_BWD),
     (SMALL_SMEM, torch.float32, 6, 9, 3, 120, True, LARGE_H, LARGE_H),
     (SMALL_SMEM, torch.float32, 5, 70, 120, 120, False, LARGE_H, LARGE_H),
 ]

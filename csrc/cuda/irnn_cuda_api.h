@@ -191,9 +191,14 @@ inline bool reg_one_wave(int64_t B, int rows, int sm_count) {
 // device's limits), the one with the least work per thread and step,
 // R * HP (ties: fewer rows). So one row per block while B <= SMs, else the
 // fewest rows that still fill one wave (2, 4 or 8 where listed), at the
-// smallest HP >= H listed with them. threads and shared memory grow with
-// HP, so at the chosen R the chosen HP is the smallest listed >= H: the
-// launchers (irnn_launch.cuh) find it from (dtype, H, R) alone.
+// smallest HP >= H listed with them. Where no listed R covers B in one
+// wave, the most rows listed that fit (8 where listed), at the smallest
+// HP >= H listed with them, in several waves: the blocks are independent,
+// and a wave of register-resident blocks takes a fraction of the time
+// today's kernel takes for the same rows (docs/cuda.md). threads and
+// shared memory grow with HP, so at the chosen R the chosen HP is the
+// smallest listed >= H: the launchers (irnn_launch.cuh) find it from
+// (dtype, H, R) alone.
 template <typename Table, typename Fits>
 inline bool pick_reg_variant(Table table, Fits fits, DType dtype, int64_t B,
                              int64_t H, int sm_count, int* hp_out,
@@ -208,6 +213,15 @@ inline bool pick_reg_variant(Table table, Fits fits, DType dtype, int64_t B,
       best_rows = r;
     }
   });
+  if (best_hp == 0 && B >= 1 && sm_count >= 1) {
+    table([&](DType dt, int hp, int r) {
+      if (dt != dtype || hp < H || !fits(hp, r)) return;
+      if (best_hp == 0 || r > best_rows || (r == best_rows && hp < best_hp)) {
+        best_hp = hp;
+        best_rows = r;
+      }
+    });
+  }
   if (best_hp == 0) return false;
   *hp_out = best_hp;
   *rows_out = best_rows;
@@ -351,12 +365,15 @@ inline void reg_bwd_table(F&& f) {
 
 // The register-resident variant for a backward call, or false: the input
 // projected and at most kRegFwdMaxInput wide, or not projected (16-bit:
-// not at 8 rows, reg_bwd_unprojected_rows), T >= 1, then pick_reg_variant.
+// not at 8 rows, reg_bwd_unprojected_rows), T >= 1, one step of dx
+// within an int's bytes (the kernel steps its dx address by an int), then
+// pick_reg_variant.
 inline bool select_reg_bwd(int sm_count, int max_threads, int64_t smem_max,
                            DType dtype, int64_t T, int64_t B, int64_t I,
                            int64_t H, bool project, int* hp_out,
                            int* rows_out) {
   if ((project && I > kRegFwdMaxInput) || T < 1 || H < 1) return false;
+  if (B * (project ? I : H) * 4 > kMaxStepsOrBatch) return false;
   const bool narrow = dtype == DType::kHalf || dtype == DType::kBFloat16;
   return pick_reg_variant(
       [](auto&& f) { reg_bwd_table(f); },

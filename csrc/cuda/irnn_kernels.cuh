@@ -1164,8 +1164,7 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
   // ([T,B,H], row 0; row r is r * H further); when projecting, iteration n
   // (and the two after the last) stores iteration n-2's dx ([T,B,I],
   // thread (r, i) with r < R, i < I), from t(-1) at n = 1 on. As integers
-  // too; a step of dx is at most 8 * SMs * HP elements (select_reg_bwd),
-  // so its bytes fit an int.
+  // too; select_reg_bwd keeps a step of dx's bytes within an int.
   const int dx_row = PROJECT ? I : H;
   const int dx_step = static_cast<int>(t_dir * p.B * dx_row * sizeof(S));
   uint64_t dx_at = reinterpret_cast<uint64_t>(

@@ -191,12 +191,16 @@ int run_kernels() {
   // (HP 104, 224 threads, a partial last block), B = 13 with 4 (HP 104, not
   // projected: both rings); bfloat16 at one row per block (HP 104, T
   // beyond the ring) and float16 at 8 (HP 104, odd strides); bfloat16 not
-  // projected at 4 (both rings of words, odd strides). Every input not
-  // projected (but float64's) runs the register-resident forward.
+  // projected at 4 (both rings of words, odd strides). Several waves: B =
+  // 11 at HP 128 (one row per block, the only rows listed there) and B = 37
+  // with 8 rows per block. H = 130 runs today's kernel (no clusters here).
+  // Every input not projected (but float64's) runs the register-resident
+  // forward.
   using irnn_cuda::Path;
   const Case cases[] = {
-      {DType::kFloat, 3, 11, 1, 120, true, true, false, Path::kPersistent},
-      {DType::kFloat, 2, 10, 2, 112, true, false, true, Path::kPersistent},
+      {DType::kFloat, 3, 11, 1, 120, true, true, false, Path::kRegisterBwd},
+      {DType::kFloat, 2, 10, 2, 130, true, false, true, Path::kPersistent},
+      {DType::kFloat, 3, 37, 2, 100, true, true, false, Path::kRegisterBwd},
       {DType::kFloat, 3, 4, 1, 110, true, true, false, Path::kRegisterBwd},
       {DType::kFloat, 4, 3, 1, 100, true, true, false, Path::kRegisterBwd},
       {DType::kFloat, 10, 3, 1, 112, false, false, true, Path::kRegisterBwd},
@@ -213,7 +217,7 @@ int run_kernels() {
        true},
       {DType::kFloat, 9, 7, 1, 100, true, true, false, Path::kRegisterBwd,
        true},
-      {DType::kFloat, 5, 11, 1, 120, true, false, false, Path::kPersistent,
+      {DType::kFloat, 5, 11, 1, 130, true, false, false, Path::kPersistent,
        true},
   };
   int failures = 0;
