@@ -541,7 +541,7 @@ def test_register_backward_routing(harness):
             REGISTER_BWD, 1, 256, B), (B, c)
     # More than one wave of 8-row blocks: 8 rows per block in several waves,
     # with a block's partial gradients each (at B = 2048, 256 blocks: 10.4
-    # MB, against 822 MB of the float32 sequence the backward reads).
+    # MB, against 642 MB of the float32 sequence the backward reads).
     for B in (1057, 2048, 5000):
         c = cfg(B)
         assert (c["path"], c["rows_per_block"], c["threads"], c["blocks"]) == (
