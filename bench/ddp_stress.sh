@@ -45,6 +45,8 @@ PY=${PYTHON:-python}
 if [ -z "$OUT" ]; then OUT=$(mktemp -d "${TMPDIR:-/tmp}/ddp_stress.XXXXXX"); fi
 mkdir -p "$OUT" || exit 2
 export OMP_NUM_THREADS=1
+# A rank that aborts prints its Python threads' stacks into its log.
+export PYTHONFAULTHANDLER=1
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 # One run; its verdict is the file $OUT/run_I.verdict (ok, or why not).
