@@ -307,7 +307,7 @@ inline bool select_reg_fwd(int sm_count, int max_threads, int64_t smem_max,
   X(kBFloat16, irnn_bf16, 104, 8)
 // Whether the register-resident backward of R rows per block is built for
 // an input that is not projected: float32 at every R of the table, the
-// 16-bit types at 1, 2 and 4 rows (B > 4 * SMs runs today's kernel).
+// 16-bit types at 1, 2 and 4 rows (B > 4 * SMs runs 4 in several waves).
 constexpr bool reg_bwd_unprojected_rows(bool narrow, int rows) {
   return !narrow || rows != 8;
 }
