@@ -8,6 +8,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <mutex>
+
 #define IRNN_DEVICE __device__ __forceinline__
 #define IRNN_GLOBAL __global__
 #define IRNN_LAUNCH_BOUNDS(threads) __launch_bounds__(threads, 1)
@@ -196,12 +198,30 @@ IRNN_DEVICE double irnn_tanh(double v) { return tanh(v); }
     if (irnn_err_ != cudaSuccess) return irnn_err_;                     \
   } while (0)
 
+namespace irnn_cuda {
+
+// Raises `kernel`'s limit of dynamic shared memory on the current device to
+// `bytes`, never lowers it. The limit is the kernel's, not a launch's: set
+// to each call's size, a call that needs less (another layer's H, say)
+// would lower it under a larger launch of the same kernel from another
+// host thread. The lock makes reading and raising one step.
+inline cudaError_t irnn_raise_max_smem(const void* kernel, int bytes) {
+  static std::mutex lock;
+  const std::lock_guard<std::mutex> hold(lock);
+  cudaFuncAttributes attr{};
+  const cudaError_t err = cudaFuncGetAttributes(&attr, kernel);
+  if (err != cudaSuccess || attr.maxDynamicSharedSizeBytes >= bytes) return err;
+  return cudaFuncSetAttribute(
+      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+}
+
+}  // namespace irnn_cuda
+
 // Opt in to more than the default 48 KB of dynamic shared memory.
 #define IRNN_SET_MAX_SMEM(kernel, bytes)                                   \
   do {                                                                     \
-    const cudaError_t irnn_err_ = cudaFuncSetAttribute(                    \
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,               \
-        static_cast<int>(bytes));                                          \
+    const cudaError_t irnn_err_ = irnn_cuda::irnn_raise_max_smem(          \
+        reinterpret_cast<const void*>(kernel), static_cast<int>(bytes));   \
     if (irnn_err_ != cudaSuccess) return irnn_err_;                        \
   } while (0)
 

@@ -546,7 +546,9 @@ inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask,
   } while (0)
 
 // The opt-in holds for the next launch (each launcher opts in right
-// before the launch that needs it).
+// before the launch that needs it). On a GPU the kernel's limit only rises
+// (irnn_raise_max_smem); holding it for one launch checks that every
+// launch that needs it opts in.
 #define IRNN_SET_MAX_SMEM(kernel, bytes)                                   \
   do {                                                                     \
     if (static_cast<int64_t>(bytes) > emu::g_smem_limit)                   \
