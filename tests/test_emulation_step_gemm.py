@@ -287,6 +287,31 @@ def test_hook_backward_not_used_where_it_cannot_serve(harness):
         assert max_rel_err(a, b) <= 2e-6
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_hook_backward_broadcast_rows(harness, model):
+    """An x or a stored sequence broadcast over time and batch (strides
+    (0, 0, 1): a time stride of B rows, but rows 0 elements apart) is no
+    matrix a library takes (cuBLASLt wants a leading dimension of at least
+    the row's width): the gradients that read it stay tiled, and agree with
+    the tiled path's."""
+    T, B, I, H = 3, 4, 2, 300
+    v = inputs(T, B, I, H, True, True)
+    out, _, _ = forward(harness, v)
+    g_out = torch.randn(T, B, H, generator=torch.Generator().manual_seed(8))
+    x_b = v["x"][:1, :1].expand(T, B, I)
+    out_b = out[:1, :1].expand(T, B, H)
+    for x, seq, hook_calls in ((x_b, out, T - 1 + 4),  # all but dW_ih
+                               (v["x"], out_b, 0)):
+        want = harness.backward(TABLE, g_out, None, x, v["h0"], v["w_ih"],
+                                v["w_hh"], seq, True, False)
+        hook = {"model": model}
+        got = harness.backward(TABLE, g_out, None, x, v["h0"], v["w_ih"],
+                               v["w_hh"], seq, True, False, bwd_gemm=hook)
+        assert hook["calls"] == hook_calls, (x.stride(), seq.stride(), hook)
+        for a, b in zip(got[:5], want[:5]):
+            assert max_rel_err(a, b) <= 2e-6
+
+
 def test_hook_backward_failure_is_returned(harness):
     T, B, I, H = 3, 2, 1, 300
     v = inputs(T, B, I, H, True, True)

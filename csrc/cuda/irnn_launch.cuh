@@ -459,11 +459,13 @@ irnn_error run_forward_kernels(const FwdArgs& a, const LaunchConfig& c,
 // Where the large-H and cluster backward hand their gradient GEMMs to
 // a.bwd_gemm: float32, and the stored sequence walked as [T*B, H] rows
 // (t-stride = B rows; always so for the forward's own output, and after
-// bwd_relayout).
+// bwd_relayout) at least a row apart (a library's leading dimension; a
+// sequence broadcast over time and batch has rows 0 apart).
 inline bool bwd_gemm_suits(const BwdArgs& a, const LaunchConfig& c) {
   return a.bwd_gemm != nullptr && a.bwd_gemm->run != nullptr &&
          (c.path == Path::kLargeH || c.path == Path::kClusterBwd) &&
-         a.dtype == DType::kFloat && a.B > 0 && a.o_st == a.B * a.o_sb;
+         a.dtype == DType::kFloat && a.B > 0 && a.o_st == a.B * a.o_sb &&
+         a.o_sb >= a.H;
 }
 
 // The large-H backward's recurrence with a library GEMM per step
@@ -602,7 +604,9 @@ irnn_error run_backward_grad_lib(const BwdArgs& a, const LaunchConfig& c,
                           stream)) != kIrnnSuccess)
     return err;
   if (!a.project) return kIrnnSuccess;
-  if (a.x_st != B * a.x_sb) {  // dW_ih = sum_{t,b} da^T x, tiled
+  // x as [T*B, I] rows at least a row apart, as bwd_gemm_suits asks of
+  // the sequence, or tiled.
+  if (a.x_st != B * a.x_sb || a.x_sb < I) {  // dW_ih = sum_{t,b} da^T x, tiled
     GemmParams<float> p{};
     p.M = H; p.N = I; p.K = T * B;
     p.a_acc = GemmOperand<float>{da_all, 1, B * H, H, B};
