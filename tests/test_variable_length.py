@@ -13,7 +13,7 @@ from torch.nn.utils.rnn import (PackedSequence, pack_padded_sequence,
                                 pad_packed_sequence)
 
 import irnn_cuda
-from conftest import assert_close_rel, cuda_or_skip
+from conftest import assert_close_rel, cuda_or_skip, tf32_off
 from irnn_cuda import FusedIRNN, irnn_layer_reference, rnn_forward
 
 pytestmark = pytest.mark.skipif(
@@ -402,10 +402,14 @@ def test_cuda_packed_matches_nn_rnn(I, H, enforce_sorted):
     x = torch.randn(T, B, I, generator=g).cuda().requires_grad_()
     hx = (torch.randn(4, B, H, generator=g) * 0.1).cuda().requires_grad_()
     w_out = torch.randn(T, B, 2 * H, generator=g).cuda()
-    with torch.backends.cudnn.flags(allow_tf32=False), warnings.catch_warnings():
-        warnings.simplefilter("error")
+    # cuDNN stays on (cudnn.flags(allow_tf32=False) alone would switch it
+    # off); only our run must raise no warning.
+    with tf32_off():
+        assert torch.backends.cudnn.enabled
         theirs = run_packed(rnn, x, lengths, hx, enforce_sorted, w_out)
-        ours = run_packed(fused, x, lengths, hx, enforce_sorted, w_out)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ours = run_packed(fused, x, lengths, hx, enforce_sorted, w_out)
     for i, (a, b) in enumerate(zip(ours, theirs)):
         assert_close_rel(a, b, 1e-4, (NAMES + [""] * 8)[i] or f"param {i}")
 
