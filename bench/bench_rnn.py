@@ -48,6 +48,7 @@ results (output; h_n for 'last'; output and every weight gradient for
 """
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -151,7 +152,8 @@ def peak_mb(fn, device):
     return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
 
 
-def bench_shape(timer, device, dtype, T, B, I, H, repeats, rates, flop_per_sample):
+def bench_shape(timer, device, dtype, T, B, I, H, repeats, rates, flop_per_sample,
+                done=None):
     torch.manual_seed(0)
     rnn = torch.nn.RNN(I, H, nonlinearity="relu", device=device, dtype=dtype)
     fused = FusedIRNN.from_rnn(rnn)
@@ -210,6 +212,8 @@ def bench_shape(timer, device, dtype, T, B, I, H, repeats, rates, flop_per_sampl
             print("      memory (MiB above the start): FusedIRNN "
                   f"{mem['fused_peak_mb']:.1f}, nn.RNN {mem['torch_peak_mb']:.1f}, "
                   f"float32 sequence {mem['seq_f32_mb']:.1f}", flush=True)
+        if done is not None:
+            done(rows[-1])
     return rows
 
 
@@ -383,9 +387,26 @@ def main(argv=None):
               f"{'torch_ms':>10} {'speedup':>9} {'floor_ms':>9} {'x_floor':>7} "
               f"{'best:spd':>9} {'x_floor':>7} {'max_err':>8}")
     rows = []
+
+    def save():
+        """The results so far into --json: a run stopped by a timeout keeps
+        its completed rows. Written to a temporary file and moved, so the
+        file is never half written."""
+        info["gemm"] = rates
+        info["gemm_gflops"] = {k: v["gflops"] for k, v in rates.items()}
+        if args.json:
+            tmp = f"{args.json}.tmp"
+            with open(tmp, "w") as f:
+                json.dump({"info": info, "rows": rows}, f, indent=1)
+            os.replace(tmp, args.json)
+
+    def done(row):  # a completed row
+        rows.append(row)
+        save()
+
     for T, B, I, H in shapes:
-        rows += bench_shape(timer, device, dtype, T, B, I, H, repeats, rates,
-                            2e6 if args.smoke else 2e8)
+        bench_shape(timer, device, dtype, T, B, I, H, repeats, rates,
+                    2e6 if args.smoke else 2e8, done)
     if args.varlen or args.varlen_only:
         shape = args.varlen_shape or ("20x5x1x16" if args.smoke else "784x256x1x100")
         T, B, I, H = parse_shape(ap, shape)
@@ -394,15 +415,12 @@ def main(argv=None):
               "fastest repeats)")
         print(f"{'T':>5} {'B':>5} {'I':>3} {'H':>4} {'contender':>13} "
               f"{'ms':>10} {'packed_x':>9} {'best:x':>9} {'max_err':>8}")
-        rows += bench_varlen(timer, device, dtype, T, B, I, H, repeats)
-    info["gemm"] = rates
-    info["gemm_gflops"] = {k: v["gflops"] for k, v in rates.items()}
+        for row in bench_varlen(timer, device, dtype, T, B, I, H, repeats):
+            done(row)
+    save()
     if rates:
         print("GEMM rates (GFLOP/s): " + ", ".join(
             f"{k}={v:.1f}" for k, v in info["gemm_gflops"].items()))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"info": info, "rows": rows}, f, indent=1)
     return rows
 
 
