@@ -390,21 +390,27 @@ def test_16bit_backward_odd_element_counts(cuda, dtype):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("H,graphs", [(64, "0"), (1024, "0"), (1024, "1")])
-def test_cuda_graph_training_step(cuda, monkeypatch, H, graphs):
+@pytest.mark.parametrize("H,graphs,layers,dtype", [
+    (64, "0", 1, torch.float32), (1024, "0", 1, torch.float32),
+    (1024, "1", 1, torch.float32), (100, "0", 2, torch.float64)])
+def test_cuda_graph_training_step(cuda, monkeypatch, H, graphs, layers, dtype):
     """Forward, loss, backward and an SGD step captured once and replayed
     give the same parameters as the same steps run eagerly; H = 1024 takes
     the per-step path, its GEMMs by cuBLASLt where the build has it, and
     with IRNN_CUDA_GRAPHS=1 launches into the caller's capture directly
-    (the eager steps through the op's own graphs)."""
+    (the eager steps through the op's own graphs). Two float64 layers run
+    today's kernels with more than 48 KB of shared memory, a different
+    size per layer (its input width): the kernel's limit, raised for the
+    larger, must stay raised when the smaller runs after it in the graph."""
     monkeypatch.setenv("IRNN_CUDA_GRAPHS", graphs)
     torch.manual_seed(0)
 
     def make():
         torch.manual_seed(0)
-        return FusedIRNN(1, H, device=cuda), torch.nn.Linear(H, 10, device=cuda)
+        return (FusedIRNN(1, H, num_layers=layers, device=cuda, dtype=dtype),
+                torch.nn.Linear(H, 10, device=cuda, dtype=dtype))
     T, B = 30, 32
-    xs = [torch.randn(T, B, 1, device=cuda) for _ in range(3)]
+    xs = [torch.randn(T, B, 1, device=cuda, dtype=dtype) for _ in range(3)]
     ys = [torch.randint(0, 10, (B,), device=cuda) for _ in range(3)]
 
     def step(rnn, head, x, y, lr=0.05):
