@@ -473,7 +473,15 @@ class GraphCache {
     std::lock_guard<std::mutex> lock(mu_);
     std::vector<int64_t> shape = key.shape;
     shape.push_back(device);
-    Entry& e = entries_[shape];
+    auto it = entries_.find(shape);
+    if (it == entries_.end()) {
+      // Bounded: a new signature past 32 drops the others (a running graph
+      // finishes first). Signatures seen once (a T that changes every
+      // batch) count too, so they cannot pile up.
+      if (entries_.size() >= 32) entries_.clear();
+      it = entries_.emplace(std::move(shape), Entry{}).first;
+    }
+    Entry& e = it->second;
     if (e.exec != nullptr && e.pointers == key.pointers)
       return cudaGraphLaunch(e.exec, user);
     // A signature's first call launches directly: what it sets up once (the
@@ -513,13 +521,7 @@ class GraphCache {
       return err;
     }
     e.pointers = key.pointers;
-    err = cudaGraphLaunch(e.exec, user);
-    if (entries_.size() > 32) {  // bounded; a running graph finishes first
-      Entry keep = std::move(e);
-      entries_.clear();
-      entries_[shape] = std::move(keep);
-    }
-    return err;
+    return cudaGraphLaunch(e.exec, user);
   }
 
  private:
