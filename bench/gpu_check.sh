@@ -233,13 +233,13 @@ need_flags() {  # need_flags SCRIPT FLAG...
 
 [ -n "$PY" ] || { echo "no python found" >&2; exit 2; }
 need setup.py tests/test_cuda.py csrc/cuda/irnn_kernels.cuh \
-  bench/bench_rnn.py bench/seq_mnist.py
+  bench/bench_rnn.py bench/seq_mnist.py bench/gpu_targets.py
 
 if [ "$DRY" = 0 ]; then
   # What an earlier run left in OUTDIR (a warm machine, the same folder)
   # would be read as this run's: ncu takes its targets from sweep.json.
   # Only the names this script writes: OUTDIR may hold other files.
-  (cd "$OUT" && rm -rf env.txt summary.txt ptxas.txt ncu_targets.txt \
+  (cd "$OUT" && rm -rf env.txt summary.txt targets.md ptxas.txt ncu_targets.txt \
     build.log test_cuda.log test_cuda.xml bench.log bench.json bench.json.tmp \
     sweep.log sweep.json ncu_*.log sanitizer_*.log mnist_*.log mnist_fused \
     mnist_torch large_h_*.log large_h_*.json large_h_*.json.tmp)
@@ -660,6 +660,10 @@ else
     "$OUT/large_h_cublaslt.log" "$OUT/large_h_2048.log" | awk '{printf "H=%s,B=%s %s ", $4, $2, $8}')"
 fi
 
+# The speed targets against the bench and large-h JSONs: a report (no
+# stage, no cap; a dry run has no JSON, so every row reads "missing").
+"$PY" bench/gpu_targets.py "$OUT" > "$OUT/targets.md" 2>&1 \
+  || { echo "bench/gpu_targets.py failed (see targets.md)"; FAILED=1; }
 summary
 pack
 if [ "$DRY" = 1 ] && [ -n "$PACK" ]; then
@@ -670,6 +674,8 @@ if [ "$DRY" = 1 ] && [ -n "$PACK" ]; then
     || { echo "$PACK/summary.txt is not the table" >&2; exit 2; }
   echo "PACK $PACK/gpu_check.tgz"
 fi
+echo
+cat "$OUT/targets.md"
 echo
 cat "$SUMMARY"
 exit $FAILED
