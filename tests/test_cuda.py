@@ -75,7 +75,8 @@ def test_ops_vs_reference(cuda, dtype, H, B, project, nonlinearity, reverse):
     """Both ops, every output and gradient, persistent and large-H paths
     (on an H200 the register-resident kernels run B = 200, 300 and 1000 at
     2, 4 and 8 rows per block, and B = 2000 in several waves (8 rows; 4
-    for a 16-bit input not projected; float64: today's kernel); the
+    for a 16-bit input not projected; float64: today's kernel, but the
+    forward at H = 1 and 33 projected, 2 rows per block); the
     cluster kernels H = 257 at one row per
     cluster and H = 400 at B = 24, 60 and 100 at 2, 4 and 8, float32
     projected)."""

@@ -61,11 +61,13 @@ def make_inputs(dtype, T, B, I, H, project, bias, gen):
 
 # The register-resident forward's table (IRNN_REG_FWD_VARIANTS): float32,
 # float16 and bfloat16 at HP in {64, 104, 128} with 1, 2, 4 or 8 rows per
-# block; the input projected and at most 4 wide, or not projected.
+# block, the input projected and at most 4 wide, or not projected; float64
+# at HP 64 with 1 or 2 rows, projected only.
 REG_FWD_HP = (64, 104, 128)
 REG_FWD_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 REG_FWD_TABLE = {dtype: {(hp, r) for hp in REG_FWD_HP for r in (1, 2, 4, 8)}
                  for dtype in REG_FWD_DTYPES}
+REG_FWD_TABLE[torch.float64] = {(64, 1), (64, 2)}
 
 
 def pick_reg_variant(table, variants, B, H):
@@ -89,7 +91,8 @@ def pick_reg_variant(table, variants, B, H):
 
 def register_fwd_expected(table, dtype, B, I, H, project):
     """(HP, rows per block) the routing must select, or None."""
-    if dtype not in REG_FWD_DTYPES or (project and I > 4):
+    if dtype not in REG_FWD_TABLE or (project and I > 4) or (
+            not project and dtype == torch.float64):
         return None
     return pick_reg_variant(table, REG_FWD_TABLE[dtype], B, H)
 
@@ -371,10 +374,23 @@ def test_register_forward_routing(harness):
         c = cfg(B, I=1 if project else 100, project=project, dtype=dtype)
         assert (c["path"], c["rows_per_block"], c["threads"], c["blocks"]) == (
             REGISTER_FWD, 8, 128, -(-B // 8)), (B, c)
-    # Today's kernels: H > 128, float64 (projected or not), an input wider
-    # than 4 that is given projected.
+    # float64 projected at H <= 64: HP 64 (64 threads) with one row per
+    # block, then 2, then 2 in several waves; its h buffers and x chunk
+    # (8-byte elements) within the default 48 KB.
+    for B, rows in ((16, 1), (132, 1), (133, 2), (264, 2), (265, 2),
+                    (2048, 2)):
+        c = cfg(B, H=64, dtype=torch.float64)
+        assert (c["path"], c["rows_per_block"], c["threads"], c["blocks"]) == (
+            REGISTER_FWD, rows, 64, -(-B // rows)), (B, c)
+        assert c["smem"] == 8 * (2 * rows * 64 + 4 * rows * min(
+            784, 32 * 1024 // (rows * 4 * 8))), c
+        assert not c["smem_optin"], c
+    # Today's kernels: H > 128, float64 above H = 64 or not projected, an
+    # input wider than 4 that is given projected.
     for c in (cfg(16, H=129), cfg(16, dtype=torch.float64),
+              cfg(16, H=65, dtype=torch.float64),
               cfg(16, I=5), cfg(16, project=False, dtype=torch.float64),
+              cfg(16, H=64, I=64, project=False, dtype=torch.float64),
               cfg(2048, dtype=torch.float64)):
         assert c["path"] == PERSISTENT, c
     assert cfg(16, H=1024)["path"] == LARGE_H
@@ -445,6 +461,15 @@ def _register_cases():
             project=False, nonlinearity=("relu", "tanh")[(i // 3) % 2],
             reverse=i % 3 == 1, bias=i % 4 != 2, store_sequence=i % 5 != 3,
             T=(11, 9, 3)[i % 3], backward=False))
+    # float64 (HP 64, projected, accumulating in double): 1 and 2 rows per
+    # block, relu and tanh, H from 1 to 64; B = 9 and 11 run 2 rows in
+    # several waves (5-6 blocks on 4 SMs). The backward: today's kernel.
+    for i, (H, B, relu) in enumerate(itertools.product(
+            (1, 40, 64), (3, 4, 7, 11), (True, False))):
+        cases.append(dict(
+            dtype=torch.float64, H=H, B=B, I=1 + i % 4,
+            nonlinearity="relu" if relu else "tanh", reverse=i % 3 == 1,
+            bias=i % 5 != 2, store_sequence=i % 4 != 3, T=(5, 2, 7)[i % 3]))
     # More rows than one wave of 8-row blocks holds (4 SMs): 8 rows per
     # block in 5 or 6 blocks, projected and not, both directions.
     for i, (dtype, H, B, project) in enumerate((
@@ -471,23 +496,27 @@ def test_register_forward_vs_reference(harness, case):
     assert fcfg["path"] == REGISTER_FWD, fcfg
 
 
-@pytest.mark.parametrize("rows,project", [(1, True), (8, True), (1, False),
-                                          (8, False)])
-def test_register_forward_chunks_and_determinism(harness, rows, project):
+@pytest.mark.parametrize("rows,project,dtype", [
+    (1, True, torch.float32), (8, True, torch.float32),
+    (1, False, torch.float32), (8, False, torch.float32),
+    (2, True, torch.float64)])
+def test_register_forward_chunks_and_determinism(harness, rows, project,
+                                                 dtype):
     """T longer than one staged chunk of x (2048 steps at one row per
-    block, 256 at 8; the chunking does not depend on R otherwise), or not
+    block, 256 at 8; float64 at 2 rows, 8-byte elements: 512), or not
     projected, the ring wrapping hundreds of times; reversed, with h0:
     against the reference, and bitwise equal across runs with blocks in
     different orders."""
-    B, T = {1: (3, 2050), 8: (21, 260)}[rows]
+    B, T = {1: (3, 2050), 8: (21, 260), 2: (7, 515)}[rows]
+    H = 64 if dtype == torch.float64 else 100
     # Gradients on the sequence too: from h_n alone, dh0 decays over T steps
     # below float32's range (4e-49 at T = 260), which float32 rightly gives
     # as 0 and a relative check cannot compare.
-    run_and_compare(harness, FOUR_SMS, torch.float32, T, B, 2, 100,
+    run_and_compare(harness, FOUR_SMS, dtype, T, B, 2, H,
                     reverse=True, project=project, grads="both",
                     expect_path=PERSISTENT)
     gen = torch.Generator().manual_seed(3)
-    v = make_inputs(torch.float32, T, B, 2, 100, project, True, gen)
+    v = make_inputs(dtype, T, B, 2, H, project, True, gen)
     runs = [harness.forward(FOUR_SMS, v["x"], v["h0"], v["w_ih"], v["w_hh"],
                             v["b_ih"], v["b_hh"], True, True, True,
                             block_order_seed=seed) for seed in (0, 777)]

@@ -20,7 +20,7 @@ header) that holds a block barrier. The guard's verdict on it:
 
 The register-resident forwards (irnn_fwd_reg_kernel) are in the build
 for every variant of IRNN_REG_FWD_VARIANTS, relu and tanh, projected and
-(float32) not, and the guard passes each
+(but float64) not, and the guard passes each
 (test_register_forward_within_budget); so are the
 register-resident backwards (irnn_bwd_reg_kernel) of IRNN_REG_BWD_VARIANTS,
 relu and tanh, with and without the fused projection
@@ -41,7 +41,10 @@ The budgets (docs/cuda.md, "The SASS guard", derives them):
 - the same with the fused projection (I <= 4): + 45 per row for dW_ih, the
   warp sums of dx, their sum and store and the x_t copy (202 at HP = 104);
 - a backward's FMA share at least 0.9 times the share its budget holds
-  (HP, or HP + 4 with the projection, FMAs of the budget).
+  (HP, or HP + 4 with the projection, FMAs of the budget);
+- the float64 forward (HP 64, projected): HP DFMA + HP/2 LDS.128 (two
+  doubles each) + 40 = 136, DFMA share >= 0.5; with tanh, CUDA's inlined
+  double routine, + 104 per row, share >= 0.4.
 
 Today's persistent kernels are the fallback for sizes the new kernels do not
 instantiate. The guard rejects them (test_guard_rejects_todays_kernels),
@@ -307,8 +310,14 @@ class Budget:
     cluster: bool = False  # one cluster barrier per step, not a block's
 
 
-def forward_budget(H, rows_per_warp=1, relu=True, project=True):
+def forward_budget(H, rows_per_warp=1, relu=True, project=True,
+                   double=False):
     hp = 4 * math.ceil(H / 4)
+    if double:  # an LDS.128 holds two doubles; tanh is a routine
+        total = hp + hp // 2 + 40 + (0 if relu else TANH_DOUBLE_PER_ROW)
+        return Budget(f"register-resident forward, double"
+                      f"{'' if relu else ' with tanh'}, HP = {hp}", total,
+                      0.5 if relu else 0.4, rows_per_warp)
     total = hp + hp // 4 + 40 + (0 if relu else TANH_PER_ROW)
     what = "register-resident forward" + ("" if relu else " with tanh")
     if project:
@@ -342,6 +351,10 @@ def ring_budget(rows_per_warp):
 
 # Instructions of tanhf per row (its SASS on sm_90).
 TANH_PER_ROW = 16
+# Instructions of tanh (double) per row: no MUFU gives it, so it is
+# CUDA's routine inlined (about 28 DFMA, 45 UMOV of its constants, the
+# exponent's and the sign's handling; 96-101 per row at HP 64 on sm_90).
+TANH_DOUBLE_PER_ROW = 104
 
 # Instructions per row-step of the cluster forward besides its FMAs and
 # shared loads (docs/cuda.md): the sum of the four accumulators and the two
@@ -477,22 +490,24 @@ REG_FWD = re.compile(r"irnn_cuda::irnn_fwd_reg_kernel<(\w+), (\d+), (\d+), "
 # Every variant the launch configuration can select (IRNN_REG_FWD_VARIANTS
 # in csrc/cuda/irnn_cuda_api.h), each with relu and tanh.
 REG_FWD_VARIANTS = [(t, hp, r) for t in ("float", "__half", "__nv_bfloat16")
-                    for hp in (64, 104, 128) for r in (1, 2, 4, 8)]
+                    for hp in (64, 104, 128) for r in (1, 2, 4, 8)] + [
+    ("double", 64, 1), ("double", 64, 2)]
 # The table's names of the 16-bit types (the platform layer's aliases).
 REG_FWD_TYPE_NAMES = {"float": "float", "irnn_half": "__half",
-                      "irnn_bf16": "__nv_bfloat16"}
+                      "irnn_bf16": "__nv_bfloat16", "double": "double"}
 
 
 def fwd_projections(dtype):
     """The projection settings of the forwards built: projected and not
-    (the ring copies a 16-bit element as its 4-byte word)."""
-    return ("true", "false")
+    (the ring copies a 16-bit element as its 4-byte word); double projected
+    only (no ring of doubles)."""
+    return ("true",) if dtype == "double" else ("true", "false")
 
 
 def reg_fwd_budget(name):
-    _, hp, rows, relu, project = REG_FWD.match(name).groups()
+    dtype, hp, rows, relu, project = REG_FWD.match(name).groups()
     return forward_budget(int(hp), int(rows), relu == "true",
-                          project == "true")
+                          project == "true", double=dtype == "double")
 
 
 # The register-resident backwards: <S, HP, R rows per block, relu, project>.

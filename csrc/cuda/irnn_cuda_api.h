@@ -99,11 +99,14 @@ enum class Path : int {
 // compile-time size), and computes unit j of the block's R batch rows.
 // Every instantiation, as X(dtype enumerator, stored type, HP, R); one .cu
 // per (type, HP) in csrc/cuda/ instantiates it (irnn_fwd_reg_<type>_hp<HP>.cu).
-// The 16-bit types accumulate in float, as everywhere.
+// The 16-bit types accumulate in float, as everywhere; double in double,
+// at HP 64 only (W_hh's row takes 2 HP registers), with 1 and 2 rows per
+// block (4 and 8 spill) and the input projected only (no ring of doubles:
+// fwd_ring_covers).
 // make_launch_config selects from this table only (pick_reg_variant); every
-// other size runs today's kernels. Every (type, HP) has 1, 2, 4 and 8 rows
-// per block, so a batch between one and eight waves of single rows runs at
-// the fewest rows that fill one wave.
+// other size runs today's kernels. Every (type, HP) but double's has 1, 2,
+// 4 and 8 rows per block, so a batch between one and eight waves of single
+// rows runs at the fewest rows that fill one wave.
 // HP starts at 64: at HP = 32 the fixed cost of a step (activation, stores,
 // barrier) leaves FMAs under 60% of the step (the SASS guard's floor), and
 // H <= 32 runs exactly at HP = 64 (zero padding).
@@ -143,7 +146,9 @@ enum class Path : int {
   X(kBFloat16, irnn_bf16, 128, 1) \
   X(kBFloat16, irnn_bf16, 128, 2) \
   X(kBFloat16, irnn_bf16, 128, 4) \
-  X(kBFloat16, irnn_bf16, 128, 8)
+  X(kBFloat16, irnn_bf16, 128, 8) \
+  X(kDouble, double, 64, 1)       \
+  X(kDouble, double, 64, 2)
 // The widest input the register-resident and cluster forwards project
 // themselves (x staged in shared memory, W_ih rows in registers); a wider
 // input is projected before the recurrence and, float32, comes through the
@@ -153,11 +158,13 @@ constexpr int kRegFwdMaxInput = 4;
 constexpr int64_t kRegFwdStageBytes = 32 * 1024;
 // Threads of a register-resident block: HP rounded up to whole warps.
 constexpr int reg_fwd_threads(int hp) { return (hp + 31) / 32 * 32; }
-// Steps of x one chunk stages: [chunk][R][kRegFwdMaxInput] floats. An
-// input that is not projected is not staged: one chunk of all T steps.
-inline int64_t reg_fwd_chunk(int64_t T, int rows, bool project = true) {
+// Steps of x one chunk stages: [chunk][R][kRegFwdMaxInput] accumulator
+// elements (`acc` bytes each: 4, or 8 for double). An input that is not
+// projected is not staged: one chunk of all T steps.
+inline int64_t reg_fwd_chunk(int64_t T, int rows, bool project = true,
+                             int acc = 4) {
   const int64_t most =
-      project ? kRegFwdStageBytes / (rows * kRegFwdMaxInput * 4) : T;
+      project ? kRegFwdStageBytes / (rows * kRegFwdMaxInput * acc) : T;
   return T < most ? (T > 0 ? T : 1) : (most > 0 ? most : 1);
 }
 // Steps of a pre-projected input (not projected: x is [T,B,H]) that the
@@ -169,14 +176,16 @@ constexpr int kFwdRing = 8;
 // tables (float32, and the 16-bit types as the 4-byte words that hold
 // their elements), not float64.
 inline bool fwd_ring_covers(DType dtype) { return dtype != DType::kDouble; }
-// Dynamic shared memory of a register-resident block: the h double buffer
-// [2][R][HP], then one chunk of x, or (not projected) the ring
-// [kFwdRing][R][threads] (a place for every thread's element).
+// Dynamic shared memory of a register-resident block, in accumulator
+// elements of `acc` bytes: the h double buffer [2][R][HP], then one chunk
+// of x, or (not projected; 4-byte places) the ring [kFwdRing][R][threads]
+// (a place for every thread's element).
 inline int64_t reg_fwd_smem_bytes(int64_t T, int hp, int rows,
-                                  bool project = true) {
-  return 4 * (2 * rows * hp +
-              (project ? reg_fwd_chunk(T, rows) * rows * kRegFwdMaxInput
-                       : int64_t{kFwdRing} * rows * reg_fwd_threads(hp)));
+                                  bool project = true, int acc = 4) {
+  return acc * (2 * rows * hp +
+                (project ? reg_fwd_chunk(T, rows, true, acc) * rows *
+                               kRegFwdMaxInput
+                         : int64_t{kFwdRing} * rows * reg_fwd_threads(hp)));
 }
 
 // Whether blocks of `rows` batch rows cover B in one wave (one block per
@@ -260,7 +269,8 @@ inline bool select_reg_fwd(int sm_count, int max_threads, int64_t smem_max,
       [](auto&& f) { reg_fwd_table(f); },
       [&](int hp, int r) {
         return reg_fwd_threads(hp) <= max_threads &&
-               reg_fwd_smem_bytes(T, hp, r, project) <= smem_max;
+               reg_fwd_smem_bytes(T, hp, r, project, acc_bytes(dtype)) <=
+                   smem_max;
       },
       dtype, B, H, sm_count, hp_out, rows_out);
 }
@@ -733,7 +743,8 @@ inline LaunchConfig make_launch_config(const DeviceProps& p, bool backward,
     c.threads = backward ? reg_bwd_threads(reg_hp) : reg_fwd_threads(reg_hp);
     c.blocks = static_cast<int>((B + reg_rows - 1) / reg_rows);
     c.smem = backward ? reg_bwd_smem_bytes(reg_hp, reg_rows)
-                      : reg_fwd_smem_bytes(T, reg_hp, reg_rows, project);
+                      : reg_fwd_smem_bytes(T, reg_hp, reg_rows, project,
+                                           acc_bytes(dtype));
     c.smem_optin = c.smem > p.smem_per_block;
     // The backward's blocks' partial gradients (float).
     c.workspace = backward ? static_cast<int64_t>(c.blocks) *

@@ -222,14 +222,27 @@ struct RegFwdParams {
 struct alignas(16) Float4 {
   float x, y, z, w;
 };
+// Four accumulator elements in shared memory, read at once: a Float4, or
+// for double two 16-byte accesses (LDS.128 holds two doubles).
+template <typename A>
+struct Vec4Of {
+  using type = Float4;
+};
+struct alignas(16) Double4 {
+  double x, y, z, w;
+};
+template <>
+struct Vec4Of<double> {
+  using type = Double4;
+};
 
 // x of steps [s0, s0 + n) of the rows [row0, +R) in shared memory as
 // xs[q][r][kRegFwdMaxInput] (step s0 + q; zero past I, past the batch and
 // after each row's end), staged by the block's nt threads from thread
 // `first`; the caller's barrier publishes it. The register-resident and
 // the cluster forwards' x staging.
-template <typename S, int R>
-IRNN_DEVICE void stage_x_chunk(float* xs, const RegFwdParams<S>& p, int row0,
+template <typename S, int R, typename A>
+IRNN_DEVICE void stage_x_chunk(A* xs, const RegFwdParams<S>& p, int row0,
                                int s0, int n, int first, int nt) {
   constexpr int XI = kRegFwdMaxInput;
   for (int e = first; e < n * R * XI; e += nt) {
@@ -238,36 +251,39 @@ IRNN_DEVICE void stage_x_chunk(float* xs, const RegFwdParams<S>& p, int row0,
     xs[e] = i < p.I && row0 + r < p.B &&
                     s0 + q < row_length(p.lengths, row0 + r, p.T)
                 ? to_acc(p.x[t * p.x_st + (int64_t)(row0 + r) * p.x_sb + i])
-                : 0.f;
+                : A(0);
   }
 }
 
 // The four accumulators of each of R rows: acc[r][0] starts from the input
-// term (bias + w_ih . x of the step, from its Float4 of staged x), the
-// others from 0.
-template <int R>
-IRNN_DEVICE void start_accumulators(float (&acc)[R][4], const float* xq,
-                                    float bias, const float (&wi)[4]) {
+// term (bias + w_ih . x of the step, from its four elements of staged x),
+// the others from 0.
+template <int R, typename A>
+IRNN_DEVICE void start_accumulators(A (&acc)[R][4], const A* xq, A bias,
+                                    const A (&wi)[4]) {
+  using V = typename Vec4Of<A>::type;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    const Float4 xv = *reinterpret_cast<const Float4*>(xq + r * 4);
+    const V xv = *reinterpret_cast<const V*>(xq + r * 4);
     acc[r][0] = bias + wi[0] * xv.x + wi[1] * xv.y + wi[2] * xv.z +
                 wi[3] * xv.w;
-    acc[r][1] = acc[r][2] = acc[r][3] = 0.f;
+    acc[r][1] = acc[r][2] = acc[r][3] = A(0);
   }
 }
 
 // acc[r][c] += w[k + c] * v[r * row_stride + k + c] for k < K in steps of
-// 4: one 16-byte broadcast of v feeds four independent accumulators per
-// row (the dot products of every register-resident and cluster kernel).
-template <int K, int R>
-IRNN_DEVICE void broadcast_dots(float (&acc)[R][4], const float (&w)[K],
-                                const float* v, int row_stride) {
+// 4: one 16-byte broadcast of v (two for double) feeds four independent
+// accumulators per row (the dot products of every register-resident and
+// cluster kernel).
+template <int K, int R, typename A>
+IRNN_DEVICE void broadcast_dots(A (&acc)[R][4], const A (&w)[K], const A* v,
+                                int row_stride) {
+  using V = typename Vec4Of<A>::type;
 #pragma unroll
   for (int k = 0; k < K; k += 4) {
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      const Float4 hv = *reinterpret_cast<const Float4*>(v + r * row_stride + k);
+      const V hv = *reinterpret_cast<const V*>(v + r * row_stride + k);
       acc[r][0] += w[k] * hv.x;
       acc[r][1] += w[k + 1] * hv.y;
       acc[r][2] += w[k + 2] * hv.z;
@@ -310,7 +326,9 @@ template <int R, int U, int RO, int RS, typename S = float>
 struct FwdRing {
   static constexpr int NS = kFwdRing, SLOT = 4 * R * U, ROW = 4 * RS * U;
   static constexpr bool kNarrow = sizeof(S) == 2;
-  static_assert(sizeof(S) == 4 || kNarrow, "4-byte or 16-bit elements");
+  // Checked where a ring copies (issue): a projected forward of any type
+  // holds one it never uses.
+  static constexpr bool kCopies = sizeof(S) == 4 || kNarrow;
   unsigned char* smem;  // the block's dynamic shared memory
   int begin;            // this thread's element of row r0 in slot 0
   int rd, cp;           // ... in the slot read next, and copied into next
@@ -342,6 +360,7 @@ struct FwdRing {
   // it, and spilled at 8 rows.
   template <typename Copies>
   IRNN_DEVICE void issue(Copies copies, bool prologue = false) {
+    static_assert(kCopies, "4-byte or 16-bit elements");
     const int64_t row = irnn_opaque(row_bytes);
     uint64_t from = src;
 #pragma unroll
@@ -391,36 +410,40 @@ struct FwdRing {
 // Not PROJECT (x is the pre-projected [T,B,H]): thread j's elements of x
 // come through a FwdRing (16-bit ones as their 4-byte words), and
 // acc[r][0] starts from the bias plus its element of the step; one chunk
-// holds all steps.
+// holds all steps. A double S (projected only) accumulates in double: W_hh's
+// row, the h buffers and the staged x hold doubles, and a read of four
+// elements of h_{t-1} is two 16-byte broadcasts.
 template <typename S, int HP, int R, bool RELU, bool PROJECT>
 IRNN_GLOBAL void IRNN_LAUNCH_BOUNDS(reg_fwd_threads(HP))
 irnn_fwd_reg_kernel(RegFwdParams<S> p) {
-  static_assert(HP % 4 == 0, "h_{t-1} is read four floats at a time");
+  using A = typename AccOf<S>::type;  // float; double for double
+  static_assert(HP % 4 == 0, "h_{t-1} is read four elements at a time");
+  static_assert(PROJECT || sizeof(A) == 4, "no ring of doubles (FwdRing)");
   constexpr int NT = (HP + 31) / 32 * 32, XI = kRegFwdMaxInput;  // reg_fwd_threads
-  static_assert(XI == 4, "one Float4 of x per row and step");
-  float* hbuf = irnn_dyn_smem<float>();  // [2][R][HP]
-  float* xs = hbuf + 2 * R * HP;         // [chunk][R][XI], or the ring
+  static_assert(XI == 4, "four elements of x per row and step");
+  A* hbuf = irnn_dyn_smem<A>();  // [2][R][HP]
+  A* xs = hbuf + 2 * R * HP;     // [chunk][R][XI], or the ring
   const int H = p.H, I = p.I, j = threadIdx.x;
   const int row0 = blockIdx.x * R;
   const bool unit = j < H;
 
-  float w[HP];
+  A w[HP];
 #pragma unroll
   for (int k = 0; k < HP; ++k)
-    w[k] = unit && k < H ? to_acc(p.w_hh[j * H + k]) : 0.f;
-  float wi[XI];
+    w[k] = unit && k < H ? to_acc(p.w_hh[j * H + k]) : A(0);
+  A wi[XI];
 #pragma unroll
   for (int i = 0; i < XI; ++i)
-    wi[i] = PROJECT && unit && i < I ? to_acc(p.w_ih[j * I + i]) : 0.f;
-  const float bias = unit ? (p.b_ih ? to_acc(p.b_ih[j]) : 0.f) +
-                                (p.b_hh ? to_acc(p.b_hh[j]) : 0.f)
-                          : 0.f;
+    wi[i] = PROJECT && unit && i < I ? to_acc(p.w_ih[j * I + i]) : A(0);
+  const A bias = unit ? (p.b_ih ? to_acc(p.b_ih[j]) : A(0)) +
+                            (p.b_hh ? to_acc(p.b_hh[j]) : A(0))
+                      : A(0);
   // Rows past the batch end and units past H stay zero in both buffers.
   for (int e = j; e < R * HP; e += NT) {
     const int r = e / HP, k = e % HP;
     hbuf[e] = row0 + r < p.B && k < H
-                  ? to_acc(p.h0[(int64_t)(row0 + r) * H + k]) : 0.f;
-    hbuf[R * HP + e] = 0.f;
+                  ? to_acc(p.h0[(int64_t)(row0 + r) * H + k]) : A(0);
+    hbuf[R * HP + e] = A(0);
   }
   int len[R];    // steps row r stores: 0 for units past H and rows past B
   int steps = 0;  // of the block's longest row
@@ -431,18 +454,19 @@ irnn_fwd_reg_kernel(RegFwdParams<S> p) {
     steps = l > steps ? l : steps;
     len[r] = unit ? l : 0;
     h_last[r] = unit && row0 + r < p.B ? p.h0[(int64_t)(row0 + r) * H + j]
-                                       : from_acc<S>(0.f);
+                                       : from_acc<S>(A(0));
   }
 
   // h_{t-1} and h_t buffers (swapped every step), and the offset of
   // out[t, row0, j], moved by one step's stride per step.
-  float* hp = hbuf;
-  float* hn = hbuf + R * HP;
+  A* hp = hbuf;
+  A* hn = hbuf + R * HP;
   const int64_t out_step = p.reverse ? -p.out_st : p.out_st;
   int64_t out_t = (p.reverse ? p.T - 1 : 0) * p.out_st + row0 * p.out_sb + j;
   // Not projected: the ring's first kFwdRing - 1 steps (row r's own only).
   // Rows of NT units (every thread's own element; reg_fwd_smem_bytes).
-  FwdRing<R, NT, R, 1, S> ring(4 * 2 * R * HP, j, p, row0, 0, j);  // at xs
+  FwdRing<R, NT, R, 1, S> ring(sizeof(A) * 2 * R * HP, j, p, row0, 0,
+                               j);  // at xs
   if constexpr (!PROJECT) {
 #pragma unroll
     for (int m = 0; m < kFwdRing - 1; ++m)
@@ -465,7 +489,7 @@ irnn_fwd_reg_kernel(RegFwdParams<S> p) {
       left_out[r] = !kOwnOutCount || p.out ? left[r] : 0;
     }
     for (int q = 0; q < n; ++q) {
-      float acc[R][4];
+      A acc[R][4];
       if constexpr (PROJECT) {
         start_accumulators(acc, xs + q * R * XI, bias, wi);
       } else {  // one chunk: step s0 + q is q
@@ -481,7 +505,7 @@ irnn_fwd_reg_kernel(RegFwdParams<S> p) {
       broadcast_dots(acc, w, hp, HP);
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        const float a = (acc[r][0] + acc[r][1]) + (acc[r][2] + acc[r][3]);
+        const A a = (acc[r][0] + acc[r][1]) + (acc[r][2] + acc[r][3]);
         const S h = from_acc<S>(activate(a, RELU));
         if (q < left[r]) {
           hn[r * HP + j] = to_acc(h);
@@ -494,7 +518,7 @@ irnn_fwd_reg_kernel(RegFwdParams<S> p) {
           if (q < left_out[r]) p.out[out_t + r * p.out_sb] = h_last[r];
       }
       out_t += out_step;
-      float* const swap = hp;
+      A* const swap = hp;
       hp = hn;
       hn = swap;
       __syncthreads();
@@ -509,7 +533,7 @@ irnn_fwd_reg_kernel(RegFwdParams<S> p) {
     for (int r = 0; r < R; ++r)
       for (int t = len[r]; t < p.T && unit && row0 + r < p.B; ++t)
         p.out[t * p.out_st + (int64_t)(row0 + r) * p.out_sb + j] =
-            from_acc<S>(0.f);
+            from_acc<S>(A(0));
   }
 }
 

@@ -73,8 +73,12 @@ irnn_error launch_fwd_reg(const RegFwdParams<S>& p, bool relu,
   if (p.w_ih)
     return relu ? launch_fwd_reg_kernel<S, HP, R, true, true>(p, c, stream)
                 : launch_fwd_reg_kernel<S, HP, R, false, true>(p, c, stream);
-  return relu ? launch_fwd_reg_kernel<S, HP, R, true, false>(p, c, stream)
-              : launch_fwd_reg_kernel<S, HP, R, false, false>(p, c, stream);
+  if constexpr (std::is_same_v<S, double>) {
+    return kIrnnInvalidConfig;  // no ring of doubles (fwd_ring_covers)
+  } else {
+    return relu ? launch_fwd_reg_kernel<S, HP, R, true, false>(p, c, stream)
+                : launch_fwd_reg_kernel<S, HP, R, false, false>(p, c, stream);
+  }
 }
 
 // The variant of the table that make_launch_config selected (HP the
@@ -95,7 +99,8 @@ RegFwdParams<S> reg_fwd_params(const FwdArgs& a, const LaunchConfig& c) {
   p.T = static_cast<int>(a.T); p.B = static_cast<int>(a.B);
   p.I = static_cast<int>(a.I); p.H = static_cast<int>(a.H);
   p.reverse = a.reverse;
-  p.chunk = static_cast<int>(reg_fwd_chunk(a.T, c.rows_per_block, a.project));
+  p.chunk = static_cast<int>(reg_fwd_chunk(a.T, c.rows_per_block, a.project,
+                                           acc_bytes(a.dtype)));
   return p;
 }
 
