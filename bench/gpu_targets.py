@@ -44,7 +44,7 @@ TARGETS = (
     + [("per-step fwd+bwd", "fwd+bwd", h, b, 1.0) for h in (1024, 2048)
        for b in (16, 128, 1024)]
 )
-VARLEN = (T_VARLEN, B_VARLEN, H_VARLEN) = (784, 256, 100)
+VARLEN = (784, 256, 100)  # T, B, H of the variable-length batch
 
 
 def load_rows(paths):
