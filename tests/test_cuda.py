@@ -76,7 +76,8 @@ def test_ops_vs_reference(cuda, dtype, H, B, project, nonlinearity, reverse):
     (on an H200 the register-resident kernels run B = 200, 300 and 1000 at
     2, 4 and 8 rows per block, and B = 2000 in several waves (8 rows; 4
     for a 16-bit input not projected; float64: today's kernel, but the
-    forward at H = 1 and 33 projected, 2 rows per block); the
+    forward at H = 1 and 33 projected, 2 rows per block, and the backward
+    at H = 1 and 33, one row per block in several waves); the
     cluster kernels H = 257 at one row per
     cluster and H = 400 at B = 24, 60 and 100 at 2, 4 and 8, float32
     projected)."""
@@ -154,6 +155,8 @@ def test_module_vs_cudnn(cuda, nonlinearity, I, num_layers, bidirectional,
 @pytest.mark.cuda
 @pytest.mark.parametrize("project", [True, False])
 def test_gradcheck_float64(cuda, project):
+    """gradcheck at H = 5: the register-resident float64 kernels (the
+    forward projected; the backward projected and not)."""
     v = layer_inputs(torch.float64, cuda, 4, 3, 2 if project else 0, 5, project)
     names = ["x", "h0", "w_hh", "b_ih", "b_hh"] + (["w_ih"] if project else [])
     args = {k: (t.requires_grad_() if k in names else t) for k, t in v.items()}

@@ -99,22 +99,25 @@ def register_fwd_expected(table, dtype, B, I, H, project):
 
 # The register-resident backward's table (IRNN_REG_BWD_VARIANTS): HP 64
 # and 104 with 1, 2 and 4 rows per block, HP 104 with 8; float32 also at
-# HP 128 with one row. The input projected and at most 4 wide, or not
-# projected (float16 and bfloat16 not at 8 rows); T >= 1.
+# HP 128 with one row; float64 at HP 64 with one row only. The input
+# projected and at most 4 wide, or not projected (float16 and bfloat16 not
+# at 8 rows); T >= 1.
 _REG_BWD_COMMON = {(64, 1), (64, 2), (64, 4), (104, 1), (104, 2), (104, 4),
                    (104, 8)}
 REG_BWD_TABLE = {torch.float32: _REG_BWD_COMMON | {(128, 1)},
                  torch.float16: _REG_BWD_COMMON,
-                 torch.bfloat16: _REG_BWD_COMMON}
+                 torch.bfloat16: _REG_BWD_COMMON,
+                 torch.float64: {(64, 1)}}
 
 
 def register_bwd_expected(table, dtype, T, B, I, H, project):
     """(HP, rows per block) of the register-resident backward the routing
     must select, or None."""
-    if dtype not in REG_FWD_DTYPES or (project and I > 4) or T < 1:
+    if dtype not in REG_BWD_TABLE or (project and I > 4) or T < 1:
         return None
     variants = REG_BWD_TABLE[dtype]
-    if dtype != torch.float32 and not project:  # reg_bwd_unprojected_rows
+    narrow = dtype in (torch.float16, torch.bfloat16)
+    if narrow and not project:  # reg_bwd_unprojected_rows
         variants = {(hp, r) for hp, r in variants if r != 8}
     return pick_reg_variant(table, variants, B, H)
 
@@ -256,8 +259,12 @@ def test_persistent_vs_reference(harness, case):
         harness, table, case["dtype"], case["T"], B, I, case["H"],
         case["nonlinearity"], case["reverse"], project=case["I"] is not None,
         bias=case["bias"], grads=case["grads"], expect_path=PERSISTENT)
+    # A ragged last block, but where a register-resident kernel runs one
+    # row per block (float64's backward at H <= 64).
     for cfg in (fcfg, bcfg):
-        assert cfg["blocks"] >= 3 and B % cfg["rows_per_block"] != 0, cfg
+        assert cfg["blocks"] >= 3, cfg
+        assert B % cfg["rows_per_block"] != 0 or (
+            cfg["path"] == REGISTER_BWD and cfg["rows_per_block"] == 1), cfg
 
 
 # A device with few SMs: a small batch gives many rows per block.
@@ -595,8 +602,28 @@ def test_register_backward_routing(harness):
             assert c["path"] == REGISTER_BWD and c["threads"] == threads, (
                 B, H, project, c)
     for c in (cfg(16, H=129), cfg(16, dtype=torch.float64), cfg(16, I=5),
-              cfg(16, T=0)):
+              cfg(16, T=0), cfg(16, H=65, dtype=torch.float64),
+              cfg(16, H=64, I=5, dtype=torch.float64)):
         assert c["path"] == PERSISTENT, c
+    # float64 at H <= 64: HP 64 (128 threads), one row per block, in
+    # several waves above one; projected or not; partial sums in double,
+    # shared memory of 8-byte elements within the default 48 KB.
+    for B, project in itertools.product((1, 16, 132, 133, 1024),
+                                        (True, False)):
+        c = cfg(B, H=64, dtype=torch.float64, project=project)
+        assert (c["path"], c["rows_per_block"], c["threads"], c["blocks"]) == (
+            REGISTER_BWD, 1, 128, B), (B, project, c)
+        assert c["workspace"] == B * 8 * (64 * 64 + (64 if project else 0)
+                                          + 64), c
+        assert c["smem"] == 8 * (8 * 256 + 2 * 128 + 2 * 4 * 8), c
+        assert not c["smem_optin"], c
+    # One step of dx in bytes within an int: 8-byte elements halve the
+    # batch.
+    limit = (2**31 - 1) // (8 * 64)
+    assert cfg(limit, H=64, project=False,
+               dtype=torch.float64)["path"] == REGISTER_BWD
+    assert cfg(limit + 1, H=64, project=False,
+               dtype=torch.float64)["path"] == PERSISTENT
     # The 16-bit types at H = 100, projected: as float32, with the same
     # workspace (float partial sums). Not projected: 1, 2 and 4 rows per
     # block only, 4 in several waves above 4 * SMs. H > 104: today's.
@@ -621,7 +648,7 @@ def test_register_backward_routing(harness):
                  528, 529, 864, 865, 1056, 1057),
                 (1, 64, 65, 100, 104, 105, 128, 129), (1, 4, 5),
                 (True, False), (torch.float32, torch.bfloat16,
-                                torch.float16)):
+                                torch.float16, torch.float64)):
             reg = register_bwd_expected(table, dtype, 784, B, I, H, project)
             c = cfg(B, H=H, I=I, project=project, table=table, dtype=dtype)
             assert (c["path"] == REGISTER_BWD) == (reg is not None), (
@@ -683,6 +710,35 @@ def test_register_backward_vs_reference(harness, case):
         case["nonlinearity"], case["reverse"], project=case["I"] is not None,
         bias=case["bias"], grads=case["grads"], expect_path=PERSISTENT)
     assert bcfg["path"] == REGISTER_BWD, bcfg
+
+
+def _register_backward_float64_cases():
+    """float64 (HP 64, one row per block, accumulating in double): H from 1
+    to 64, one wave (B <= 4 SMs) and several (B = 6, 9), relu and tanh,
+    both directions, a projected input of width 1-4 and none, the gradient
+    on the sequence, on h_n or both, with and without biases, T from 1 to
+    beyond the prefetch ring (8 steps)."""
+    cases = []
+    for i, (H, relu, project) in enumerate(itertools.product(
+            (1, 33, 64), (True, False), (True, False))):
+        cases.append(dict(
+            H=H, B=(1, 4, 6, 9)[i % 4], I=1 + i % 4 if project else None,
+            nonlinearity="relu" if relu else "tanh", reverse=i % 3 == 1,
+            bias=i % 5 != 2, grads=("both", "seq", "last")[i % 3],
+            T=(1, 9, 13, 2, 8)[i % 5]))
+    return cases
+
+
+@pytest.mark.parametrize("case", _register_backward_float64_cases(),
+                         ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_register_backward_float64_vs_reference(harness, case):
+    B, H = case["B"], case["H"]
+    _, bcfg = run_and_compare(
+        harness, FOUR_SMS, torch.float64, case["T"], B, case["I"] or 5, H,
+        case["nonlinearity"], case["reverse"], project=case["I"] is not None,
+        bias=case["bias"], grads=case["grads"], expect_path=PERSISTENT)
+    assert bcfg["path"] == REGISTER_BWD and bcfg["rows_per_block"] == 1, bcfg
+    assert bcfg["threads"] == 128 and bcfg["blocks"] == B, bcfg
 
 
 def _register_backward_16bit_cases():
@@ -842,12 +898,14 @@ def test_register_backward_deterministic_across_block_orders(harness, B):
     (torch.float32, 50, 13, False, 4), (torch.float32, 120, 4, True, 1),
     (torch.float32, 100, 13, False, 4), (torch.float16, 50, 7, True, 2),
     (torch.float16, 100, 13, True, 4), (torch.bfloat16, 100, 29, True, 8),
-    (torch.bfloat16, 50, 4, True, 1)],
+    (torch.bfloat16, 50, 4, True, 1), (torch.float64, 64, 6, True, 1),
+    (torch.float64, 40, 9, False, 1)],
     ids=lambda v: str(v).replace("torch.", ""))
 def test_register_backward_variants_deterministic(harness, dtype, H, B,
                                                   project, rows):
-    """HP 64 and 128, the input not projected, and the 16-bit types: every
-    gradient bitwise equal with blocks run in two different orders."""
+    """HP 64 and 128, the input not projected, the 16-bit types and
+    float64 (one row per block in several waves): every gradient bitwise
+    equal with blocks run in two different orders."""
     runs = backward_in_two_block_orders(harness, dtype, 9, B,
                                         3 if project else H, H, project, False,
                                         6, 977)

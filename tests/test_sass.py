@@ -42,6 +42,9 @@ The budgets (docs/cuda.md, "The SASS guard", derives them):
   warp sums of dx, their sum and store and the x_t copy (202 at HP = 104);
 - a backward's FMA share at least 0.9 times the share its budget holds
   (HP, or HP + 4 with the projection, FMAs of the budget);
+- the float64 backward (HP 64, one row): HP DFMA + HP/4 LDS.128 (two
+  doubles each) + 40 = 120; with the fused projection + 45 + 7 (64-bit
+  shuffles, twice the loads of x_t and of the dx sums) = 172;
 - the float64 forward (HP 64, projected): HP DFMA + HP/2 LDS.128 (two
   doubles each) + 40 = 136, DFMA share >= 0.5; with tanh, CUDA's inlined
   double routine, + 104 per row, share >= 0.4.
@@ -409,18 +412,26 @@ FUSED_PROJECTION_PER_ROW = 45
 # address (an add, a test), the half's select and conversion, and the
 # branch on the row's validity.
 WIDEN_PER_ELEMENT = 8
+# What 8-byte elements add to the fused projection per row (double): the
+# four shuffles of the dx warp sums move two registers each (+4 SHFL), and
+# x_t and the dx sums take twice the 16-byte loads (+1, +2 LDS.128).
+DOUBLE_PROJECTION_EXTRA = 7
 
 
-def backward_budget(H, rows_per_warp=1, project=False, narrow=False):
+def backward_budget(H, rows_per_warp=1, project=False, narrow=False,
+                    double=False):
     hp = 4 * math.ceil(H / 4)
-    total = hp + math.ceil(hp / 8) + 40
+    # da_{s+1} in 16-byte broadcasts: 4 floats or 2 doubles each.
+    total = hp + math.ceil(hp / (4 if double else 8)) + 40
     fma = hp
     if project:
-        total += FUSED_PROJECTION_PER_ROW
+        total += FUSED_PROJECTION_PER_ROW + (
+            DOUBLE_PROJECTION_EXTRA if double else 0)
         fma += 4
     if narrow:  # g_t or h_t per row, and x_t with the projection
         total += WIDEN_PER_ELEMENT * (2 if project else 1)
-    what = ("16-bit " if narrow else "") + "register-resident backward" + (
+    what = ("16-bit " if narrow else "double " if double else "") + (
+        "register-resident backward") + (
         " with the fused projection" if project else "")
     return Budget(f"{what}, HP = {hp}", total,
                   math.floor(90 * fma / total) / 100, rows_per_warp)
@@ -520,21 +531,22 @@ REG_BWD_VARIANTS = [("float", 64, 1), ("float", 104, 1), ("float", 104, 8),
                     ("float", 104, 2), ("float", 104, 4)] + [
     (t, hp, r) for t in ("__half", "__nv_bfloat16")
     for hp, r in ((64, 1), (64, 2), (64, 4), (104, 1), (104, 2), (104, 4),
-                  (104, 8))]
+                  (104, 8))] + [("double", 64, 1)]
 
 
 def reg_bwd_projections(dtype, rows):
     """The fused-projection settings built: with and without it, the 16-bit
     types without it at 1, 2 and 4 rows per block only
     (reg_bwd_unprojected_rows)."""
-    return ("true", "false") if dtype == "float" or rows != 8 else (
-        "true",)
+    return ("true", "false") if dtype in ("float", "double") or rows != 8 \
+        else ("true",)
 
 
 def reg_bwd_budget(name):
     dtype, hp, rows, _, project = REG_BWD.match(name).groups()
     return backward_budget(int(hp), int(rows), project == "true",
-                           dtype != "float")
+                           dtype in ("__half", "__nv_bfloat16"),
+                           double=dtype == "double")
 
 
 def table_variants(macro):

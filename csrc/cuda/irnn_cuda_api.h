@@ -291,7 +291,11 @@ inline bool select_reg_fwd(int sm_count, int max_threads, int64_t smem_max,
 // - the 16-bit types not at HP = 128, where the widening of their ring
 //   slots (irnn_kernels.cuh) takes the step loop over its instruction
 //   budget; and without the projection at 1, 2 and 4 rows per block only
-//   (reg_bwd_unprojected_rows): at 8 rows they spill (docs/cuda.md).
+//   (reg_bwd_unprojected_rows): at 8 rows they spill (docs/cuda.md);
+// - double at HP = 64 only (W_hh's and dW_hh's halves take 2 HP
+//   registers) and one row per block (in several waves above one wave;
+//   at 2 rows the tanh variant with the projection spills on sm_75, sm_80
+//   and sm_90), the input projected or not, accumulating in double.
 #define IRNN_REG_BWD_VARIANTS(X) \
   X(kFloat, float, 64, 1)         \
   X(kFloat, float, 64, 2)         \
@@ -314,7 +318,8 @@ inline bool select_reg_fwd(int sm_count, int max_threads, int64_t smem_max,
   X(kBFloat16, irnn_bf16, 104, 1) \
   X(kBFloat16, irnn_bf16, 104, 2) \
   X(kBFloat16, irnn_bf16, 104, 4) \
-  X(kBFloat16, irnn_bf16, 104, 8)
+  X(kBFloat16, irnn_bf16, 104, 8) \
+  X(kDouble, double, 64, 1)
 // Whether the register-resident backward of R rows per block is built for
 // an input that is not projected: float32 at every R of the table, the
 // 16-bit types at 1, 2 and 4 rows (B > 4 * SMs runs 4 in several waves).
@@ -358,11 +363,12 @@ inline int reg_bwd_da_stride(int hp) {
 // Dynamic shared memory of a register-resident backward block: the
 // prefetch ring [ring][R][reg_bwd_ring_slot], the da double buffer
 // [2][R][reg_bwd_da_stride] and the warps' partial sums of the fused
-// projection's dx [2][R][4][8], all floats.
-inline int64_t reg_bwd_smem_bytes(int hp, int rows) {
-  return 4 * rows * (kRegBwdRing * reg_bwd_ring_slot(hp) +
-                     2 * reg_bwd_da_stride(hp) +
-                     2 * kRegFwdMaxInput * kRegBwdMaxWarps);
+// projection's dx [2][R][4][8], all accumulator elements of `acc` bytes
+// (4, or 8 for double).
+inline int64_t reg_bwd_smem_bytes(int hp, int rows, int acc = 4) {
+  return int64_t{acc} * rows *
+         (kRegBwdRing * reg_bwd_ring_slot(hp) + 2 * reg_bwd_da_stride(hp) +
+          2 * kRegFwdMaxInput * kRegBwdMaxWarps);
 }
 
 // Every (dtype, HP, R) of the backward's table, to f.
@@ -383,14 +389,15 @@ inline bool select_reg_bwd(int sm_count, int max_threads, int64_t smem_max,
                            int64_t H, bool project, int* hp_out,
                            int* rows_out) {
   if ((project && I > kRegFwdMaxInput) || T < 1 || H < 1) return false;
-  if (B * (project ? I : H) * 4 > kMaxStepsOrBatch) return false;
+  if (B * (project ? I : H) * acc_bytes(dtype) > kMaxStepsOrBatch)
+    return false;
   const bool narrow = dtype == DType::kHalf || dtype == DType::kBFloat16;
   return pick_reg_variant(
       [](auto&& f) { reg_bwd_table(f); },
       [&](int hp, int r) {
         return (project || reg_bwd_unprojected_rows(narrow, r)) &&
                reg_bwd_threads(hp) <= max_threads &&
-               reg_bwd_smem_bytes(hp, r) <= smem_max;
+               reg_bwd_smem_bytes(hp, r, acc_bytes(dtype)) <= smem_max;
       },
       dtype, B, H, sm_count, hp_out, rows_out);
 }
@@ -742,13 +749,14 @@ inline LaunchConfig make_launch_config(const DeviceProps& p, bool backward,
     c.rows_per_thread = reg_rows;
     c.threads = backward ? reg_bwd_threads(reg_hp) : reg_fwd_threads(reg_hp);
     c.blocks = static_cast<int>((B + reg_rows - 1) / reg_rows);
-    c.smem = backward ? reg_bwd_smem_bytes(reg_hp, reg_rows)
+    c.smem = backward ? reg_bwd_smem_bytes(reg_hp, reg_rows, acc_bytes(dtype))
                       : reg_fwd_smem_bytes(T, reg_hp, reg_rows, project,
                                            acc_bytes(dtype));
     c.smem_optin = c.smem > p.smem_per_block;
-    // The backward's blocks' partial gradients (float).
+    // The backward's blocks' partial gradients (float, or double).
     c.workspace = backward ? static_cast<int64_t>(c.blocks) *
-                                 partial_elems(H, I, project) * 4
+                                 partial_elems(H, I, project) *
+                                 acc_bytes(dtype)
                            : 0;
     return c;
   }

@@ -960,7 +960,7 @@ struct RegBwdParams {
   int64_t o_st, o_sb;
   S* dx;          // [T,B,I] (projecting) or [T,B,H], contiguous
   S* dh0;         // [B,H]
-  float* partials;  // [blocks][partial_elems]
+  typename AccOf<S>::type* partials;  // [blocks][partial_elems]
   // [B] or null; with lengths, !reverse, g_hn null and g_out, out and x
   // zero after each row's end (bwd_relayout): only the block's longest row
   // matters here.
@@ -971,6 +971,19 @@ struct RegBwdParams {
 
 struct alignas(8) Float2 {
   float x, y;
+};
+// Two accumulator elements in shared memory, read at once: a Float2 (an
+// LDS.64), or for double a Double2 (an LDS.128).
+template <typename A>
+struct Vec2Of {
+  using type = Float2;
+};
+struct alignas(16) Double2 {
+  double x, y;
+};
+template <>
+struct Vec2Of<double> {
+  using type = Double2;
 };
 
 // The register-resident backward for H <= HP; a block owns the R batch rows
@@ -1001,32 +1014,41 @@ struct alignas(8) Float2 {
 template <typename S, int HP, int R, bool RELU, bool PROJECT>
 IRNN_GLOBAL void IRNN_LAUNCH_BOUNDS((2 * HP + 31) / 32 * 32)
 irnn_bwd_reg_kernel(RegBwdParams<S> p) {
-  // A 4-byte S is copied as itself. A 16-bit S is copied as the aligned
-  // 4-byte word that holds it, the other half (a neighbour in the same
-  // allocation, never used) included; the thread that copied it widens it
-  // to float in place before the barrier that publishes the slot (widen),
-  // so every reader sees floats, as for float32.
+  // Shared memory holds accumulator elements (A: float, or double for
+  // double; E bytes each). A float or a double is copied as itself. A
+  // 16-bit S is copied as the aligned 4-byte word that holds it, the other
+  // half (a neighbour in the same allocation, never used) included; the
+  // thread that copied it widens it to float in place before the barrier
+  // that publishes the slot (widen), so every reader sees floats, as for
+  // float32.
+  using A = typename AccOf<S>::type;
+  using V2 = typename Vec2Of<A>::type;
+  using V4 = typename Vec4Of<A>::type;
+  constexpr int E = sizeof(A);
   constexpr bool kNarrow = sizeof(S) == 2;
-  static_assert(sizeof(S) == 4 || kNarrow, "4-byte or 16-bit elements");
+  static_assert(sizeof(S) == E || kNarrow,
+                "float, double or 16-bit elements");
+  constexpr int kCopy = kNarrow ? 4 : E;  // bytes of one cp.async
   // reg_bwd_threads(HP), reg_bwd_half_stride(HP), reg_bwd_ring_slot(HP) and
   // reg_bwd_da_stride(HP):
   constexpr int NT = (2 * HP + 31) / 32 * 32, KH = HP / 2,
                 SS = KH % 32 == 0 ? KH + 4 : KH, NS = kRegBwdRing,
                 XI = kRegFwdMaxInput, NW = kRegBwdMaxWarps,
                 RS = kPow2AtLeast<NT + XI>, DS = kPow2AtLeast<2 * SS>;
-  static_assert(KH % 4 == 0, "da is read four floats at a time");
-  static_assert(XI == 4 && NW == 8, "x_t is one Float4, the warp sums two");
+  static_assert(KH % 4 == 0, "da is read four elements at a time");
+  static_assert(XI == 4 && NW == 8, "x_t is one V4, the warp sums two");
   static_assert(NT / 32 <= NW, "one dx partial sum per warp");
   static_assert((NS & (NS - 1)) == 0 && (R & (R - 1)) == 0,
                 "the ring index wraps with a mask");
   static_assert(R * XI <= 32, "one warp adds the dx sums");
-  // Shared memory, in bytes: the ring [NS][R][RS] (per row: g_t, h_t of each
-  // unit as [NT/2][2], then x_t [XI]), the da double buffer [2][R][DS] (each
-  // row: the two halves, SS apart), the warps' dx sums [2][R][XI][NW].
-  constexpr int kRing = 0, kRow = 4 * RS, kSlot = R * kRow,
-                kDa = kRing + NS * kSlot, kDaRow = 4 * DS,
+  // Shared memory, in bytes, of elements A: the ring [NS][R][RS] (per row:
+  // g_t, h_t of each unit as [NT/2][2], then x_t [XI]), the da double
+  // buffer [2][R][DS] (each row: the two halves, SS apart), the warps' dx
+  // sums [2][R][XI][NW].
+  constexpr int kRing = 0, kRow = E * RS, kSlot = R * kRow,
+                kDa = kRing + NS * kSlot, kDaRow = E * DS,
                 kDaBuf = R * kDaRow, kDxPart = kDa + 2 * kDaBuf,
-                kDxRow = 4 * XI * NW, kDxSlot = R * kDxRow,
+                kDxRow = E * XI * NW, kDxSlot = R * kDxRow,
                 kBytes = kDxPart + 2 * kDxSlot;
   static_assert(kDa % (2 * kDaBuf) == 0, "an xor flips the da buffer");
   static_assert(kDxPart % (2 * kDxSlot) == 0, "an xor flips the dx slot");
@@ -1050,27 +1072,27 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
 #pragma unroll
   for (int r = 0; r < R; ++r) valid[r] = row0 + r < p.B;
 
-  float w[KH], dw[KH];
+  A w[KH], dw[KH];
 #pragma unroll
   for (int jj = 0; jj < KH; ++jj) {
     const int j = half * KH + jj;
-    w[jj] = unit && j < H ? to_acc(p.w_hh[j * H + k]) : 0.f;
-    dw[jj] = 0.f;
+    w[jj] = unit && j < H ? to_acc(p.w_hh[j * H + k]) : A(0);
+    dw[jj] = A(0);
   }
   // The fused projection: W_ih[k, i] for the two of the four (zero-padded)
   // i whose sum this lane keeps and sends (previous_step).
-  float w_keep = 0.f, w_send = 0.f, dw_ih[XI] = {0.f, 0.f, 0.f, 0.f};
+  A w_keep = A(0), w_send = A(0), dw_ih[XI] = {A(0), A(0), A(0), A(0)};
   if (PROJECT) {
     const int q = 2 * (lane & 1);  // the pair's halves: i in {0,1} / {2,3}
     const int keep = q + ((lane >> 1) & 1), send = q + (((lane >> 1) & 1) ^ 1);
-    w_keep = unit && keep < I ? to_acc(p.w_ih[k * I + keep]) : 0.f;
-    w_send = unit && send < I ? to_acc(p.w_ih[k * I + send]) : 0.f;
+    w_keep = unit && keep < I ? to_acc(p.w_ih[k * I + keep]) : A(0);
+    w_send = unit && send < I ? to_acc(p.w_ih[k * I + send]) : A(0);
   }
-  float g_last[R];
+  A g_last[R];
 #pragma unroll
   for (int r = 0; r < R; ++r)
     g_last[r] = unit && valid[r] && p.g_hn
-                    ? to_acc(p.g_hn[(int64_t)(row0 + r) * H + k]) : 0.f;
+                    ? to_acc(p.g_hn[(int64_t)(row0 + r) * H + k]) : A(0);
 
   // Zero everything (units past H, rows past B, absent inputs, i >= I),
   // then start the ring: iteration m reads slot m % NS, copied by thread
@@ -1109,8 +1131,8 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
   // This thread's place in a slot: where it reads (g_t, h_t) of unit k and
   // where it copies to (row 0; row r is r * kRow further), where it copies
   // x_t to; the slot bits of a ring offset.
-  const int ring_read = 8 * k, ring_copy = 8 * k + 4 * half,
-            x_copy = x_row * kRow + 4 * (NT + x_i);
+  const int ring_read = 2 * E * k, ring_copy = 2 * E * k + E * half,
+            x_copy = x_row * kRow + E * (NT + x_i);
   constexpr int kSlotBits = (NS - 1) * kSlot;
   // The copies of iteration m into the slot at `slot` (+ this thread's
   // place), as one group.
@@ -1120,10 +1142,12 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
 #pragma unroll
         for (int r = 0; r < R; ++r)
           if (valid[r])
-            irnn_cp_async<4>(smem + slot + r * kRow, word_of(src + r * src_row));
+            irnn_cp_async<kCopy>(smem + slot + r * kRow,
+                                 word_of(src + r * src_row));
       }
       if (copies_x)
-        irnn_cp_async<4>(smem + (slot & kSlotBits) + x_copy, word_of(x_src));
+        irnn_cp_async<kCopy>(smem + (slot & kSlotBits) + x_copy,
+                             word_of(x_src));
     }
     irnn_cp_async_commit();
     src += src_step;
@@ -1182,8 +1206,8 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
   // iteration.
   int slot_read = kRing + ring_read;
   int slot_copy = kRing + (NS - 1) * kSlot + ring_copy;
-  int da_read = kDa + kDaBuf + 4 * half * SS;
-  int da_write = kDa + 4 * (k < KH ? k : SS + k - KH);
+  int da_read = kDa + kDaBuf + E * half * SS;
+  int da_write = kDa + E * (k < KH ? k : SS + k - KH);
   // Where dx goes: when not projecting, dx_t = da_t of iteration n's step
   // ([T,B,H], row 0; row r is r * H further); when projecting, iteration n
   // (and the two after the last) stores iteration n-2's dx ([T,B,I],
@@ -1205,20 +1229,20 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
   // row r = lane / XI is past R (R < 8) stores nothing and reads row 0's,
   // inside the block's shared memory (row r's would lie past its end).
   const int dx_lane = lane < R * XI ? lane : lane % XI;
-  int dx_sums = kDxPart + kDxSlot + 4 * ((dx_lane / XI) * XI + (dx_lane % XI)) * NW;
+  int dx_sums = kDxPart + kDxSlot + E * ((dx_lane / XI) * XI + (dx_lane % XI)) * NW;
   int dx_sum_write =
-      kDxPart + 4 * ((2 * (lane & 1) + ((lane >> 1) & 1)) * NW + tid / 32);
-  float d_prev[R];  // da of the previous iteration's step
+      kDxPart + E * ((2 * (lane & 1) + ((lane >> 1) & 1)) * NW + tid / 32);
+  A d_prev[R];  // da of the previous iteration's step
 #pragma unroll
-  for (int r = 0; r < R; ++r) d_prev[r] = 0.f;
-  float db = 0.f;
+  for (int r = 0; r < R; ++r) d_prev[r] = A(0);
+  A db = A(0);
 
   // Iteration n-2's dx_t[i] of row r: thread (r, i) adds the warp sums
   // (dx slot (n-1) & 1) in warp order and stores them.
   auto store_dx = [&](int n) {
-    const Float4 lo = at_bytes<Float4>(smem, dx_sums);
-    const Float4 hi = at_bytes<Float4>(smem, dx_sums + 16);
-    const float dx = ((lo.x + lo.y) + (lo.z + lo.w)) +
+    const V4 lo = at_bytes<V4>(smem, dx_sums);
+    const V4 hi = at_bytes<V4>(smem, dx_sums + 4 * E);
+    const A dx = ((lo.x + lo.y) + (lo.z + lo.w)) +
                      ((hi.x + hi.y) + (hi.z + hi.w));
     if (n >= 2 && stores_dx) *reinterpret_cast<S*>(dx_at) = from_acc<S>(dx);
     dx_at += dx_step;
@@ -1236,12 +1260,12 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
       // holds the sum for i = 2 (L & 1) + (L >> 1).
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        float sum = d_prev[r] * w_keep +
+        A sum = d_prev[r] * w_keep +
                     __shfl_xor_sync(0xffffffffu, d_prev[r] * w_send, 2);
         sum += __shfl_xor_sync(0xffffffffu, sum, 4);
         sum += __shfl_xor_sync(0xffffffffu, sum, 8);
         sum += __shfl_xor_sync(0xffffffffu, sum, 16);
-        if (lane < 4) at_bytes<float>(smem, dx_sum_write + r * kDxRow) = sum;
+        if (lane < 4) at_bytes<A>(smem, dx_sum_write + r * kDxRow) = sum;
       }
       dx_sum_write ^= kDxSlot;
     }
@@ -1251,19 +1275,19 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
   // h_k[r] on the same loads (rows in order); then the pair's sums (the
   // same on both: addition commutes). Two accumulators per row at R = 1,
   // one when rows interleave.
-  auto recurrent_dot = [&](float (&dh)[R], const float (&h_k)[R]) {
+  auto recurrent_dot = [&](A (&dh)[R], const A (&h_k)[R]) {
     constexpr int NA = R == 1 ? 2 : 1;
-    float acc[R][NA];
+    A acc[R][NA];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       acc[r][0] = dh[r];
-      if (NA == 2) acc[r][NA - 1] = 0.f;
+      if (NA == 2) acc[r][NA - 1] = A(0);
     }
 #pragma unroll
     for (int jj = 0; jj < KH; jj += 4) {
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        const Float4 v = at_bytes<Float4>(smem, da_read + r * kDaRow + 4 * jj);
+        const V4 v = at_bytes<V4>(smem, da_read + r * kDaRow + E * jj);
         acc[r][0] += w[jj] * v.x;
         acc[r][NA - 1] += w[jj + 1] * v.y;
         acc[r][0] += w[jj + 2] * v.z;
@@ -1276,7 +1300,7 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
     }
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      const float sum = NA == 2 ? acc[r][0] + acc[r][NA - 1] : acc[r][0];
+      const A sum = NA == 2 ? acc[r][0] + acc[r][NA - 1] : acc[r][0];
       dh[r] = sum + __shfl_xor_sync(0xffffffffu, sum, 1);
     }
   };
@@ -1285,10 +1309,10 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
   // (a barrier ago): it takes the copies of iteration n + NS - 1.
   const int copy_end = T - (NS - 1);
   auto step = [&](int n, auto first) {
-    float dh[R], h[R];
+    A dh[R], h[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      const Float2 gh = at_bytes<Float2>(smem, slot_read + r * kRow);
+      const V2 gh = at_bytes<V2>(smem, slot_read + r * kRow);
       dh[r] = gh.x;
       h[r] = gh.y;
     }
@@ -1298,15 +1322,15 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
     } else {
       previous_step(n);
 #pragma unroll
-      for (int r = 0; r < R; ++r) dh[r] = half ? 0.f : dh[r];
+      for (int r = 0; r < R; ++r) dh[r] = half ? A(0) : dh[r];
       recurrent_dot(dh, h);
     }
     // da_s, then (off the path to the barrier's other side) db and dW_ih.
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      const float d = activate_grad(dh[r], h[r], RELU);
+      const A d = activate_grad(dh[r], h[r], RELU);
       if (half == 0 && unit && valid[r]) {
-        at_bytes<float>(smem, da_write + r * kDaRow) = d;
+        at_bytes<A>(smem, da_write + r * kDaRow) = d;
         if (!PROJECT)
           *reinterpret_cast<S*>(dx_at + r * H * sizeof(S)) = from_acc<S>(d);
       }
@@ -1316,8 +1340,8 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
     for (int r = 0; r < R; ++r) {
       db += d_prev[r];
       if (PROJECT) {
-        const Float4 xv = at_bytes<Float4>(
-            smem, (slot_read & kSlotBits) + r * kRow + 4 * NT);
+        const V4 xv = at_bytes<V4>(
+            smem, (slot_read & kSlotBits) + r * kRow + E * NT);
         dw_ih[0] += d_prev[r] * xv.x;
         dw_ih[1] += d_prev[r] * xv.y;
         dw_ih[2] += d_prev[r] * xv.z;
@@ -1343,12 +1367,12 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
   // the last dx.
   irnn_cp_async_wait<0>();
   previous_step(T);
-  float dh0[R], h_first[R];
+  A dh0[R], h_first[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    dh0[r] = 0.f;
+    dh0[r] = A(0);
     h_first[r] = unit && valid[r] ? to_acc(p.h0[(int64_t)(row0 + r) * H + k])
-                                  : 0.f;
+                                  : A(0);
   }
   recurrent_dot(dh0, h_first);
 #pragma unroll
@@ -1361,7 +1385,7 @@ irnn_bwd_reg_kernel(RegBwdParams<S> p) {
   }
 
   const int PI = PROJECT ? H * I : 0;
-  float* part = p.partials + (int64_t)blockIdx.x * (H * H + PI + H);
+  A* part = p.partials + (int64_t)blockIdx.x * (H * H + PI + H);
   if (unit) {
 #pragma unroll
     for (int jj = 0; jj < KH; ++jj) {

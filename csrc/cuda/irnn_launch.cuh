@@ -295,7 +295,7 @@ irnn_error run_backward_reg(const BwdArgs& a, const LaunchConfig& c,
   p.out = static_cast<const S*>(a.out); p.o_st = a.o_st; p.o_sb = a.o_sb;
   p.dx = static_cast<S*>(a.dx);
   p.dh0 = static_cast<S*>(a.dh0);
-  p.partials = static_cast<float*>(ws);
+  p.partials = static_cast<typename AccOf<S>::type*>(ws);
   p.lengths = a.lengths;
   p.T = static_cast<int>(a.T); p.B = static_cast<int>(a.B);
   p.I = static_cast<int>(a.I); p.H = static_cast<int>(a.H);

@@ -196,7 +196,10 @@ int run_kernels() {
   // with 8 rows per block. H = 130 runs today's kernel (no clusters here).
   // Every input not projected (but float64's) runs the register-resident
   // forward; so does float64 projected at H <= 64 (H = 60, B = 9: 2 rows
-  // per block in several waves, tanh, reversed), its backward today's.
+  // per block in several waves, tanh, reversed), and its backward (one row
+  // per block in several waves); float64 not projected at H = 60 (T = 9,
+  // beyond the backward's ring) runs today's forward and the
+  // register-resident backward.
   using irnn_cuda::Path;
   const Case cases[] = {
       {DType::kFloat, 3, 11, 1, 120, true, true, false, Path::kRegisterBwd},
@@ -211,7 +214,8 @@ int run_kernels() {
       {DType::kHalf, 3, 29, 3, 101, true, true, true, Path::kRegisterBwd},
       {DType::kBFloat16, 10, 13, 1, 101, false, true, true, Path::kRegisterBwd},
       {DType::kDouble, 2, 9, 1, 80, false, true, false, Path::kPersistent},
-      {DType::kDouble, 5, 9, 2, 60, true, false, true, Path::kPersistent},
+      {DType::kDouble, 5, 9, 2, 60, true, false, true, Path::kRegisterBwd},
+      {DType::kDouble, 9, 6, 1, 60, false, true, false, Path::kRegisterBwd},
       // With lengths: the register-resident kernels (8 rows per block,
       // reversed: the relayout copies; 2 rows per block, whose blocks start
       // at their longest row) and today's persistent ones.
