@@ -76,7 +76,8 @@ STAGES=(build cuda-tests bench sweep ncu sanitizer mnist large-h)
 # - bench: 13 s per TF32 setting then; the variable-length rows add four
 #   forward+backward contenders at T=784, H = 256 and 512 at B = 16, 128
 #   and 1024 (the cluster forward) six rows;
-# - sweep: ten cases of a few ms each, the profiler's start included;
+# - sweep: seventeen cases of a few ms each (four under IRNN_CUDA_ROWS),
+#   the profiler's start included;
 # - ncu: three runs, each Python's and CUDA's start under ncu and one
 #   profiled launch;
 # - sanitizer: racecheck took 18 s (5 s of it the start) on a case of three
@@ -264,11 +265,13 @@ cat > "$OUT/sweep.py" <<'EOF'
 case ran; ranks the cases by forward+backward time per step.
   python sweep.py --json sweep.json            # all cases
   python sweep.py --case 100,16 --repeats 1 --no-kernels   # under ncu
+  python sweep.py --case 100,2048,none      # one case, IRNN_CUDA_ROWS=none
   python sweep.py --ncu-targets sweep.json     # what ncu profiles
   python sweep.py --device cpu --case 8,2 --steps 3   # the dry run's smoke
 """
 import argparse
 import json
+import os
 import re
 import statistics
 import time
@@ -284,6 +287,13 @@ import time
 CASES = [(100, 16), (100, 128), (100, 256), (100, 400), (100, 1024),
          (100, 1056), (100, 1057), (100, 2048), (256, 16), (256, 128),
          (512, 16), (512, 32), (512, 64)]
+# What the routing passes over, run under IRNN_CUDA_ROWS (docs/cuda.md,
+# "Launch configuration"): H = 100 at B = 16 with 2 rows per block (the
+# routing before one row per block), at B = 1024 with 4 rows in two waves
+# against 8 in one, and today's kernels at B = 1024 and 2048 against the
+# register-resident ones in one and two waves (the uncapped waves).
+FORCED = [(100, 16, "2"), (100, 1024, "4"), (100, 1024, "none"),
+          (100, 2048, "none")]
 # The step kernels (forward, backward, the per-step path's GEMM), not the
 # reductions and copies around them. cuBLASLt's kernels have no "irnn" in
 # their names and are not listed at all.
@@ -294,7 +304,19 @@ FWD_KERNEL = r"irnn_fwd_(reg|cluster|persistent)_kernel"
 TODAY_FALLBACK = "irnn_fwd_reg_kernel"
 
 
-def run_case(H, B, T, repeats, dev, names=True):
+def run_case(H, B, T, repeats, dev, names=True, rows=None):
+    """One case's times per step; with `rows`, under IRNN_CUDA_ROWS=rows
+    (restored after)."""
+    if rows is not None:
+        before = os.environ.get("IRNN_CUDA_ROWS")
+        os.environ["IRNN_CUDA_ROWS"] = rows
+        try:
+            return dict(run_case(H, B, T, repeats, dev, names), rows=rows)
+        finally:
+            if before is None:
+                os.environ.pop("IRNN_CUDA_ROWS")
+            else:
+                os.environ["IRNN_CUDA_ROWS"] = before
     import torch
     import irnn_cuda  # noqa: F401  (registers the ops)
     ops = torch.ops.irnn_cuda
@@ -371,7 +393,9 @@ def ncu_targets(sweep_json):
             rows = json.load(f)
     except (OSError, ValueError):
         rows = []
-    named = [(r, k) for r in rows for k in r.get("kernels", [])
+    # Not the IRNN_CUDA_ROWS cases: ncu runs a case as the table routes it.
+    named = [(r, k) for r in rows if r.get("rows") is None
+             for k in r.get("kernels", [])
              if "calls" in k and re.search(STEP_KERNEL, k["name"])]
     named.sort(key=lambda rk: rk[1]["us_per_step"])
 
@@ -395,7 +419,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ncu-targets", metavar="SWEEP_JSON",
                     help="print the kernels ncu profiles, and exit")
-    ap.add_argument("--case", help="H,B: run only this case")
+    ap.add_argument("--case", help="H,B or H,B,ROWS: run only this case "
+                    "(ROWS: IRNN_CUDA_ROWS, 1, 2, 4, 8 or none)")
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--steps", type=int, default=784)
     ap.add_argument("--repeats", type=int, default=3)
@@ -408,17 +433,30 @@ def main():
         print("\n".join(ncu_targets(args.ncu_targets)))
         return
     import torch
-    cases = [tuple(int(v) for v in args.case.split(","))] if args.case \
-        else CASES
+    if args.case:
+        H, B, *forced = args.case.split(",")
+        cases = [(int(H), int(B), forced[0] if forced else None)]
+    else:
+        cases = [(H, B, None) for H, B in CASES] + FORCED
     dev = torch.device(args.device)
-    rows = [run_case(H, B, args.steps, args.repeats, dev,
-                     names=not args.no_kernels) for H, B in cases]
+    rows = []
+    for H, B, forced in cases:
+        try:
+            rows.append(run_case(H, B, args.steps, args.repeats, dev,
+                                 names=not args.no_kernels, rows=forced))
+        except RuntimeError as err:
+            if forced is None:
+                raise
+            # A variant the build lacks: said, and the sweep goes on.
+            print(f"H={H} B={B} IRNN_CUDA_ROWS={forced}: {err}")
     rows.sort(key=lambda r: r["fwd_us_per_step"] + r["bwd_us_per_step"])
-    print(f"{'H':>4} {'B':>5} {'fwd us/step':>12} {'bwd us/step':>12}  kernels")
+    print(f"{'H':>4} {'B':>5} {'rows':>5} {'fwd us/step':>12} "
+          f"{'bwd us/step':>12}  kernels")
     for r in rows:
         names = ", ".join(k["name"].replace("irnn_cuda::", "")
                           for k in r["kernels"])
-        print(f"{r['H']:>4} {r['B']:>5} {r['fwd_us_per_step']:>12.2f} "
+        print(f"{r['H']:>4} {r['B']:>5} {r.get('rows') or 'table':>5} "
+              f"{r['fwd_us_per_step']:>12.2f} "
               f"{r['bwd_us_per_step']:>12.2f}  {names}")
     if dev.type == "cuda":
         # What the routing read: the clusters of 4 and 8 blocks per wave
@@ -490,10 +528,13 @@ if [ "$DRY" = 1 ]; then
     "$OUT/sanitize_case.py" || { echo "sanitize_case.py does not parse" >&2; exit 2; }
   # The ncu stage's choice, from a sweep result shaped like a real one on an
   # H100/H200 (float32: the register-resident kernels at H = 100, the
-  # cluster kernels at H = 256 and 512, a case whose profiler was refused),
-  # and without a sweep result.
+  # cluster kernels at H = 256 and 512, a case whose profiler was refused,
+  # an IRNN_CUDA_ROWS case faster than all, which ncu must pass over), and
+  # without a sweep result.
   cat > "$OUT/sweep_example.json" <<'EOF'
-[{"H": 100, "B": 16, "T": 784, "fwd_us_per_step": 2.6, "bwd_us_per_step": 3.9,
+[{"H": 100, "B": 16, "T": 784, "rows": "2", "fwd_us_per_step": 1.1, "bwd_us_per_step": 1.2,
+  "kernels": [{"name": "irnn_cuda::irnn_fwd_reg_kernel<float, 104, 2, true, true>", "calls": 1, "us_per_step": 1.1}]},
+ {"H": 100, "B": 16, "T": 784, "fwd_us_per_step": 2.6, "bwd_us_per_step": 3.9,
   "kernels": [{"name": "irnn_cuda::irnn_fwd_reg_kernel<float, 104, 1, true, true>", "calls": 1, "us_per_step": 2.6},
               {"name": "irnn_cuda::irnn_bwd_reg_kernel<float, 104, 1, true, true>", "calls": 1, "us_per_step": 3.8},
               {"name": "irnn_cuda::irnn_reduce_partials_kernel<float>", "calls": 1, "us_per_step": 0.01}]},

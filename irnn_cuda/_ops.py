@@ -159,7 +159,8 @@ class DeviceProps(ctypes.Structure):  # csrc/cuda/irnn_cuda_api.h
                 ("smem_per_block_optin", ctypes.c_int64),
                 ("cluster_launch", ctypes.c_int),
                 ("clusters_of_4", ctypes.c_int),
-                ("clusters_of_8", ctypes.c_int)]
+                ("clusters_of_8", ctypes.c_int),
+                ("reg_rows", ctypes.c_int)]  # 0 from the query
 
 
 def cuda_device_props_symbols():

@@ -261,6 +261,44 @@ def test_per_step_gemm_choices_agree(cuda, monkeypatch, batch_first):
 
 
 @pytest.mark.cuda
+def test_rows_override(cuda, monkeypatch):
+    """IRNN_CUDA_ROWS=2 and =none (the GPU check's sweep times them) give
+    the table's results within float32 rounding (H = 100, B = 16: one row
+    per block by the table); a call no variant of the named rows covers
+    (the backward at H = 120 lists one row only) and an unknown value are
+    refused."""
+    v = layer_inputs(torch.float32, cuda, 9, 16, 1, 100, True)
+    args = (v["x"], v["h0"], v["w_ih"], v["w_hh"], v["b_ih"], v["b_hh"])
+
+    def both():
+        out, h_n = torch.ops.irnn_cuda.irnn_forward(*args, "relu", False,
+                                                    True)
+        grads = torch.ops.irnn_cuda.irnn_backward(
+            out, h_n, v["x"], v["h0"], v["w_ih"], v["w_hh"], out, "relu",
+            False)
+        return [out, h_n, *grads]
+    monkeypatch.delenv("IRNN_CUDA_ROWS", raising=False)
+    table = both()
+    for rows in ("2", "none"):
+        monkeypatch.setenv("IRNN_CUDA_ROWS", rows)
+        for a, b in zip(both(), table):
+            assert max_rel_err(a, b) <= 1e-5, rows
+    monkeypatch.setenv("IRNN_CUDA_ROWS", "8")
+    w = layer_inputs(torch.float32, cuda, 3, 4, 1, 120, True)
+    out, h_n = torch.ops.irnn_cuda.irnn_forward(
+        w["x"], w["h0"], w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"], "relu",
+        False, True)  # the forward lists 8 rows at HP 128
+    with pytest.raises(RuntimeError, match="IRNN_CUDA_ROWS=8, but no "
+                       "register-resident variant of 8 rows"):
+        torch.ops.irnn_cuda.irnn_backward(out, h_n, w["x"], w["h0"],
+                                          w["w_ih"], w["w_hh"], out, "relu",
+                                          False)
+    monkeypatch.setenv("IRNN_CUDA_ROWS", "3")
+    with pytest.raises(RuntimeError, match="IRNN_CUDA_ROWS=3 is not one of"):
+        both()
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("reverse", [False, True])
 def test_per_step_gemm_with_lengths(cuda, monkeypatch, reverse):
     """Lengths on the per-step path (H = 1024): the library steps and the

@@ -658,6 +658,50 @@ def test_register_backward_routing(harness):
                     reg[1], (2 * reg[0] + 31) // 32 * 32), (B, H, dtype, c)
 
 
+def test_rows_override(harness):
+    """DeviceProps::reg_rows (IRNN_CUDA_ROWS on a GPU): 1, 2, 4 or 8 picks
+    only variants of that many rows per block, in one wave or several, at
+    the smallest HP listed with them; -1 picks none (today's kernels); 0 is
+    the table's choice. A call no variant of those rows covers runs as
+    without a register-resident kernel (the CUDA op refuses it)."""
+    def cfg(backward, B, rows, H=100, dtype=torch.float32, project=True):
+        return harness.config(dict(H200, reg_rows=rows), backward, dtype, 784,
+                              B, 1 if project else H, H, project)
+    for backward, path in ((False, REGISTER_FWD), (True, REGISTER_BWD)):
+        threads = 224 if backward else 128  # HP 104
+        for B, rows in ((16, 2), (16, 8), (128, 4), (1024, 4), (2048, 1),
+                        (5000, 2)):
+            c = cfg(backward, B, rows)
+            assert (c["path"], c["rows_per_block"], c["threads"],
+                    c["blocks"]) == (path, rows, threads, -(-B // rows)), (
+                backward, B, rows, c)
+        for B in (16, 1024, 2048):
+            assert cfg(backward, B, 0) == harness.config(
+                H200, backward, torch.float32, 784, B, 1, 100, True)
+            assert cfg(backward, B, -1)["path"] == PERSISTENT
+        # Not listed: float64 at 4 rows (the forward lists 1 and 2, the
+        # backward 1).
+        assert cfg(backward, 16, 4, H=64,
+                   dtype=torch.float64)["path"] == PERSISTENT
+    # HP 128: the forward lists 8 rows, the backward one row only.
+    assert cfg(False, 16, 8, H=120)["rows_per_block"] == 8
+    assert cfg(True, 16, 8, H=120)["path"] == PERSISTENT
+    # 16-bit, not projected: the backward has no 8-row variant.
+    assert cfg(True, 16, 8, dtype=torch.float16,
+               project=False)["path"] == PERSISTENT
+    assert cfg(False, 16, 8, dtype=torch.float16,
+               project=False)["rows_per_block"] == 8
+    # A forced variant computes what the table's does: 8 rows per block in
+    # several waves (B = 37 on 4 SMs) and one row per block, against the
+    # float64 reference.
+    for rows, B in ((8, 37), (1, 6)):
+        table = dict(FOUR_SMS, reg_rows=rows)
+        fcfg, bcfg = run_and_compare(harness, table, torch.float32, 9, B, 2,
+                                     100, reverse=True, grads="both")
+        for c, path in ((fcfg, REGISTER_FWD), (bcfg, REGISTER_BWD)):
+            assert (c["path"], c["rows_per_block"]) == (path, rows), c
+
+
 def _register_backward_cases():
     """Every variant of the table: one row per block (B <= 4 SMs) at every
     HP (H = 33, 64, 100, 104, 128, 120), 2 and 4 rows per block (B = 5-8,

@@ -78,3 +78,13 @@ def test_gpu_check_dry_run(tmp_path):
     rows = json.loads((out / "sweep_cpu.json").read_text())
     assert [(r["H"], r["B"]) for r in rows] == [(8, 2)]
     assert rows[0]["fwd_us_per_step"] > 0 and rows[0]["bwd_us_per_step"] > 0
+    assert "rows" not in rows[0]
+    # A case under IRNN_CUDA_ROWS (ignored by the CPU ops) says so.
+    forced = subprocess.run(
+        [sys.executable, str(out / "sweep.py"), "--device", "cpu", "--case",
+         "8,2,none", "--steps", "3", "--repeats", "1", "--json",
+         str(out / "sweep_forced.json")],
+        capture_output=True, text=True, timeout=120)
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    rows = json.loads((out / "sweep_forced.json").read_text())
+    assert [(r["H"], r["B"], r["rows"]) for r in rows] == [(8, 2, "none")]

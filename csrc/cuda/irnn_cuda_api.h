@@ -41,6 +41,13 @@ struct DeviceProps {
   // than a cluster): the cluster kernels of that size are not selected.
   int clusters_of_4;
   int clusters_of_8;
+  // Which register-resident variants make_launch_config may pick: 0, the
+  // table's choice (pick_reg_variant); 1, 2, 4 or 8, only those of that
+  // many rows per block, in one wave or several; -1, none (today's kernels
+  // run those calls). Not a device property: the CUDA op sets it from
+  // IRNN_CUDA_ROWS, so the GPU check can time the variants the table
+  // passes over (docs/cuda.md, "Launch configuration").
+  int reg_rows = 0;
 };
 
 // Clusters of `blocks` blocks of the cluster kernels that run at once on
@@ -208,6 +215,16 @@ inline bool reg_one_wave(int64_t B, int rows, int sm_count) {
 // shared memory grow with HP, so at the chosen R the chosen HP is the
 // smallest listed >= H: the launchers (irnn_launch.cuh) find it from
 // (dtype, H, R) alone.
+// A table's visitor `f` restricted to the variants of `rows` rows per block
+// (every variant when rows is 0; DeviceProps::reg_rows). With one R left,
+// pick_reg_variant takes it, in several waves where one does not cover B.
+template <typename F>
+inline auto rows_only(int rows, F& f) {
+  return [rows, &f](DType dt, int hp, int r) {
+    if (rows == 0 || r == rows) f(dt, hp, r);
+  };
+}
+
 template <typename Table, typename Fits>
 inline bool pick_reg_variant(Table table, Fits fits, DType dtype, int64_t B,
                              int64_t H, int sm_count, int* hp_out,
@@ -261,12 +278,13 @@ inline int reg_table_hp(Table table, DType dtype, int64_t H, int rows) {
 // (fwd_ring_covers), then pick_reg_variant.
 inline bool select_reg_fwd(int sm_count, int max_threads, int64_t smem_max,
                            DType dtype, int64_t T, int64_t B, int64_t I,
-                           int64_t H, bool project, int* hp_out,
+                           int64_t H, bool project, int reg_rows, int* hp_out,
                            int* rows_out) {
-  if ((project ? I > kRegFwdMaxInput : !fwd_ring_covers(dtype)) || H < 1)
+  if ((project ? I > kRegFwdMaxInput : !fwd_ring_covers(dtype)) || H < 1 ||
+      reg_rows < 0)
     return false;
   return pick_reg_variant(
-      [](auto&& f) { reg_fwd_table(f); },
+      [&](auto&& f) { reg_fwd_table(rows_only(reg_rows, f)); },
       [&](int hp, int r) {
         return reg_fwd_threads(hp) <= max_threads &&
                reg_fwd_smem_bytes(T, hp, r, project, acc_bytes(dtype)) <=
@@ -386,14 +404,15 @@ inline void reg_bwd_table(F&& f) {
 // pick_reg_variant.
 inline bool select_reg_bwd(int sm_count, int max_threads, int64_t smem_max,
                            DType dtype, int64_t T, int64_t B, int64_t I,
-                           int64_t H, bool project, int* hp_out,
+                           int64_t H, bool project, int reg_rows, int* hp_out,
                            int* rows_out) {
-  if ((project && I > kRegFwdMaxInput) || T < 1 || H < 1) return false;
+  if ((project && I > kRegFwdMaxInput) || T < 1 || H < 1 || reg_rows < 0)
+    return false;
   if (B * (project ? I : H) * acc_bytes(dtype) > kMaxStepsOrBatch)
     return false;
   const bool narrow = dtype == DType::kHalf || dtype == DType::kBFloat16;
   return pick_reg_variant(
-      [](auto&& f) { reg_bwd_table(f); },
+      [&](auto&& f) { reg_bwd_table(rows_only(reg_rows, f)); },
       [&](int hp, int r) {
         return (project || reg_bwd_unprojected_rows(narrow, r)) &&
                reg_bwd_threads(hp) <= max_threads &&
@@ -739,9 +758,11 @@ inline LaunchConfig make_launch_config(const DeviceProps& p, bool backward,
   const bool reg =
       backward
           ? select_reg_bwd(p.sm_count, static_cast<int>(max_threads), smem_max,
-                           dtype, T, B, I, H, project, &reg_hp, &reg_rows)
+                           dtype, T, B, I, H, project, p.reg_rows, &reg_hp,
+                           &reg_rows)
           : select_reg_fwd(p.sm_count, static_cast<int>(max_threads), smem_max,
-                           dtype, T, B, I, H, project, &reg_hp, &reg_rows);
+                           dtype, T, B, I, H, project, p.reg_rows, &reg_hp,
+                           &reg_rows);
   if (reg) {
     c.path = backward ? Path::kRegisterBwd : Path::kRegisterFwd;
     c.rows_per_block = reg_rows;

@@ -71,7 +71,22 @@ at::Tensor workspace(int64_t bytes, const at::Tensor& like) {
   return at::empty({bytes > 0 ? bytes : 1}, like.options().dtype(at::kByte));
 }
 
-// The device's properties for make_launch_config; a failed query raises.
+// IRNN_CUDA_ROWS, for timing the register-resident variants the table
+// passes over (DeviceProps::reg_rows): 1, 2, 4 or 8 rows per block, or
+// none (today's kernels); unset or empty, the table's choice. Any other
+// value is refused.
+int rows_override() {
+  const char* v = std::getenv("IRNN_CUDA_ROWS");
+  const std::string want = v ? v : "";
+  if (want.empty()) return 0;
+  if (want == "none") return -1;
+  TORCH_CHECK(want == "1" || want == "2" || want == "4" || want == "8",
+              "IRNN_CUDA_ROWS=", want, " is not one of 1, 2, 4, 8, none");
+  return std::stoi(want);
+}
+
+// The device's properties for make_launch_config, with IRNN_CUDA_ROWS; a
+// failed query raises.
 DeviceProps device_props(const at::Tensor& t, const char* op) {
   DeviceProps props{};
   const char* attribute = "";
@@ -79,7 +94,23 @@ DeviceProps device_props(const at::Tensor& t, const char* op) {
   TORCH_CHECK(err == 0, "irnn_cuda::", op, " (CUDA): cudaDeviceGetAttribute(",
               attribute, ") failed on device ", t.get_device(), ": ",
               irnn_cuda_error_string(err));
+  props.reg_rows = rows_override();
   return props;
+}
+
+// A call that IRNN_CUDA_ROWS=R asks to run R rows per block, but that no
+// register-resident variant of R rows covers, is refused, not run another
+// way: a timing taken under it must be of what it names.
+void check_rows_override(const DeviceProps& props, const LaunchConfig& c,
+                         const IrnnSizes& s, const char* op) {
+  const bool reg = c.path == Path::kRegisterFwd || c.path == Path::kRegisterBwd;
+  TORCH_CHECK(props.reg_rows <= 0 || (reg && c.rows_per_block == props.reg_rows),
+              "irnn_cuda::", op, " (CUDA): IRNN_CUDA_ROWS=", props.reg_rows,
+              ", but no register-resident variant of ", props.reg_rows,
+              " rows per block covers this call (H = ", s.H, ", I = ", s.I,
+              s.project ? ", projected" : ", not projected",
+              "; docs/cuda.md lists the variants); unset IRNN_CUDA_ROWS, "
+              "which only serves to time the variants");
 }
 
 // The kernels index steps and batch rows with int.
@@ -699,9 +730,10 @@ std::tuple<at::Tensor, at::Tensor> irnn_forward_cuda(
              : at::empty({store_sequence ? s.T : 0, s.B, s.H}, opts);
   at::Tensor h_n = at::empty({s.B, s.H}, opts);
   if (s.B == 0) return {out, h_n};
+  const DeviceProps props = device_props(input, "irnn_forward");
   const LaunchConfig cfg = make_launch_config(
-      device_props(input, "irnn_forward"), false, dt, s.T, s.B, s.I,
-      s.H, s.project, store_sequence);
+      props, false, dt, s.T, s.B, s.I, s.H, s.project, store_sequence);
+  check_rows_override(props, cfg, s, "irnn_forward");
   CallGemm gemm(input.get_device());
   const at::Tensor xl = rows_for_library(
       x, gemm.hook(), cfg, dt, has(lengths) && (reverse || packed));
@@ -766,9 +798,10 @@ irnn_backward_cuda(const c10::optional<at::Tensor>& grad_output,
                                          : at::IntArrayRef{0}, opts);
   at::Tensor dw_hh = at::empty({s.H, s.H}, opts);
   at::Tensor db = at::empty({s.H}, opts);
+  const DeviceProps props = device_props(input, "irnn_backward");
   const LaunchConfig cfg = make_launch_config(
-      device_props(input, "irnn_backward"), true, dt, s.T, s.B, s.I,
-      s.H, s.project, true);
+      props, true, dt, s.T, s.B, s.I, s.H, s.project, true);
+  check_rows_override(props, cfg, s, "irnn_backward");
   CallGemm gemm(input.get_device());
   const at::Tensor xr = whole_words(
       rows_for_library(x, gemm.hook(), cfg, dt, has(lengths)), cfg);  // relayout

@@ -33,12 +33,14 @@ DTYPES = {torch.float32: 0, torch.float64: 1, torch.float16: 2,
 
 class DeviceProps(ctypes.Structure):
     # clusters_of_4 and clusters_of_8 (clusters per wave) are 0 (unknown:
-    # sm_count / blocks) unless a table gives them.
+    # sm_count / blocks) unless a table gives them; so is reg_rows (the
+    # table's choice of register-resident variant; IRNN_CUDA_ROWS).
     _fields_ = [("sm_count", ctypes.c_int), ("max_threads_per_block", ctypes.c_int),
                 ("smem_per_block", ctypes.c_int64),
                 ("smem_per_block_optin", ctypes.c_int64),
                 ("cluster_launch", ctypes.c_int),
-                ("clusters_of_4", ctypes.c_int), ("clusters_of_8", ctypes.c_int)]
+                ("clusters_of_4", ctypes.c_int), ("clusters_of_8", ctypes.c_int),
+                ("reg_rows", ctypes.c_int)]
 
 
 class LaunchConfig(ctypes.Structure):
