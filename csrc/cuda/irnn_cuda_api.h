@@ -201,6 +201,16 @@ inline bool reg_one_wave(int64_t B, int rows, int sm_count) {
   return B >= 1 && sm_count >= 1 && (B + rows - 1) / rows <= sm_count;
 }
 
+// A table's visitor `f` restricted to the variants of `rows` rows per block
+// (every variant when rows is 0; DeviceProps::reg_rows). With one R left,
+// pick_reg_variant takes it, in several waves where one does not cover B.
+template <typename F>
+inline auto rows_only(int rows, F& f) {
+  return [rows, &f](DType dt, int hp, int r) {
+    if (rows == 0 || r == rows) f(dt, hp, r);
+  };
+}
+
 // The variant a register-resident launch runs, from its table: among the
 // listed (HP, R) of the dtype with HP >= H, R rows per block covering B in
 // one wave and `fits(HP, R)` (threads and shared memory within the
@@ -215,16 +225,6 @@ inline bool reg_one_wave(int64_t B, int rows, int sm_count) {
 // shared memory grow with HP, so at the chosen R the chosen HP is the
 // smallest listed >= H: the launchers (irnn_launch.cuh) find it from
 // (dtype, H, R) alone.
-// A table's visitor `f` restricted to the variants of `rows` rows per block
-// (every variant when rows is 0; DeviceProps::reg_rows). With one R left,
-// pick_reg_variant takes it, in several waves where one does not cover B.
-template <typename F>
-inline auto rows_only(int rows, F& f) {
-  return [rows, &f](DType dt, int hp, int r) {
-    if (rows == 0 || r == rows) f(dt, hp, r);
-  };
-}
-
 template <typename Table, typename Fits>
 inline bool pick_reg_variant(Table table, Fits fits, DType dtype, int64_t B,
                              int64_t H, int sm_count, int* hp_out,
