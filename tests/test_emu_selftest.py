@@ -25,9 +25,7 @@ WARP_TIMEOUT_MS = 500
 
 
 def _build(tmp_path_factory, name, flags):
-    out = os.environ.get("IRNN_EMU_BUILD_DIR") or str(
-        tmp_path_factory.mktemp(name))
-    os.makedirs(out, exist_ok=True)
+    out = emu.build_dir(tmp_path_factory)
     try:
         return emu.build(out, extra_flags=flags, output=name, main=SELFTEST)
     except subprocess.CalledProcessError as exc:

@@ -35,10 +35,7 @@ SMALL_SMEM = dict(sm_count=4, max_threads_per_block=1024,
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
-    out = os.environ.get("IRNN_EMU_BUILD_DIR") or str(
-        tmp_path_factory.mktemp("emu"))
-    os.makedirs(out, exist_ok=True)
-    return emu.Emu(emu.build(out))
+    return emu.Emu(emu.build(emu.build_dir(tmp_path_factory)))
 
 
 def ragged_batch(table):
@@ -1023,9 +1020,7 @@ SANITIZER_MAIN = os.path.join(emu.HERE, "emu_sanitizer_main.cpp")
 
 
 def _build_sanitizer(tmp_path_factory, name, flag):
-    out = os.environ.get("IRNN_EMU_BUILD_DIR") or str(
-        tmp_path_factory.mktemp(name))
-    os.makedirs(out, exist_ok=True)
+    out = emu.build_dir(tmp_path_factory)
     try:
         return emu.build(out, extra_flags=("-O1", "-g", flag), output=name,
                          main=SANITIZER_MAIN)

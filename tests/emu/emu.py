@@ -76,6 +76,16 @@ class BwdArgs(ctypes.Structure):
         ("lengths", _P), ("offsets", _P), ("bwd_gemm", _P)]
 
 
+def build_dir(tmp_path_factory):
+    """Where the emulation's builds go: IRNN_EMU_BUILD_DIR, else one folder
+    for the whole pytest session, so the test modules that share a build
+    (named by the digest of its sources and flags) compile it once."""
+    out = os.environ.get("IRNN_EMU_BUILD_DIR") or str(
+        tmp_path_factory.getbasetemp() / "emu-builds")
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
 def build(out_dir, extra_flags=("-O2",), output="emu_harness.so", main=None):
     """Compiles the harness (a .so, or an executable when `main` names a
     source with main()) into out_dir; returns its path. Reuses an existing
