@@ -79,8 +79,8 @@ def test_ops_vs_reference(cuda, dtype, H, B, project, nonlinearity, reverse):
     forward at H = 1 and 33 projected, 2 rows per block, and the backward
     at H = 1 and 33, one row per block in several waves); the
     cluster kernels H = 257 at one row per
-    cluster and H = 400 at B = 24, 60 and 100 at 2, 4 and 8, float32
-    projected)."""
+    cluster and H = 400 at B = 24, 60 and 100 at 2, 4 and 8 (the 16-bit
+    backward at 4 in two waves for B = 100), projected or not)."""
     T = 5
     v = layer_inputs(dtype, cuda, T, B, 1 if project else 0, H, project)
     out, h_n = torch.ops.irnn_cuda.irnn_forward(
@@ -122,6 +122,32 @@ def test_ops_vs_reference(cuda, dtype, H, B, project, nonlinearity, reverse):
     for name, got, exp in zip(("dx", "dh0", "dw_ih", "dw_hh", "db"), grads,
                               expected):
         assert max_rel_err(got, exp) <= tol, name
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("H,B", [(100, 3), (257, 3), (400, 60), (1024, 2)])
+def test_backward_grad_h_n_only(cuda, dtype, H, B):
+    """The backward with the gradient on h_n only (grad_output None, as a
+    direct call of the op may pass), T past the prefetch rings' 8 slots,
+    against the float64 CPU op on the same stored sequence: the slot that
+    took grad_h_n must not give it again (on an H200: register-resident,
+    cluster at 1 and 2 or 4 rows, per-step path)."""
+    T = 12
+    v = layer_inputs(dtype, cuda, T, B, 2, H, True)
+    out, _ = torch.ops.irnn_cuda.irnn_forward(
+        v["x"], v["h0"], v["w_ih"], v["w_hh"], v["b_ih"], v["b_hh"], "relu",
+        False, True)
+    g_hn = torch.randn(B, H, device=cuda).to(dtype)
+    grads = torch.ops.irnn_cuda.irnn_backward(
+        None, g_hn, v["x"], v["h0"], v["w_ih"], v["w_hh"], out, "relu", False)
+    d = lambda t: None if t is None else t.detach().cpu().double()
+    expected = torch.ops.irnn_cuda.irnn_backward(
+        None, d(g_hn), d(v["x"]), d(v["h0"]), d(v["w_ih"]), d(v["w_hh"]),
+        d(out), "relu", False)
+    for name, got, exp in zip(("dx", "dh0", "dw_ih", "dw_hh", "db"), grads,
+                              expected):
+        assert max_rel_err(got, exp) <= TOL[dtype], name
 
 
 @pytest.mark.cuda

@@ -21,17 +21,20 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None,
 # The harness fixture, input maker and paths are test_emulation.py's; the
 # lengths cases test_emulation_lengths.py's.
 from test_emulation import (LARGE_H, PERSISTENT, REGISTER_FWD,  # noqa: E402,F401
-                            TSAN_WARNING, _run_tsan, harness, make_inputs,
-                            run_and_compare, tsan_exe)
+                            TSAN_WARNING, _run_tsan, backward_from_sequence,
+                            harness, make_inputs, run_and_compare, tsan_exe)
 from test_emulation_lengths import run_case  # noqa: E402
 import emu  # noqa: E402  (on sys.path through test_emulation)
 
 CLUSTER_FWD, CLUSTER_BWD = 4, 5
-# IRNN_CLUSTER_FWD_VARIANTS and IRNN_CLUSTER_BWD_VARIANTS: float32, HP 256
-# (4 blocks) and 512 (8 blocks); rows per cluster 1, 2, 4 and 8.
+# IRNN_CLUSTER_FWD_VARIANTS and IRNN_CLUSTER_BWD_VARIANTS: float32, float16
+# and bfloat16, HP 256 (4 blocks) and 512 (8 blocks); rows per cluster 1, 2,
+# 4 and 8, but the 16-bit backward's 1, 2 and 4.
+CLUSTER_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 CLUSTER_HP = (256, 512)
 CLUSTER_ROWS = {(False, 256): (1, 2, 4, 8), (False, 512): (1, 2, 4, 8),
                 (True, 256): (1, 2, 4, 8), (True, 512): (1, 2, 4, 8)}
+NARROW_BWD_ROWS = (1, 2, 4)
 # An H100 with 16 SMs: 4 clusters of 4 blocks (2 of 8) fill it, so a small
 # batch already takes several rows per cluster and leaves a ragged last
 # cluster.
@@ -51,7 +54,7 @@ def cluster_expected(table, dtype, B, I, H, project=True, backward=False,
     forward needs the input projected and at most 4 wide, or not projected
     (the ring); the backward takes any input (the GEMMs after its
     recurrence do the projection)."""
-    if not table.get("cluster_launch") or dtype != torch.float32 or \
+    if not table.get("cluster_launch") or dtype not in CLUSTER_DTYPES or \
             not 128 < H <= 512 or B < 1:
         return None
     if not backward and project and I > 4:
@@ -64,6 +67,8 @@ def cluster_expected(table, dtype, B, I, H, project=True, backward=False,
     if per_wave < 1:
         return None
     rows = CLUSTER_ROWS[(backward, hp)]
+    if backward and dtype != torch.float32:
+        rows = NARROW_BWD_ROWS
     # The fewest rows whose clusters fit one wave, else the most (waves).
     return hp, next((r for r in rows if -(-B // r) <= per_wave), rows[-1])
 
@@ -72,7 +77,7 @@ def cluster_expected(table, dtype, B, I, H, project=True, backward=False,
                                    "no_eight"])
 def test_cluster_routing(harness, table):
     """make_launch_config selects the cluster kernels exactly where the
-    table says: clusters on the device, float32, 128 < H <= 512; the
+    table says: clusters on the device, float32 or 16-bit, 128 < H <= 512; the
     forward with the input projected and at most 4 wide or not projected
     (its shared memory then the h buffers and the ring), the backward with
     any input (its grid is B / rows clusters; `blocks` is the SM count the
@@ -80,7 +85,8 @@ def test_cluster_routing(harness, table):
     t = {"h100": emu.H100, "a100": emu.A100, "sixteen": SIXTEEN_SMS,
          "gpcs": GPC_LIMITED, "no_eight": NO_EIGHT}[table]
     seen = set()
-    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+    for dtype in (torch.float32, torch.bfloat16, torch.float16,
+                  torch.float64):
         for H in (100, 128, 129, 200, 256, 257, 400, 512, 513):
             for B in (1, 14, 15, 16, 17, 28, 29, 32, 33, 34, 56, 57, 64, 65,
                       66, 67, 100, 128, 132, 133, 200, 1024):
@@ -97,7 +103,7 @@ def test_cluster_routing(harness, table):
                             assert c["cluster"] == 1, c
                             continue
                         hp, rows = want
-                        seen.add((backward, hp, rows))
+                        seen.add((dtype, backward, hp, rows))
                         assert c["path"] == (CLUSTER_BWD if backward else
                                              CLUSTER_FWD), (dtype, H, B, I, c)
                         assert c["cluster"] == hp // 64, c
@@ -116,12 +122,14 @@ def test_cluster_routing(harness, table):
                                     8 * max(rows, 4) * 64), c
                         assert c["smem"] <= t["smem_per_block_optin"], c
     if table == "h100":
-        assert seen == {(bwd, hp, r) for (bwd, hp), rows in CLUSTER_ROWS.items()
-                        for r in rows}
+        assert seen == {
+            (d, bwd, hp, r) for d in CLUSTER_DTYPES
+            for (bwd, hp), rows in CLUSTER_ROWS.items()
+            for r in (NARROW_BWD_ROWS if bwd and d != torch.float32 else rows)}
     if table == "a100":
         assert not seen
     if table == "no_eight":
-        assert seen and all(hp == 256 for _, hp, _ in seen), seen
+        assert seen and all(hp == 256 for _, _, hp, _ in seen), seen
 
 
 def test_cluster_routing_takes_the_queried_wave(harness):
@@ -161,9 +169,9 @@ def test_cluster_routing_h200_benchmark_sizes(harness):
 
 def run_forward(harness, table, T, B, I, H, *, relu=True, reverse=False,
                 bias=True, store_sequence=True, project=True, seed=0,
-                block_order_seed=0):
+                block_order_seed=0, dtype=torch.float32):
     gen = torch.Generator().manual_seed(seed)
-    v = make_inputs(torch.float32, T, B, I, H, project, bias, gen)
+    v = make_inputs(dtype, T, B, I, H, project, bias, gen)
     out, h_n, cfg = harness.forward(table, v["x"], v["h0"], v["w_ih"],
                                     v["w_hh"], v["b_ih"], v["b_hh"], relu,
                                     reverse, store_sequence,
@@ -268,6 +276,12 @@ BWD_CASES = [
          grads="both", table="sixteen"),
     dict(H=500, B=11, T=9, I=None, nonlinearity="relu", reverse=False,
          grads="both", table="sixteen"),
+    # The gradient on h_n only (no grad_output), T past the ring's 8 slots:
+    # the slot that took grad_h_n comes round again and must hold 0.
+    dict(H=200, B=3, T=12, I=2, nonlinearity="relu", reverse=False,
+         grads="last", table="h100"),
+    dict(H=300, B=21, T=11, I=None, nonlinearity="tanh", reverse=True,
+         grads="last", table="sixteen"),
 ]
 
 
@@ -285,6 +299,97 @@ def test_cluster_backward_matches_reference(harness, case):
     want = cluster_expected(table, torch.float32, case["B"], I or 5,
                             case["H"], I is not None, backward=True)
     assert bcfg["path"] == CLUSTER_BWD and bcfg["rows_per_block"] == want[1], bcfg
+
+
+# The 16-bit cluster kernels: float16 and bfloat16, HP 256 and 512, every
+# rows per cluster (the backward's 4 in several waves), the input projected
+# or not (the rings copy 4-byte words: odd H puts elements in either half),
+# relu and tanh, both directions, T past the rings' 8 slots, the gradient
+# on the sequence, on h_n or both.
+NARROW_CASES = [
+    dict(H=129, B=3, T=10, I=1, project=True, relu=True, reverse=False,
+         grads="both", table="h100"),
+    dict(H=257, B=5, T=9, I=0, project=False, relu=False, reverse=True,
+         grads="last", table="sixteen"),
+    dict(H=200, B=13, T=11, I=3, project=True, relu=False, reverse=False,
+         grads="seq", table="sixteen"),
+    dict(H=256, B=21, T=10, I=0, project=False, relu=True, reverse=False,
+         grads="both", table="sixteen"),
+    dict(H=511, B=2, T=9, I=4, project=True, relu=True, reverse=True,
+         grads="last", table="h100"),
+    dict(H=400, B=9, T=4, I=0, project=False, relu=True, reverse=False,
+         grads="both", table="sixteen"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", NARROW_CASES, ids=lambda c: "H{H}-B{B}".format(**c))
+def test_cluster_16bit_matches_reference(harness, dtype, case):
+    """The 16-bit cluster forward against the float64 reference, and its
+    backward against backward_from_sequence on the forward's own sequence
+    (float64 throughout), every gradient."""
+    case = dict(case)
+    table = {"h100": emu.H100, "sixteen": SIXTEEN_SMS}[case.pop("table")]
+    grads = case.pop("grads")
+    out, h_n, r_out, r_hn, fcfg = run_forward(harness, table, **case,
+                                              dtype=dtype, seed=case["H"])
+    T, B, I, H = case["T"], case["B"], case["I"], case["H"]
+    project = case["project"]
+    want = cluster_expected(table, dtype, B, I, H, project)
+    assert fcfg["path"] == CLUSTER_FWD and fcfg["rows_per_block"] == want[1], fcfg
+    assert max_rel_err(h_n, r_hn) <= TOL[dtype], ("h_n", max_rel_err(h_n, r_hn))
+    assert max_rel_err(out, r_out) <= TOL[dtype], ("out", max_rel_err(out, r_out))
+    gen = torch.Generator().manual_seed(case["H"])
+    v = make_inputs(dtype, T, B, I, H, project, True, gen)  # run_forward's
+    g_out = (torch.randn(B, T, H, generator=gen).to(dtype).transpose(0, 1)
+             if grads in ("seq", "both") else None)
+    g_hn = (torch.randn(B, H, generator=gen).to(dtype)
+            if grads in ("last", "both") else None)
+    *got, bcfg = harness.backward(table, g_out, g_hn, v["x"], v["h0"],
+                                  v["w_ih"], v["w_hh"], out, case["relu"],
+                                  case["reverse"])
+    want = cluster_expected(table, dtype, B, I, H, project, backward=True)
+    assert bcfg["path"] == CLUSTER_BWD and bcfg["rows_per_block"] == want[1], bcfg
+    expected = backward_from_sequence(out, v["h0"], v["x"], v["w_ih"],
+                                      v["w_hh"], g_out, g_hn, case["relu"],
+                                      case["reverse"])
+    for name, a, e in zip(("dx", "dh0", "dw_ih", "dw_hh", "db"), got,
+                          expected):
+        if a is None:
+            continue
+        assert a.dtype == dtype and a.shape == e.shape, name
+        assert max_rel_err(a, e) <= TOL[dtype], (name, max_rel_err(a, e), bcfg)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cluster_backward_16bit_odd_offsets(harness, dtype):
+    """grad_output and the stored sequence starting 2 bytes into a 4-byte
+    word (storage offset 1): the cluster backward copies the word holding
+    each element and widens the half its address selects. The gradients
+    equal those of the same values stored aligned, bitwise."""
+    gen = torch.Generator().manual_seed(12)
+    T, B, I, H = 9, 3, 2, 200
+    v = make_inputs(dtype, T, B, I, H, True, True, gen)
+    out, _, _ = harness.forward(emu.H100, v["x"], v["h0"], v["w_ih"],
+                                v["w_hh"], v["b_ih"], v["b_hh"], True, False,
+                                True)
+    g_out = torch.randn(T, B, H, generator=gen).to(dtype)
+    g_hn = torch.randn(B, H, generator=gen).to(dtype)
+
+    def shifted(t):
+        flat = torch.zeros(t.numel() + 1, dtype=t.dtype)
+        o = flat[1:].view(t.shape)
+        o.copy_(t)
+        assert o.data_ptr() % 4 == 2
+        return o
+    aligned = harness.backward(emu.H100, g_out, g_hn, v["x"], v["h0"],
+                               v["w_ih"], v["w_hh"], out.contiguous(), True,
+                               False)
+    odd = harness.backward(emu.H100, shifted(g_out), g_hn, v["x"], v["h0"],
+                           v["w_ih"], v["w_hh"], shifted(out), True, False)
+    assert aligned[5]["path"] == odd[5]["path"] == CLUSTER_BWD
+    for a, b in zip(aligned[:5], odd[:5]):
+        assert torch.equal(a, b)
 
 
 def test_cluster_backward_orders_bitwise_equal(harness):
@@ -327,6 +432,20 @@ def test_cluster_forward_lengths(harness, H, B, reverse, packed, relu, table,
     fcfg, bcfg = run_case(harness, t, torch.float32, 5 if project else 10, B,
                           2, H, reverse=reverse, packed=packed, relu=relu,
                           project=project, dirty=True, seed=H)
+    assert fcfg["path"] == CLUSTER_FWD, fcfg
+    assert bcfg["path"] == CLUSTER_BWD, bcfg
+
+
+@pytest.mark.parametrize("dtype,H,B,reverse,packed,project", [
+    (torch.bfloat16, 200, 6, False, False, True),
+    (torch.float16, 257, 9, True, True, False),
+])
+def test_cluster_16bit_lengths(harness, dtype, H, B, reverse, packed, project):
+    """Lengths in the 16-bit cluster forward and backward, NaN and Inf in
+    the padding, against the reference."""
+    fcfg, bcfg = run_case(harness, SIXTEEN_SMS, dtype, 10, B, 2, H,
+                          reverse=reverse, packed=packed, project=project,
+                          dirty=True, seed=H)
     assert fcfg["path"] == CLUSTER_FWD, fcfg
     assert bcfg["path"] == CLUSTER_BWD, bcfg
 
@@ -381,8 +500,8 @@ def test_large_h_workspace_within_twice_the_sequence(harness, dtype):
         for B in (16, 128, 1024):
             seq = T * B * H * 4
             c = harness.config(emu.H100, True, dtype, T, B, 1, H, True, True)
-            assert c["path"] == (LARGE_H if H > 512 or dtype != torch.float32
-                                 else CLUSTER_BWD), (H, B, c)
+            assert c["path"] == (LARGE_H if H > 512 else CLUSTER_BWD), (
+                H, B, c)
             assert c["workspace"] == (T * B * H + grad_sums(dtype, T, B, 1, H)) * 4, (H, B, c)
             assert c["workspace"] <= 2 * seq, (H, B, c)
             if H <= 512:

@@ -378,19 +378,32 @@ CLUSTER_FIXED_PER_ROW = 60
 CLUSTER_BWD_FIXED_PER_ROW = 95
 
 
-def cluster_backward_budget(hp, rows_per_warp=1):
+# What a 16-bit type adds per row-step of the cluster kernels
+# (docs/cuda.md). Forward: h rounded to the stored type and widened back,
+# and the branch around the row's stores that the conversion keeps (2-8
+# more than float's in the sm_90 build). Backward: the widening of the
+# thread's copies of g_t and h_t in their slot (WIDEN_PER_ELEMENT each),
+# the copies' word addresses and dx's conversion (9-16 more than float's).
+CLUSTER_NARROW_FWD_PER_ROW = 8
+CLUSTER_NARROW_BWD_PER_ROW = 16
+
+
+def cluster_backward_budget(hp, rows_per_warp=1, narrow=False):
     """Per row-step of the cluster backward: a thread computes HP/4 rows of
     its unit's column of W_hh (HP/4 FFMA, HP/16 LDS.128 of da_{t+1}); the
     same with tanh (phi' = 1 - h^2 is two instructions). FMA share at least
     0.9 times the budget's."""
     fma = hp // 4
-    total = fma + hp // 16 + CLUSTER_BWD_FIXED_PER_ROW
-    return Budget(f"cluster backward, HP = {hp}", total,
+    total = (fma + hp // 16 + CLUSTER_BWD_FIXED_PER_ROW +
+             (CLUSTER_NARROW_BWD_PER_ROW if narrow else 0))
+    return Budget(f"{'16-bit ' if narrow else ''}cluster backward, HP = {hp}",
+                  total,
                   math.floor(90 * fma / total) / 100, rows_per_warp,
                   cluster=True)
 
 
-def cluster_forward_budget(hp, rows_per_warp=1, relu=True, project=True):
+def cluster_forward_budget(hp, rows_per_warp=1, relu=True, project=True,
+                           narrow=False):
     """Per row-step of the cluster forward: a thread computes HP/4 columns
     of its unit (HP/4 FFMA, HP/16 LDS.128) and the input projection (4
     FFMA), or for an input not projected the ring in its place
@@ -398,8 +411,10 @@ def cluster_forward_budget(hp, rows_per_warp=1, relu=True, project=True):
     fma = hp // 4 + (4 if project else 0)
     total = (hp // 4 + 4 + hp // 16 + CLUSTER_FIXED_PER_ROW +
              (0 if relu else TANH_PER_ROW) +
-             (0 if project else ring_budget(rows_per_warp)))
-    what = "cluster forward" + ("" if project else " of a pre-projected input")
+             (0 if project else ring_budget(rows_per_warp)) +
+             (CLUSTER_NARROW_FWD_PER_ROW if narrow else 0))
+    what = (("16-bit " if narrow else "") + "cluster forward" +
+            ("" if project else " of a pre-projected input"))
     return Budget(f"{what}{'' if relu else ' with tanh'}, HP = {hp}",
                   total, math.floor(90 * fma / total) / 100, rows_per_warp,
                   cluster=True)
@@ -561,29 +576,30 @@ def table_variants(macro):
 # variant of IRNN_CLUSTER_FWD_VARIANTS with relu and tanh, projected or not.
 CLUSTER_FWD = re.compile(r"irnn_cuda::irnn_fwd_cluster_kernel<(\w+), (\d+), "
                          r"(\d+), (true|false), (true|false)>$")
-CLUSTER_FWD_VARIANTS = [("float", 256, 1), ("float", 256, 2), ("float", 256, 4),
-                        ("float", 256, 8), ("float", 512, 1), ("float", 512, 2),
-                        ("float", 512, 4), ("float", 512, 8)]
+NARROW = ("__half", "__nv_bfloat16")
+CLUSTER_FWD_VARIANTS = [(t, hp, r) for t in ("float",) + NARROW
+                        for hp in (256, 512) for r in (1, 2, 4, 8)]
 
 
 def cluster_fwd_budget(name):
-    _, hp, rows, relu, project = CLUSTER_FWD.match(name).groups()
+    dtype, hp, rows, relu, project = CLUSTER_FWD.match(name).groups()
     return cluster_forward_budget(int(hp), int(rows), relu == "true",
-                                  project == "true")
+                                  project == "true", narrow=dtype in NARROW)
 
 
 # The cluster backwards: <S, HP, R rows per cluster, relu>, every variant
 # of IRNN_CLUSTER_BWD_VARIANTS with relu and tanh.
 CLUSTER_BWD = re.compile(r"irnn_cuda::irnn_bwd_cluster_kernel<(\w+), (\d+), "
                          r"(\d+), (true|false)>$")
-CLUSTER_BWD_VARIANTS = [("float", 256, 1), ("float", 256, 2), ("float", 256, 4),
-                        ("float", 256, 8), ("float", 512, 1), ("float", 512, 2),
-                        ("float", 512, 4), ("float", 512, 8)]
+# (The 16-bit types at 8 rows spilled with tanh: not built.)
+CLUSTER_BWD_VARIANTS = [(t, hp, r) for t in ("float",) + NARROW
+                        for hp in (256, 512)
+                        for r in ((1, 2, 4, 8) if t == "float" else (1, 2, 4))]
 
 
 def cluster_bwd_budget(name):
-    _, hp, rows, _ = CLUSTER_BWD.match(name).groups()
-    return cluster_backward_budget(int(hp), int(rows))
+    dtype, hp, rows, _ = CLUSTER_BWD.match(name).groups()
+    return cluster_backward_budget(int(hp), int(rows), narrow=dtype in NARROW)
 
 
 # Kernels without a step loop: only the local-memory check applies.
@@ -688,14 +704,17 @@ def test_cluster_forward_within_budget(kernels, variant):
     one cluster barrier (arrive and wait) per step, no LDG (the ring's
     copies are LDGSTS) or inner loop in the step, and the instructions per
     row-step within the budget (at most 144 at HP = 256 and 224 at HP = 512
-    with relu, 165 and 245 for a pre-projected input at one row)."""
+    with relu, 165 and 245 for a pre-projected input at one row; 8 more for
+    the 16-bit types)."""
     name = "irnn_cuda::irnn_fwd_cluster_kernel<%s, %d, %d, %s, %s>" % variant
     k = kernels[name]
     budget = cluster_fwd_budget(name)
     assert verdict(k, budget) == [], (name, verdict(k, budget))
     if variant[3] == "true" and (variant[2] == 1 or variant[4] == "true"):
         limits = {"true": {256: 144, 512: 224}, "false": {256: 165, 512: 245}}
-        assert budget.instructions_per_row_step == limits[variant[4]][variant[1]]
+        assert budget.instructions_per_row_step == limits[variant[4]][
+            variant[1]] + (CLUSTER_NARROW_FWD_PER_ROW
+                           if variant[0] in NARROW else 0)
 
 
 def test_cluster_kernels_hold_an_sm_alone(kernels):
@@ -729,12 +748,14 @@ def test_cluster_backward_within_budget(kernels, variant):
     """The guard passes every selectable cluster backward: no local memory,
     one cluster barrier per step, no LDG (the ring's copies are LDGSTS) or
     inner loop in the step, and the instructions per row-step within the
-    budget (at most 175 at HP = 256 and 255 at HP = 512)."""
+    budget (at most 175 at HP = 256 and 255 at HP = 512; 16 more for the
+    16-bit types)."""
     name = "irnn_cuda::irnn_bwd_cluster_kernel<%s, %d, %d, %s>" % variant
     k = kernels[name]
     budget = cluster_bwd_budget(name)
     assert verdict(k, budget) == [], (name, verdict(k, budget))
-    assert budget.instructions_per_row_step == {256: 175, 512: 255}[variant[1]]
+    assert budget.instructions_per_row_step == {256: 175, 512: 255}[
+        variant[1]] + (CLUSTER_NARROW_BWD_PER_ROW if variant[0] in NARROW else 0)
 
 
 def test_register_backward_variants_built(kernels):

@@ -431,14 +431,30 @@ inline bool select_reg_bwd(int sm_count, int max_threads, int64_t smem_max,
 // (irnn_fwd_cluster_<type>_hp<HP>.cu). make_launch_config selects from
 // this table only, where the device launches clusters.
 #define IRNN_CLUSTER_FWD_VARIANTS(X) \
-  X(kFloat, float, 256, 1)           \
-  X(kFloat, float, 256, 2)           \
-  X(kFloat, float, 256, 4)           \
-  X(kFloat, float, 256, 8)           \
-  X(kFloat, float, 512, 1)           \
-  X(kFloat, float, 512, 2)           \
-  X(kFloat, float, 512, 4)           \
-  X(kFloat, float, 512, 8)
+  X(kFloat, float, 256, 1)        \
+  X(kFloat, float, 256, 2)        \
+  X(kFloat, float, 256, 4)        \
+  X(kFloat, float, 256, 8)        \
+  X(kFloat, float, 512, 1)        \
+  X(kFloat, float, 512, 2)        \
+  X(kFloat, float, 512, 4)        \
+  X(kFloat, float, 512, 8)        \
+  X(kHalf, irnn_half, 256, 1)     \
+  X(kHalf, irnn_half, 256, 2)     \
+  X(kHalf, irnn_half, 256, 4)     \
+  X(kHalf, irnn_half, 256, 8)     \
+  X(kHalf, irnn_half, 512, 1)     \
+  X(kHalf, irnn_half, 512, 2)     \
+  X(kHalf, irnn_half, 512, 4)     \
+  X(kHalf, irnn_half, 512, 8)     \
+  X(kBFloat16, irnn_bf16, 256, 1) \
+  X(kBFloat16, irnn_bf16, 256, 2) \
+  X(kBFloat16, irnn_bf16, 256, 4) \
+  X(kBFloat16, irnn_bf16, 256, 8) \
+  X(kBFloat16, irnn_bf16, 512, 1) \
+  X(kBFloat16, irnn_bf16, 512, 2) \
+  X(kBFloat16, irnn_bf16, 512, 4) \
+  X(kBFloat16, irnn_bf16, 512, 8)
 constexpr int kClusterUnits = 64;   // units a block of a cluster owns
 constexpr int kClusterSlices = 4;   // threads that share a unit's row
 constexpr int kClusterThreads = kClusterUnits * kClusterSlices;
@@ -537,14 +553,26 @@ inline bool select_cluster_fwd(const DeviceProps& p, int max_threads,
 // X(dtype enumerator, stored type, HP, R); one .cu per (type, HP)
 // (irnn_bwd_cluster_<type>_hp<HP>.cu).
 #define IRNN_CLUSTER_BWD_VARIANTS(X) \
-  X(kFloat, float, 256, 1)           \
-  X(kFloat, float, 256, 2)           \
-  X(kFloat, float, 256, 4)           \
-  X(kFloat, float, 256, 8)           \
-  X(kFloat, float, 512, 1)           \
-  X(kFloat, float, 512, 2)           \
-  X(kFloat, float, 512, 4)           \
-  X(kFloat, float, 512, 8)
+  X(kFloat, float, 256, 1)        \
+  X(kFloat, float, 256, 2)        \
+  X(kFloat, float, 256, 4)        \
+  X(kFloat, float, 256, 8)        \
+  X(kFloat, float, 512, 1)        \
+  X(kFloat, float, 512, 2)        \
+  X(kFloat, float, 512, 4)        \
+  X(kFloat, float, 512, 8)        \
+  X(kHalf, irnn_half, 256, 1)     \
+  X(kHalf, irnn_half, 256, 2)     \
+  X(kHalf, irnn_half, 256, 4)     \
+  X(kHalf, irnn_half, 512, 1)     \
+  X(kHalf, irnn_half, 512, 2)     \
+  X(kHalf, irnn_half, 512, 4)     \
+  X(kBFloat16, irnn_bf16, 256, 1) \
+  X(kBFloat16, irnn_bf16, 256, 2) \
+  X(kBFloat16, irnn_bf16, 256, 4) \
+  X(kBFloat16, irnn_bf16, 512, 1) \
+  X(kBFloat16, irnn_bf16, 512, 2) \
+  X(kBFloat16, irnn_bf16, 512, 4)
 // Steps of g_t and h_t the cluster backward's prefetch ring holds: the
 // copies for a step are issued kClusterBwdRing - 1 steps before it runs.
 constexpr int kClusterBwdRing = 8;

@@ -781,7 +781,11 @@ struct ClusterBwdParams {
 // bwd_relayout's (zero after each row's end, grad_h_n folded in), so the
 // steps after a row's end give da = 0: with at most 4 rows the cluster
 // starts at its longest row's last step, n0 = T - (that length), and only
-// stores da = 0 for the steps before (8 rows walk every step).
+// stores da = 0 for the steps before (8 rows walk every step). A 16-bit S
+// is copied as the aligned 4-byte word that holds it (the op keeps such
+// words inside the tensor's storage, whole_words), and the thread that
+// copied it widens it to float in place before the cluster barrier that
+// publishes the slot, as the register-resident backward does.
 template <typename S, int HP, int R, bool RELU>
 IRNN_DEVICE void cluster_bwd_body(const ClusterBwdParams<S>& p);
 
@@ -793,7 +797,9 @@ irnn_bwd_cluster_kernel(ClusterBwdParams<S> p) {
 
 template <typename S, int HP, int R, bool RELU>
 IRNN_DEVICE void cluster_bwd_body(const ClusterBwdParams<S>& p) {
-  static_assert(sizeof(S) == 4, "g_t and h_t are copied 4 bytes at a time");
+  constexpr bool kNarrow = sizeof(S) == 2;
+  static_assert(sizeof(S) == 4 || kNarrow,
+                "g_t and h_t are copied 4 bytes at a time");
   constexpr int C = cluster_blocks(HP), KS = HP / kClusterSlices,
                 SST = cluster_slice_stride(HP), RS = kClusterSlices * SST,
                 NS = kClusterBwdRing, U = kClusterUnits,
@@ -847,8 +853,11 @@ IRNN_DEVICE void cluster_bwd_body(const ClusterBwdParams<S>& p) {
   // The ring: element e = tid + i * NT of a slot [R][2][U] is this thread's
   // copy i, of g_t (h = 0) or h_t (h = 1) of row r = e / (2U) and unit kk.
   // h, kk and the strides are the same for all of a thread's copies; rows
-  // step by NT / (2U). Copies that never hold data (past the batch, past
-  // H, no g_out) are zeroed once in every slot and never copied.
+  // step by NT / (2U). A copy that never holds data (past the batch, past
+  // H, no g_out) zero-fills its place each time the slot is issued (the
+  // same cp.async, reading nothing), so that grad_h_n, added to the first
+  // step walked (below), is not read again when that slot comes round
+  // (without g_out, T > NS).
   constexpr int NC = (SLOT + NT - 1) / NT, RSTEP = NT / (2 * U);
   static_assert(NT % (2 * U) == 0, "a thread's copies are whole rows apart");
   const int ch = (tid / U) & 1, ckk = rank * U + tid % U, cr0 = tid / (2 * U);
@@ -859,12 +868,6 @@ IRNN_DEVICE void cluster_bwd_body(const ClusterBwdParams<S>& p) {
   for (int i = 0; i < NC; ++i)
     if (tid + i * NT < SLOT && row0 + cr0 + i * RSTEP < p.B && ckk < H && cbase)
       copies |= 1u << i;
-  for (int n = 0; n < NS; ++n) {
-#pragma unroll
-    for (int i = 0; i < NC; ++i)
-      if (tid + i * NT < SLOT && !(copies >> i & 1u))
-        ring[n * SLOT + tid + i * NT] = 0.f;
-  }
   // The source of copy 0 at walk step n = 0, and its step from one walk
   // step to the next.
   const int64_t cstep = p.reverse ? cst : -cst;
@@ -878,8 +881,39 @@ IRNN_DEVICE void cluster_bwd_body(const ClusterBwdParams<S>& p) {
     float* dst = ring + (n & (NS - 1)) * SLOT + tid;
 #pragma unroll
     for (int i = 0; i < NC; ++i) {
-      if (copies >> i & 1u) irnn_cp_async<4>(dst + i * NT, src);
+      if (tid + i * NT < SLOT)
+        irnn_cp_async_or_zero(dst + i * NT,
+                              kNarrow ? reinterpret_cast<const void*>(
+                                            reinterpret_cast<uintptr_t>(src) &
+                                            ~uintptr_t{3})
+                                      : static_cast<const void*>(src),
+                              copies >> i & 1u);
       src += crow;
+    }
+  };
+  // 16-bit S: this thread's copies of walk step n (landed: its wait)
+  // widened to floats. `from` is the low 32 bits of copy 0's source
+  // address at step n (an integer: without copies there is no source); its
+  // bit 1 says whether the element is the high half of its word, for every
+  // copy of the thread, whose sources are RSTEP = 2 rows, a multiple of 4
+  // bytes, apart. Every place is widened: one that holds no data was
+  // zero-filled, and a zero word widens to 0.f.
+  unsigned char* const ring_bytes = reinterpret_cast<unsigned char*>(ring);
+  auto address = [](const S* q) {
+    return static_cast<uint32_t>(reinterpret_cast<uintptr_t>(q));
+  };
+  auto widen = [&](int n, uint32_t from) {
+    if constexpr (kNarrow) {
+      static_assert(RSTEP * sizeof(S) % 4 == 0, "one half for all copies");
+      const int at = 4 * ((n & (NS - 1)) * SLOT + tid);
+#pragma unroll
+      for (int i = 0; i < NC; ++i) {
+        if (tid + i * NT < SLOT) {
+          const unsigned word = at_bytes<unsigned>(ring_bytes, at + 4 * i * NT);
+          at_bytes<float>(ring_bytes, at + 4 * i * NT) =
+              word_to_acc<S>(word, from & 2);
+        }
+      }
     }
   };
   for (int n = n0; n < n0 + NS - 1; ++n) {
@@ -887,6 +921,7 @@ IRNN_DEVICE void cluster_bwd_body(const ClusterBwdParams<S>& p) {
     irnn_cp_async_commit();
   }
   irnn_cp_async_wait<NS - 2>();  // this thread's copies of step n0
+  widen(n0, address(csrc) + n0 * static_cast<uint32_t>(cstep * sizeof(S)));
   // grad_h_n joins the g of the first step walked, added by the thread
   // that copied it (or zeroed it, without g_out).
   if (p.g_hn && T > 0 && ch == 0 && ckk < H) {
@@ -929,6 +964,9 @@ IRNN_DEVICE void cluster_bwd_body(const ClusterBwdParams<S>& p) {
         if (b + s < C) *irnn_map_shared_rank(hn + r * RS + slot, b + s) = da[r];
     }
     irnn_cp_async_wait<NS - 2>();  // this thread's copies of step n + 1
+    if (n + 1 < T)
+      widen(n + 1, address(next) - static_cast<uint32_t>((NS - 1) * sizeof(S)) *
+                                       static_cast<uint32_t>(cstep));
     irnn_cluster_arrive();
 #pragma unroll
     for (int r = 0; r < R; ++r) {

@@ -154,14 +154,14 @@ irnn_error launch_fwd_cluster(const RegFwdParams<S>& p, bool relu,
 
 // Into *clusters: the clusters of HP's cluster forward (one row, relu, the
 // shared memory of T = 784) that the current device runs at once. Every
-// cluster kernel of HP has the same blocks per cluster and threads, and
-// holds an SM alone (256 threads of more than 128 registers: 134-255 in
-// the sm_90 build), so this counts their wave (DeviceProps::clusters_of_4,
-// _8). 0 where the build has no sm_90 code for the kernel (a build for
-// older architectures running on a newer GPU, whose driver compiled their
-// PTX: the platform layer's cluster operations trap there), so that the
-// routing never selects it. Instantiated with each (type, HP)'s cluster
-// forwards.
+// cluster kernel of HP, of any type, has the same blocks per cluster and
+// threads, and holds an SM alone (256 threads of more than 128 registers:
+// 134-255 in the sm_90 build), so this counts their wave
+// (DeviceProps::clusters_of_4, _8). 0 where the build has no sm_90 code for
+// the kernel (a build for older architectures running on a newer GPU, whose
+// driver compiled their PTX: the platform layer's cluster operations trap
+// there), so that the routing never selects it. Instantiated for float
+// only (irnn_fwd_cluster_float_hp<HP>.cu): its count serves every type.
 template <typename S, int HP>
 irnn_error fwd_cluster_occupancy(int* clusters) {
   int version = 0;
@@ -704,7 +704,7 @@ irnn_error run_backward_kernels(const BwdArgs& a, const LaunchConfig& c,
   A* sums = work + T * B * H;  // grad_sums_elems
   irnn_error err = kIrnnSuccess;
   if (c.path == Path::kClusterBwd && B > 0) {
-    if constexpr (std::is_same_v<A, float> && sizeof(S) == 4) {
+    if constexpr (std::is_same_v<A, float>) {
       if ((err = run_backward_cluster<S>(a, c, da_all, stream)) != kIrnnSuccess)
         return err;
     } else {

@@ -676,7 +676,8 @@ at::Tensor rows_for_library(const at::Tensor& x, const GemmHook* hook,
 }
 
 // The register-resident backward copies a 16-bit x, grad_output and stored
-// sequence, and the register-resident forward a 16-bit x that is not
+// sequence, the cluster backward grad_output and the stored sequence, and
+// the register-resident and cluster forwards a 16-bit x that is not
 // projected, into shared memory as the aligned 4-byte words that hold their
 // elements (cp.async moves 4 bytes at least), so the word of the first
 // element may start 2 bytes before it and the word of the last may end 2
@@ -687,7 +688,8 @@ at::Tensor rows_for_library(const at::Tensor& x, const GemmHook* hook,
 // GPU tolerates within the page, but compute-sanitizer would report).
 at::Tensor whole_words(const at::Tensor& t, const LaunchConfig& cfg) {
   if (!t.defined() || t.numel() == 0 || t.element_size() != 2 ||
-      (cfg.path != Path::kRegisterBwd && cfg.path != Path::kRegisterFwd))
+      (cfg.path != Path::kRegisterBwd && cfg.path != Path::kRegisterFwd &&
+       cfg.path != Path::kClusterBwd && cfg.path != Path::kClusterFwd))
     return t;
   int64_t last = 0;  // the last element's offset from the first
   for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);

@@ -85,6 +85,23 @@ IRNN_DEVICE float word_to_acc<__nv_bfloat16>(unsigned word, bool high) {
   return __uint_as_float(high ? word & 0xffff0000u : word << 16);
 }
 
+// A 4-byte asynchronous copy that, where `copy` is false, reads nothing and
+// writes 0 (cp.async's src-size of 0): one instruction for a place that is
+// copied into or zeroed. Grouped and waited for as irnn_cp_async.
+IRNN_DEVICE void irnn_cp_async_or_zero(void* smem_dst, const void* global_src,
+                                       bool copy) {
+#if __CUDA_ARCH__ >= 800
+  const unsigned dst =
+      static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst),
+               "l"(global_src), "r"(copy ? 4 : 0)
+               : "memory");
+#else
+  *static_cast<unsigned*>(smem_dst) =
+      copy ? *static_cast<const unsigned*>(global_src) : 0u;
+#endif
+}
+
 // Asynchronous copies (cp.async, sm_80 and later): Bytes (4, 8 or 16) from
 // global to shared memory, grouped by irnn_cp_async_commit; after
 // irnn_cp_async_wait<N> at most N of this thread's groups are pending (other

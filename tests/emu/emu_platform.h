@@ -697,6 +697,14 @@ inline void irnn_cp_async(void* smem_dst, const void* global_src) {
   std::memset(dst, 0xFF, Bytes);
 }
 
+// A 4-byte copy that, where `copy` is false, reads nothing and writes 0
+// (cp.async's src-size of 0): pending and published as irnn_cp_async's.
+inline void irnn_cp_async_or_zero(void* smem_dst, const void* global_src,
+                                  bool copy) {
+  static const unsigned zero = 0;
+  irnn_cp_async<4>(smem_dst, copy ? global_src : &zero);
+}
+
 // Closes the group of this thread's copies issued since the last commit.
 inline void irnn_cp_async_commit() {
   ++emu::t_groups_committed;

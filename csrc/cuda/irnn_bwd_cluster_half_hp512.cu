@@ -1,0 +1,17 @@
+// The cluster backward for irnn_half with HP = 512 (one translation unit per
+// type and HP, so the build compiles them in parallel). Built for every
+// architecture of the build; selected only where clusters launch.
+#include "irnn_platform.cuh"
+
+#include "irnn_launch.cuh"
+
+namespace irnn_cuda {
+
+template irnn_error launch_bwd_cluster<irnn_half, 512, 1>(
+    const ClusterBwdParams<irnn_half>&, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_bwd_cluster<irnn_half, 512, 2>(
+    const ClusterBwdParams<irnn_half>&, bool, const LaunchConfig&, irnn_stream);
+template irnn_error launch_bwd_cluster<irnn_half, 512, 4>(
+    const ClusterBwdParams<irnn_half>&, bool, const LaunchConfig&, irnn_stream);
+
+}  // namespace irnn_cuda
