@@ -435,13 +435,16 @@ def test_16bit_forward_odd_element_counts(cuda, dtype):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_16bit_backward_odd_element_counts(cuda, dtype):
+@pytest.mark.parametrize("H", [101, 257])
+def test_16bit_backward_odd_element_counts(cuda, dtype, H):
     """The 16-bit register-resident backward (H = 101 at B = 3 on any GPU
     with 3 SMs or more) reads x, grad_output and the sequence as 4-byte
-    words. With odd element counts each storage ends mid-word, so the op
-    passes copies with a spare element; every gradient equals, bitwise, the
-    one from the same values in storages with room after them."""
-    T, B, I, H = 5, 3, 3, 101
+    words, and so does the cluster backward (H = 257 on sm_90) with
+    grad_output and the sequence. With odd element counts each storage ends
+    mid-word, so the op passes copies with a spare element; every gradient
+    equals, bitwise, the one from the same values in storages with room
+    after them."""
+    T, B, I = 5, 3, 3
     v = layer_inputs(dtype, cuda, T, B, I, H, True)
     ops = torch.ops.irnn_cuda
     out, _ = ops.irnn_forward(v["x"], v["h0"], v["w_ih"], v["w_hh"],

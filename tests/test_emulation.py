@@ -271,18 +271,20 @@ FOUR_SMS = dict(emu.H100, sm_count=4)
 @pytest.mark.parametrize("case", [
     dict(table="A100", dtype=torch.float32, H=130, B=1083, I=1,
          nonlinearity="relu", reverse=False),
-    dict(table="four_sms", dtype=torch.bfloat16, H=130, B=207, I=2,
-         nonlinearity="tanh", reverse=True),
+    dict(table="four_sms_no_clusters", dtype=torch.bfloat16, H=130, B=207,
+         I=2, nonlinearity="tanh", reverse=True),
     dict(table="four_sms", dtype=torch.float64, H=100, B=78, I=None,
          nonlinearity="relu", reverse=True),
 ], ids=lambda c: "-".join(f"{k}={str(v).replace('torch.', '')}"
                           for k, v in c.items()))
 def test_several_rows_per_thread(harness, case):
     """Large batches on today's kernels (H > 128 in float32 and bfloat16,
-    where no register-resident variant is listed): a thread computes 2-4
-    rows per step, with unused row slots in the last group and a ragged
-    last block."""
-    table = {"A100": emu.A100, "four_sms": FOUR_SMS}[case["table"]]
+    where no register-resident variant is listed, on devices without
+    clusters): a thread computes 2-4 rows per step, with unused row slots
+    in the last group and a ragged last block."""
+    table = {"A100": emu.A100, "four_sms": FOUR_SMS,
+             "four_sms_no_clusters": dict(FOUR_SMS, cluster_launch=0)}[
+        case["table"]]
     fcfg, bcfg = run_and_compare(
         harness, table, case["dtype"], 3, case["B"], case["I"] or 5,
         case["H"], case["nonlinearity"], case["reverse"],
@@ -304,8 +306,8 @@ def test_last_state_only(harness, dtype):
 @pytest.mark.parametrize("case", [
     dict(table="A100", dtype=torch.float32, H=257, I=1, T=3, B=5,
          nonlinearity="relu", reverse=False, grads="both"),
-    dict(table="H100", dtype=torch.bfloat16, H=257, I=None, T=2, B=3,
-         nonlinearity="tanh", reverse=True, grads="seq"),
+    dict(table="H100 without clusters", dtype=torch.bfloat16, H=257,
+         I=None, T=2, B=3, nonlinearity="tanh", reverse=True, grads="seq"),
     dict(table="H100", dtype=torch.float64, H=257, I=2, T=2, B=4,
          nonlinearity="relu", reverse=True, grads="last"),
     dict(table="A100", dtype=torch.float32, H=1024, I=1, T=2, B=3,
@@ -315,7 +317,8 @@ def test_last_state_only(harness, dtype):
 ], ids=lambda c: "-".join(f"{k}={str(v).replace('torch.', '')}"
                           for k, v in c.items()))
 def test_large_h_vs_reference(harness, case):
-    table = {"A100": emu.A100, "H100": emu.H100, "small": SMALL_SMEM}[
+    table = {"A100": emu.A100, "H100": emu.H100, "small": SMALL_SMEM,
+             "H100 without clusters": dict(emu.H100, cluster_launch=0)}[
         case["table"]]
     run_and_compare(harness, table, case["dtype"], case["T"], case["B"],
                     case["I"] or 5, case["H"], case["nonlinearity"],
@@ -808,6 +811,22 @@ def backward_from_sequence(out, h0, x, w_ih, w_hh, g_out, g_hn, relu,
         "relu" if relu else "tanh", reverse)
 
 
+def assert_backward_from_sequence(got, cfg, v, out, g_out, g_hn, relu,
+                                  reverse):
+    """Every gradient of `got` (dx, dh0, dw_ih, dw_hh, db; None where not
+    computed) within TOL of backward_from_sequence on the inputs `v`
+    (make_inputs) and the stored sequence `out`, in out's dtype."""
+    expected = backward_from_sequence(out, v["h0"], v["x"], v["w_ih"],
+                                      v["w_hh"], g_out, g_hn, relu, reverse)
+    for name, a, e in zip(("dx", "dh0", "dw_ih", "dw_hh", "db"), got,
+                          expected):
+        if a is None:
+            continue
+        assert a.dtype == out.dtype and a.shape == e.shape, name
+        err = max_rel_err(a, e)
+        assert err <= TOL[out.dtype], (name, err, cfg)
+
+
 @pytest.mark.parametrize("case", _register_backward_16bit_cases(),
                          ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 def test_register_backward_16bit_vs_reference(harness, case):
@@ -831,16 +850,8 @@ def test_register_backward_16bit_vs_reference(harness, case):
     want = register_bwd_expected(FOUR_SMS, dtype, T, B, case["I"], H, project)
     assert (bcfg["threads"], bcfg["rows_per_block"]) == (
         (2 * want[0] + 31) // 32 * 32, want[1]), bcfg
-    expected = backward_from_sequence(out, v["h0"], v["x"], v["w_ih"],
-                                      v["w_hh"], g_out, g_hn, relu,
-                                      case["reverse"])
-    for name, a, e in zip(("dx", "dh0", "dw_ih", "dw_hh", "db"), got,
-                          expected):
-        if a is None:
-            continue
-        assert a.dtype == dtype and a.shape == e.shape, name
-        err = max_rel_err(a, e)
-        assert err <= TOL[dtype], (name, err, bcfg)
+    assert_backward_from_sequence(got, bcfg, v, out, g_out, g_hn, relu,
+                                  case["reverse"])
 
 
 def relu_layer_with_grads(harness, dtype, T, B, I, H, project, reverse, gen):

@@ -21,8 +21,9 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None,
 # The harness fixture, input maker and paths are test_emulation.py's; the
 # lengths cases test_emulation_lengths.py's.
 from test_emulation import (LARGE_H, PERSISTENT, REGISTER_FWD,  # noqa: E402,F401
-                            TSAN_WARNING, _run_tsan, backward_from_sequence,
-                            harness, make_inputs, run_and_compare, tsan_exe)
+                            TSAN_WARNING, _run_tsan,
+                            assert_backward_from_sequence, harness,
+                            make_inputs, run_and_compare, tsan_exe)
 from test_emulation_lengths import run_case  # noqa: E402
 import emu  # noqa: E402  (on sys.path through test_emulation)
 
@@ -350,15 +351,8 @@ def test_cluster_16bit_matches_reference(harness, dtype, case):
                                   case["reverse"])
     want = cluster_expected(table, dtype, B, I, H, project, backward=True)
     assert bcfg["path"] == CLUSTER_BWD and bcfg["rows_per_block"] == want[1], bcfg
-    expected = backward_from_sequence(out, v["h0"], v["x"], v["w_ih"],
-                                      v["w_hh"], g_out, g_hn, case["relu"],
-                                      case["reverse"])
-    for name, a, e in zip(("dx", "dh0", "dw_ih", "dw_hh", "db"), got,
-                          expected):
-        if a is None:
-            continue
-        assert a.dtype == dtype and a.shape == e.shape, name
-        assert max_rel_err(a, e) <= TOL[dtype], (name, max_rel_err(a, e), bcfg)
+    assert_backward_from_sequence(got, bcfg, v, out, g_out, g_hn,
+                                  case["relu"], case["reverse"])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
