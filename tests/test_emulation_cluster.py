@@ -281,7 +281,7 @@ BWD_CASES = [
     # the slot that took grad_h_n comes round again and must hold 0.
     dict(H=200, B=3, T=12, I=2, nonlinearity="relu", reverse=False,
          grads="last", table="h100"),
-    dict(H=300, B=21, T=11, I=None, nonlinearity="tanh", reverse=True,
+    dict(H=300, B=9, T=10, I=None, nonlinearity="tanh", reverse=True,
          grads="last", table="sixteen"),
 ]
 
